@@ -1,0 +1,1 @@
+"""more3s.encoder"""
