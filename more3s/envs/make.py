@@ -21,11 +21,15 @@ def _register_ale() -> None:
         _ALE_REGISTERED = True
 
 
-class NoopStart(gym.Wrapper):
-    """Up to ``noop_max`` no-op steps after reset (DT / DQN evaluation protocol)."""
+class NoopStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Up to ``noop_max`` no-op steps after reset (DT / DQN evaluation protocol).
+
+    Records its constructor args so Minari's ``recover_environment`` can rebuild the wrapper.
+    """
 
     def __init__(self, env: gym.Env, noop_max: int = ATARI_NOOP_MAX):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, noop_max=noop_max)
+        gym.Wrapper.__init__(self, env)
         self.noop_max = noop_max
 
     def reset(self, **kwargs):
@@ -52,9 +56,11 @@ def make_env(task: str | TaskSpec, *, noop_max: int | None = None,
         env = gym.make(
             spec.gym_id, obs_type="rgb", frameskip=ATARI_FRAMESKIP, repeat_action_probability=0.0,
             full_action_space=False, max_num_frames_per_episode=ATARI_MAX_FRAMES,
-            max_episode_steps=max_episode_steps or spec.max_episode_steps, **kwargs,
+            max_episode_steps=None, **kwargs,
         )
+        # No-op starts sit inside the time limit: they do not count as agent steps.
         env = NoopStart(env, ATARI_NOOP_MAX if noop_max is None else noop_max)
+        env = gym.wrappers.TimeLimit(env, max_episode_steps or spec.max_episode_steps)
     else:
         env = gym.make(spec.gym_id, max_episode_steps=max_episode_steps or spec.max_episode_steps,
                        **kwargs)

@@ -1,0 +1,149 @@
+"""The episode record: one trajectory with its return-to-go, the unit every other data module shares.
+
+Minari's convention is kept (T actions and rewards, T+1 observations including the final one), and
+terminations and truncations stay separate (a time-limit truncation is not a terminal state). The RTG
+is computed once here so that the loader, the samplers and the trainer agree on it: DESIGN §4 says it
+is the undiscounted sum of rewards from t to the episode end, with rewards clipped to [-1, 1] first
+for Atari (the task's ``clip_rewards``), while the raw return is kept for reporting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["Episode", "compute_rtg", "make_episode", "state_mean_std"]
+
+
+def compute_rtg(rewards: np.ndarray, clip: bool = False) -> np.ndarray:
+    """Undiscounted reward-to-go: ``rtg[t] = sum(r[t:])``, with r clipped to [-1, 1] when ``clip``.
+
+    Accumulated in float64 (long Atari episodes would drift in float32), returned as float32 [T].
+    """
+    r = np.asarray(rewards, dtype=np.float64)  # [T]
+    if r.ndim != 1:
+        raise ValueError(f"rewards must be 1-D, got shape {r.shape}")
+    if clip:
+        r = np.clip(r, -1.0, 1.0)
+    return np.cumsum(r[::-1])[::-1].astype(np.float32)  # [T]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One episode (see INTERFACES.md). Arrays are not copied; treat them as read-only."""
+
+    observations: np.ndarray  # [T+1, *obs_shape] includes the final observation (or io.H5Frames)
+    actions: np.ndarray  # [T] int64 (discrete) or [T, A] float32 (continuous)
+    rewards: np.ndarray  # [T] float32, raw rewards
+    terminations: np.ndarray  # [T] bool
+    truncations: np.ndarray  # [T] bool
+    rtg: np.ndarray  # [T] float32, sum of (clipped when the task clips) rewards from t to the end
+    raw_return: float  # sum of raw rewards
+    task: str | None = None  # short task name when known
+    clip_rewards: bool = field(default=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def clipped_rewards(self) -> np.ndarray:
+        """Rewards clipped to [-1, 1] (DT's Atari training signal) [T] float32."""
+        return np.clip(self.rewards, -1.0, 1.0).astype(np.float32)
+
+    @property
+    def train_rewards(self) -> np.ndarray:
+        """The rewards the RTG is built from: clipped for Atari, raw otherwise [T] float32."""
+        return self.clipped_rewards if self.clip_rewards else self.rewards
+
+    @property
+    def clipped_return(self) -> float:
+        return float(np.clip(self.rewards.astype(np.float64), -1.0, 1.0).sum())
+
+    @property
+    def train_return(self) -> float:
+        """The return in RTG units (``rtg[0]``; 0 for an empty episode)."""
+        return float(self.rtg[0]) if len(self) else 0.0
+
+
+def make_episode(observations, actions, rewards, terminations, truncations, *,
+                 task: str | None = None, clip_rewards: bool | None = None,
+                 source: str = "episode") -> Episode:
+    """Validate arrays, normalise dtypes and compute the RTG; ``source`` names the input in errors.
+
+    ``clip_rewards`` defaults to the task's setting (False when the task is unknown).
+    """
+    if clip_rewards is None:
+        clip_rewards = False
+        if task is not None:
+            from more3s.envs import get_task
+
+            clip_rewards = get_task(task).clip_rewards
+    # Lazily loaded frames (io.H5Frames) stay on disk; they are uint8, so no NaN check applies.
+    obs = observations if getattr(observations, "is_lazy_array", False) else np.asarray(observations)
+    act = np.asarray(actions)
+    rew = np.asarray(rewards)
+    term = np.asarray(terminations)
+    trunc = np.asarray(truncations)
+    T = rew.shape[0] if rew.ndim >= 1 else -1
+    if rew.ndim != 1:
+        raise ValueError(f"{source}: field 'rewards' must be 1-D [T], got shape {rew.shape}")
+    for name, arr in (("terminations", term), ("truncations", trunc)):
+        if arr.shape != (T,):
+            raise ValueError(f"{source}: field '{name}' has shape {arr.shape}, expected ({T},) "
+                             f"to match 'rewards'")
+    if act.ndim == 0 or act.shape[0] != T:
+        raise ValueError(f"{source}: field 'actions' has {act.shape[0] if act.ndim else 0} steps, "
+                         f"expected {T} to match 'rewards' (shape {act.shape})")
+    if obs.ndim == 0 or obs.shape[0] != T + 1:
+        raise ValueError(f"{source}: field 'observations' has {obs.shape[0] if obs.ndim else 0} "
+                         f"rows, expected T+1 = {T + 1} (Minari convention: the final observation "
+                         f"is included)")
+    if not np.issubdtype(rew.dtype, np.number) or not np.all(np.isfinite(rew)):
+        bad = np.flatnonzero(~np.isfinite(rew.astype(np.float64)))[:5].tolist() \
+            if np.issubdtype(rew.dtype, np.number) else "non-numeric"
+        raise ValueError(f"{source}: field 'rewards' has NaN/inf values (at steps {bad})")
+    if np.issubdtype(obs.dtype, np.floating) and not np.all(np.isfinite(obs)):
+        bad = np.unique(np.nonzero(~np.isfinite(obs))[0])[:5].tolist()
+        raise ValueError(f"{source}: field 'observations' has NaN/inf values (at rows {bad})")
+    if np.issubdtype(act.dtype, np.floating):
+        if not np.all(np.isfinite(act)):
+            raise ValueError(f"{source}: field 'actions' has NaN/inf values")
+        if act.ndim == 1:  # scalar continuous actions keep a trailing dim of 1
+            act = act[:, None]
+        act = act.astype(np.float32, copy=False)
+    elif np.issubdtype(act.dtype, np.integer):
+        if act.ndim == 2 and act.shape[1] == 1:
+            act = act[:, 0]
+        if act.ndim != 1:
+            raise ValueError(f"{source}: discrete field 'actions' must be [T], got shape {act.shape}")
+        act = act.astype(np.int64, copy=False)
+    else:
+        raise ValueError(f"{source}: field 'actions' has unsupported dtype {act.dtype}")
+    rew = rew.astype(np.float32, copy=False)
+    return Episode(
+        observations=obs, actions=act, rewards=rew,
+        terminations=term.astype(bool, copy=False), truncations=trunc.astype(bool, copy=False),
+        rtg=compute_rtg(rew, clip=clip_rewards), raw_return=float(rew.astype(np.float64).sum()),
+        task=task, clip_rewards=bool(clip_rewards),
+    )
+
+
+def state_mean_std(episodes: Sequence[Episode], eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std of all observations (float64 accumulation), as DT normalizes MuJoCo.
+
+    Returns float32 ``(mean [*obs_shape], std [*obs_shape])``; std is floored at ``eps`` so constant
+    dimensions do not divide by zero.
+    """
+    if not episodes:
+        raise ValueError("state_mean_std needs at least one episode")
+    shape = episodes[0].observations.shape[1:]
+    flat = [np.asarray(ep.observations, dtype=np.float64).reshape(len(ep.observations), -1)
+            for ep in episodes]  # each [T_i+1, D]
+    n = sum(x.shape[0] for x in flat)
+    mean = sum(x.sum(0) for x in flat) / n  # [D]
+    # Two passes: E[x^2] - E[x]^2 cancels badly for large-magnitude dimensions.
+    var = sum(((x - mean) ** 2).sum(0) for x in flat) / n  # [D]
+    std = np.maximum(np.sqrt(var), eps)
+    return mean.reshape(shape).astype(np.float32), std.reshape(shape).astype(np.float32)

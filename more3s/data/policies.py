@@ -1,0 +1,275 @@
+"""Behaviour policies for collection, chosen by a short spec string (``make_policy``).
+
+Offline RL needs data whose returns spread from poor to good (a "medium-replay"-like set), and no
+dataset can be downloaded here, so the behaviour is built from parts:
+
+* ``random`` — uniform actions (every task);
+* ``tracker`` — scripted RAM trackers for Breakout and Pong: they read ball and paddle positions
+  from the console RAM and move the paddle under / level with the ball, leading it by one step of
+  ball velocity. RAM addresses were found by regressing on-screen object positions on every RAM
+  byte (tests/data/test_policies.py re-checks them against the frames): Breakout paddle x = ram[72]
+  (centre pixel = ram - 36.6), ball x = ram[99] (pixel = ram - 48.5), ball y = ram[101] (0 when no
+  ball is in play); Pong own paddle y = ram[51], ball y = ram[54], ball x = ram[49];
+* ``sine`` — an open-loop sine gait for MuJoCo robots (a cheap policy that really moves HalfCheetah
+  forward: ~1,950 return per 1,000 steps vs. ~-200 for random), usable in CI (``SINE_GAITS``);
+* ``mixed`` — an epsilon-mixture of the task's best cheap policy (tracker / sine) and random actions,
+  with epsilon drawn per episode from U[0, 1]; ``eps:X`` fixes epsilon to X;
+* ``sac:FILE.zip`` — a stable-baselines3 SAC snapshot; ``sac-medium:DIR``, ``sac-expert:DIR``,
+  ``sac-medium-replay:DIR``, ``sac-medium-expert:DIR`` pick snapshots of a training run made by
+  ``more3s.data.sac`` (see there) to build D4RL-like analogues.
+
+Every policy gets a ``numpy.random.Generator`` at each episode start, so a collection is
+reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+
+from more3s.envs import TaskSpec, get_task
+
+__all__ = [
+    "Policy", "RandomPolicy", "BreakoutTracker", "PongTracker", "SinePolicy", "EpsilonMixture",
+    "SnapshotPolicy", "make_policy", "POLICY_HELP", "SINE_GAITS",
+]
+
+POLICY_HELP = ("random | tracker (breakout, pong) | sine (mujoco) | mixed | eps:X | sac:FILE.zip | "
+               "sac-medium:DIR | sac-expert:DIR | sac-medium-replay:DIR | sac-medium-expert:DIR")
+
+
+class Policy(Protocol):
+    name: str
+
+    def reset(self, env: gym.Env, rng: np.random.Generator) -> dict[str, Any]:
+        """Start an episode; returns attributes recorded with it (e.g. its epsilon)."""
+        ...
+
+    def act(self, obs: np.ndarray, env: gym.Env) -> Any:
+        ...
+
+
+def _ram(env: gym.Env) -> np.ndarray:
+    return env.unwrapped.ale.getRAM()
+
+
+class RandomPolicy:
+    """Uniform random actions from the env's action space, drawn from the episode's generator."""
+
+    name = "random"
+
+    def __init__(self, action_space: gym.Space):
+        self.space = action_space
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, env, rng):
+        self.rng = rng
+        return {}
+
+    def act(self, obs, env):
+        if isinstance(self.space, gym.spaces.Discrete):
+            return int(self.rng.integers(self.space.n))
+        lo, hi = self.space.low, self.space.high
+        return self.rng.uniform(lo, hi).astype(self.space.dtype)
+
+
+@dataclass
+class _Track:
+    """Shared 1-D tracking rule: move toward target with a dead zone, leading by velocity."""
+
+    offset: float
+    dead_zone: float
+    lead: float
+
+    def __post_init__(self):
+        self.prev: int | None = None
+
+    def error(self, ball: int, paddle: int) -> float:
+        v = 0 if self.prev is None else ball - self.prev
+        self.prev = ball
+        return ball + self.lead * v + self.offset - paddle
+
+
+class BreakoutTracker:
+    """Keeps the paddle under the ball; FIRE when no ball is in play. Scores ~350 on full games."""
+
+    name = "tracker"
+    NOOP, FIRE, RIGHT, LEFT = 0, 1, 2, 3
+    PADDLE_X, BALL_X, BALL_Y = 72, 99, 101  # RAM addresses (module docstring)
+
+    def __init__(self, offset: float = -10, dead_zone: float = 6, lead: float = 1):
+        self.track = _Track(offset, dead_zone, lead)
+
+    def reset(self, env, rng):
+        self.track.prev = None
+        return {}
+
+    def act(self, obs, env):
+        ram = _ram(env)
+        if ram[self.BALL_Y] == 0:
+            self.track.prev = None
+            return self.FIRE
+        d = self.track.error(int(ram[self.BALL_X]), int(ram[self.PADDLE_X]))
+        if d > self.track.dead_zone:
+            return self.RIGHT
+        if d < -self.track.dead_zone:
+            return self.LEFT
+        return self.NOOP
+
+
+class PongTracker:
+    """Keeps its paddle level with the ball (RIGHT = up, LEFT = down). Wins full games ~21-10."""
+
+    name = "tracker"
+    NOOP, FIRE, UP, DOWN = 0, 1, 2, 3
+    PADDLE_Y, BALL_Y = 51, 54  # RAM addresses (module docstring)
+
+    def __init__(self, offset: float = -10, dead_zone: float = 3, lead: float = 1):
+        self.track = _Track(offset, dead_zone, lead)
+
+    def reset(self, env, rng):
+        self.track.prev = None
+        return {}
+
+    def act(self, obs, env):
+        ram = _ram(env)
+        d = self.track.error(int(ram[self.BALL_Y]), int(ram[self.PADDLE_Y]))
+        if d > self.track.dead_zone:
+            return self.DOWN
+        if d < -self.track.dead_zone:
+            return self.UP
+        return self.NOOP
+
+
+# Open-loop gaits a(t) = amp * sin(omega * t + phase_i), each the best of a random search over
+# (omega, phases, amp) on the v5 env (250-300 draws, 300-step episodes). HalfCheetah runs: ~1,950
+# return per 1,000 steps (random: ~-200). Hopper and Walker2d have no stable open-loop gait: these
+# fall after ~75 / ~55 steps (return ~62 / ~32 vs. random ~13 / ~-4); use SAC for real locomotion.
+SINE_GAITS: dict[str, tuple[float, tuple[float, ...], float]] = {
+    "halfcheetah": (1.2, (0.72, 3.02, 4.52, 5.82, 5.32, 6.1), 0.5),
+    "hopper": (0.7, (5.04, 5.24, 4.8), 0.6),
+    "walker2d": (0.5, (3.6, 4.86, 5.36, 5.41, 4.78, 2.18), 0.3),
+}
+
+
+class SinePolicy:
+    """Open-loop sine gait for a MuJoCo robot (cheap, no learning; see ``SINE_GAITS``)."""
+
+    name = "sine"
+
+    def __init__(self, task: str, action_space: gym.spaces.Box):
+        self.omega, phase, self.amp = SINE_GAITS[task]
+        self.phase = np.asarray(phase, dtype=np.float64)  # [A]
+        self.low, self.high, self.dtype = action_space.low, action_space.high, action_space.dtype
+        self.t = 0
+
+    def reset(self, env, rng):
+        self.t = 0
+        return {}
+
+    def act(self, obs, env):
+        a = self.amp * np.sin(self.omega * self.t + self.phase)  # [A]
+        self.t += 1
+        return np.clip(a, self.low, self.high).astype(self.dtype)
+
+
+class EpsilonMixture:
+    """With probability epsilon a random action, else the base policy's (which always runs, so
+    stateful bases such as the trackers keep their velocity estimate). Epsilon is fixed, or drawn
+    per episode from U[lo, hi]."""
+
+    def __init__(self, base: Policy, action_space: gym.Space, epsilon: float | tuple[float, float]):
+        lo, hi = (epsilon, epsilon) if np.isscalar(epsilon) else epsilon
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
+        self.base, self.lo, self.hi = base, float(lo), float(hi)
+        self.random = RandomPolicy(action_space)
+        self.name = f"mixed({base.name})" if lo != hi else f"eps{lo:g}({base.name})"
+        self.eps, self.rng = lo, np.random.default_rng(0)
+
+    def reset(self, env, rng):
+        self.rng = rng
+        self.eps = float(rng.uniform(self.lo, self.hi)) if self.hi > self.lo else self.lo
+        info = dict(self.base.reset(env, rng))
+        self.random.reset(env, rng)
+        info["epsilon"] = self.eps
+        return info
+
+    def act(self, obs, env):
+        a = self.base.act(obs, env)
+        return self.random.act(obs, env) if self.rng.random() < self.eps else a
+
+
+class SnapshotPolicy:
+    """Deterministic actions of stable-baselines3 SAC snapshots; with several, one is drawn per
+    episode (medium-replay / medium-expert analogues)."""
+
+    def __init__(self, paths: list[Path], name: str, weights: list[float] | None = None):
+        from .sac import load_sac  # lazy: stable-baselines3 is the optional [collect] extra
+
+        if not paths:
+            raise ValueError(f"policy {name!r}: no SAC snapshots given")
+        self.paths = [Path(p) for p in paths]
+        self.models = [load_sac(p) for p in self.paths]
+        self.weights = None if weights is None else np.asarray(weights, float) / np.sum(weights)
+        self.name, self.current = name, 0
+
+    def reset(self, env, rng):
+        self.current = int(rng.choice(len(self.models), p=self.weights))
+        return {"snapshot": self.paths[self.current].name}
+
+    def act(self, obs, env):
+        action, _ = self.models[self.current].predict(obs, deterministic=True)
+        return action
+
+
+def _default_base(spec: TaskSpec, env: gym.Env) -> Policy:
+    if spec.name == "breakout":
+        return BreakoutTracker()
+    if spec.name == "pong":
+        return PongTracker()
+    if spec.family == "mujoco":
+        return SinePolicy(spec.name, env.action_space)
+    raise ValueError(f"no scripted policy for task {spec.name!r} (trackers exist for breakout "
+                     f"and pong, sine gaits for mujoco tasks); use --policy random")
+
+
+def make_policy(task: str | TaskSpec, policy: str, env: gym.Env) -> Policy:
+    """Build a behaviour policy from its spec string (``POLICY_HELP``) for ``task``."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    kind, _, arg = policy.strip().partition(":")
+    kind = kind.lower()
+    space = env.action_space
+    if kind == "random":
+        return RandomPolicy(space)
+    if kind == "tracker":
+        if spec.name not in ("breakout", "pong"):
+            raise ValueError(f"policy 'tracker' exists for breakout and pong, not {spec.name!r}")
+        return _default_base(spec, env)
+    if kind == "sine":
+        if spec.family != "mujoco":
+            raise ValueError(f"policy 'sine' is for mujoco tasks, not {spec.name!r}")
+        return SinePolicy(spec.name, space)
+    if kind == "mixed":
+        return EpsilonMixture(_default_base(spec, env), space, (0.0, 1.0))
+    if kind == "eps":
+        try:
+            eps = float(arg)
+        except ValueError:
+            raise ValueError(f"policy {policy!r}: write eps:X with X a number in [0, 1]") from None
+        return EpsilonMixture(_default_base(spec, env), space, eps)
+    if kind.startswith("sac"):
+        if spec.family != "mujoco":
+            raise ValueError(f"SAC policies are for mujoco tasks, not {spec.name!r}")
+        if not arg:
+            raise ValueError(f"policy {policy!r}: give a path, e.g. sac:runs/sac/step_0100000.zip "
+                             f"or sac-medium:runs/sac")
+        from .sac import select_snapshots
+
+        paths, weights = select_snapshots(Path(arg), kind.removeprefix("sac").lstrip("-") or "file")
+        return SnapshotPolicy(paths, policy, weights)
+    raise ValueError(f"unknown policy {policy!r}; choose one of: {POLICY_HELP}")

@@ -1,0 +1,150 @@
+"""Collection: the CLI writes datasets plain Minari reads, returns spread, bad env/policy names are
+clear errors, and an interrupted collection leaves nothing that looks like a dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import minari
+import numpy as np
+import pytest
+
+from more3s.collect import main as collect_main
+from more3s.data import collect_dataset, dataset_path, load_episodes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _returns(dataset_id):
+    ds = minari.load_dataset(dataset_id)  # plain minari, no more3s help
+    rets = [float(ep.rewards.sum()) for ep in ds.iterate_episodes()]
+    assert len(rets) == ds.total_episodes
+    return ds, rets
+
+
+def test_cli_breakout_mixed_subprocess(_minari_root):
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(_minari_root))
+    out = subprocess.run(
+        [sys.executable, "-m", "more3s.collect", "--env", "breakout", "--policy", "mixed",
+         "--episodes", "5", "--dataset-id", "breakout/mixed-v0", "--seed", "1",
+         "--max-episode-steps", "400", "--no-progress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "return min/mean/max" in out.stdout
+    ds, rets = _returns("breakout/mixed-v0")
+    assert len(set(rets)) > 1, rets  # a spread of qualities
+    ep = next(ds.iterate_episodes())
+    assert ep.observations.shape[1:] == (210, 160, 3) and ep.observations.dtype == np.uint8
+    meta = json.loads((dataset_path("breakout/mixed-v0") / "data" / "metadata.json").read_text())
+    assert meta["more3s"]["returns"] == pytest.approx(rets)
+    assert meta["jpeg_encoding"] is False
+
+
+def test_collected_frames_match_env_replay():
+    """Frames are byte-exact: replaying the stored seed and actions reproduces every frame."""
+    from more3s.envs import make_env
+
+    collect_dataset("pong", "eps:0.5", 1, "pong/replay-v0", seed=3, max_episode_steps=60,
+                    progress=False)
+    ep = next(minari.load_dataset("pong/replay-v0").iterate_episodes())
+    seed = int(next(iter(minari.load_dataset("pong/replay-v0").storage.get_episode_metadata([0])))["seed"])
+    env = make_env("pong", max_episode_steps=60)
+    obs, _ = env.reset(seed=seed)
+    np.testing.assert_array_equal(ep.observations[0], obs)
+    for t, a in enumerate(ep.actions):
+        obs, r, *_ = env.step(int(a))
+        np.testing.assert_array_equal(ep.observations[t + 1], obs)
+        assert ep.rewards[t] == r
+
+
+@pytest.mark.parametrize("env,policy,cap", [("pong", "mixed", 400), ("halfcheetah", "mixed", 200),
+                                            ("halfcheetah", "sine", 100)])
+def test_cli_returns_differ(env, policy, cap, capsys):
+    did = f"{env}/{policy}-v0"
+    assert collect_main(["--env", env, "--policy", policy, "--episodes", "5", "--dataset-id", did,
+                         "--seed", "1", "--max-episode-steps", str(cap), "--no-progress"]) == 0
+    _, rets = _returns(did)
+    assert len(rets) == 5 and len(set(np.round(rets, 6))) > 1, rets
+    eps = load_episodes(did)
+    assert eps[0].task == env and all(len(e) <= cap for e in eps)
+    if env == "pong":
+        assert all(e.rtg[0] == pytest.approx(np.clip(e.rewards, -1, 1).sum()) for e in eps)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_same_seed_same_data():
+    a = collect_dataset("breakout", "mixed", 2, "breakout/a-v0", seed=5, max_episode_steps=80,
+                        progress=False)
+    b = collect_dataset("breakout", "mixed", 2, "breakout/b-v0", seed=5, max_episode_steps=80,
+                        progress=False)
+    ea, eb = load_episodes(a), load_episodes(b)
+    for x, y in zip(ea, eb):
+        np.testing.assert_array_equal(x.actions, y.actions)
+        np.testing.assert_array_equal(x.observations, y.observations)
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--env", "tetris", "--policy", "random"], "unknown env 'tetris'"),
+    (["--env", "breakout", "--policy", "genius"], "unknown policy 'genius'"),
+    (["--env", "qbert", "--policy", "tracker"], "breakout and pong"),
+    (["--env", "pong", "--policy", "sine"], "mujoco"),
+    (["--env", "breakout", "--policy", "eps:lots"], "eps:X"),
+    (["--env", "breakout", "--policy", "eps:1.5"], "epsilon"),
+    (["--env", "halfcheetah", "--policy", "sac-medium:/nonexistent/run"], "snapshots.json"),
+    (["--env", "breakout", "--policy", "sac:x.zip"], "mujoco"),
+])
+def test_cli_clear_errors(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        collect_main([*argv, "--episodes", "1", "--dataset-id", "err/x-v0", "--no-progress"])
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
+    assert not dataset_path("err/x-v0").exists()
+
+
+def test_existing_dataset_and_bad_counts():
+    collect_dataset("halfcheetah", "random", 1, "hc/once-v0", max_episode_steps=5, progress=False)
+    with pytest.raises(FileExistsError, match="already exists"):
+        collect_dataset("halfcheetah", "random", 1, "hc/once-v0", max_episode_steps=5, progress=False)
+    collect_dataset("halfcheetah", "sine", 1, "hc/once-v0", max_episode_steps=7, progress=False,
+                    overwrite=True)
+    assert [len(e) for e in load_episodes("hc/once-v0")] == [7]
+    with pytest.raises(ValueError, match="episodes"):
+        collect_dataset("halfcheetah", "random", 0, "hc/zero-v0", progress=False)
+    with pytest.raises(ValueError, match="bad dataset id"):
+        collect_dataset("halfcheetah", "random", 1, "noversion", progress=False)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_collection_leaves_no_dataset(sig, _minari_root):
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(_minari_root))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "more3s.collect", "--env", "halfcheetah", "--policy", "random",
+         "--episodes", "100000", "--dataset-id", "hc/interrupted-v0", "--no-progress"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ns = _minari_root / "hc"
+    deadline = time.time() + 60
+    # wait until episodes are being written into the hidden partial directory
+    while time.time() < deadline:
+        parts = list(ns.glob(".interrupted-v0.*.partial/data/main_data.hdf5")) if ns.exists() else []
+        if parts and parts[0].stat().st_size > 50_000:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("collection never started writing")
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert proc.returncode != 0
+    assert not dataset_path("hc/interrupted-v0").exists()
+    assert "hc/interrupted-v0" not in minari.list_local_datasets()
+    with pytest.raises(FileNotFoundError):
+        minari.load_dataset("hc/interrupted-v0")
+    leftovers = list(ns.glob(".interrupted-v0.*"))
+    if sig == signal.SIGINT:
+        assert leftovers == []  # cleaned up on KeyboardInterrupt
+    else:
+        assert all(p.name.startswith(".") for p in leftovers)  # only hidden, ignored debris

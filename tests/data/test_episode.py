@@ -1,0 +1,76 @@
+"""Episode records: RTG against a brute-force sum, validation, state statistics."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from more3s.data import compute_rtg, make_episode, state_mean_std
+
+rewards_st = st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=1, max_size=60)
+
+
+def _brute_rtg(r, clip):
+    r = [min(1.0, max(-1.0, x)) if clip else x for x in r]
+    return np.array([sum(r[t:]) for t in range(len(r))])
+
+
+@settings(max_examples=60, deadline=None)
+@given(rewards_st, st.booleans())
+def test_rtg_matches_brute_force(r, clip):
+    got = compute_rtg(np.array(r, dtype=np.float32), clip=clip)
+    want = _brute_rtg([float(np.float32(x)) for x in r], clip)
+    assert got.dtype == np.float32 and got.shape == (len(r),)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rewards_st, st.sampled_from(["breakout", "pong", "halfcheetah", None]))
+def test_episode_rtg_uses_task_clipping(r, task):
+    T = len(r)
+    obs = np.zeros((T + 1, 3), np.float32)
+    act = np.zeros((T, 6), np.float32) if task == "halfcheetah" else np.zeros(T, np.int64)
+    ep = make_episode(obs, act, r, np.zeros(T, bool), np.zeros(T, bool), task=task)
+    clip = task in ("breakout", "pong")
+    np.testing.assert_allclose(ep.rtg, _brute_rtg([float(np.float32(x)) for x in r], clip),
+                               rtol=1e-5, atol=1e-3)
+    assert ep.raw_return == pytest.approx(float(np.sum(np.float32(r), dtype=np.float64)), abs=1e-3)
+    assert len(ep) == T
+    assert ep.train_return == pytest.approx(float(ep.rtg[0]))
+    np.testing.assert_array_equal(ep.clipped_rewards, np.clip(ep.rewards, -1, 1))
+
+
+def _arrays(T=5):
+    return dict(observations=np.zeros((T + 1, 2), np.float32), actions=np.zeros(T, np.int64),
+                rewards=np.ones(T, np.float32), terminations=np.zeros(T, bool),
+                truncations=np.zeros(T, bool))
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("observations", np.zeros((5, 2), np.float32), "'observations'"),
+    ("actions", np.zeros(4, np.int64), "'actions'"),
+    ("terminations", np.zeros(4, bool), "'terminations'"),
+    ("truncations", np.zeros(6, bool), "'truncations'"),
+    ("rewards", np.array([1, np.nan, 1, 1, 1], np.float32), "NaN/inf"),
+    ("observations", np.full((6, 2), np.inf, np.float32), "NaN/inf"),
+    ("actions", np.array(["a"] * 5), "dtype"),
+])
+def test_make_episode_rejects_bad_fields(field, value, msg):
+    arrays = _arrays()
+    arrays[field] = value
+    with pytest.raises(ValueError, match=msg) as e:
+        make_episode(**arrays, source="myfile.hdf5")
+    assert "myfile.hdf5" in str(e.value) and field in str(e.value)
+
+
+def test_state_mean_std_matches_numpy():
+    rng = np.random.default_rng(0)
+    eps = [make_episode(rng.normal(1e4, 3, size=(T + 1, 4)).astype(np.float32),
+                        rng.normal(size=(T, 2)).astype(np.float32), rng.normal(size=T),
+                        np.zeros(T, bool), np.zeros(T, bool)) for T in (3, 10, 7)]
+    allobs = np.concatenate([e.observations for e in eps]).astype(np.float64)
+    mean, std = state_mean_std(eps)
+    np.testing.assert_allclose(mean, allobs.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, allobs.std(0), rtol=1e-4)
+    with pytest.raises(ValueError):
+        state_mean_std([])
