@@ -1,1 +1,34 @@
-"""more3s.encoder"""
+"""The frozen multimodal encoder: regions of a state, frozen LXMERT, and the embedding cache.
+
+``regions`` turns frames (Atari objects, a grid) or MuJoCo observations (robot bodies) into LXMERT's
+visual input; ``lxmert`` embeds states and action prompts into one space; ``cache`` stores state
+embeddings of a whole dataset once, memory-mapped, so training never runs the encoder.
+"""
+
+from .cache import (
+    FORMAT_VERSION, CacheConfig, CacheCorruptError, ChunkedStates, EmbeddingCache, build_or_load_cache,
+    cache_key, dataset_fingerprint, default_cache_dir, open_cache,
+)
+from .lxmert import (
+    PRETRAINED_ID, RANDOM_CONFIGS, EncoderConfig, EncoderNotFoundError, FrozenLxmert, action_embedding,
+    load_encoder,
+)
+from .regions import (
+    MAX_BODIES, RegionConfig, Regions, atari_regions, extract_regions, grid_regions, image_feature_dim,
+    mujoco_feature_dim, mujoco_regions, region_projection,
+)
+from .tokenizer import TokenizerError, build_tokenizer, build_vocab, check_tokenizer, project_texts
+
+__all__ = [
+    # regions
+    "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
+    "region_projection", "image_feature_dim", "mujoco_feature_dim", "MAX_BODIES",
+    # encoder
+    "PRETRAINED_ID", "RANDOM_CONFIGS", "EncoderConfig", "FrozenLxmert", "load_encoder", "action_embedding",
+    "EncoderNotFoundError",
+    # tokenizer
+    "TokenizerError", "build_tokenizer", "build_vocab", "check_tokenizer", "project_texts",
+    # cache
+    "FORMAT_VERSION", "CacheConfig", "EmbeddingCache", "ChunkedStates", "CacheCorruptError",
+    "build_or_load_cache", "open_cache", "cache_key", "dataset_fingerprint", "default_cache_dir",
+]

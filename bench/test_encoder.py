@@ -1,0 +1,130 @@
+"""Encoder benchmarks: region extraction, LXMERT states/s, cache vs on-the-fly batch assembly, GPU fast path.
+
+Run: ``pytest bench/test_encoder.py --benchmark-only``. Throughputs and ratios go in ``extra_info``;
+every ratio's baseline is measured in the same test run.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from more3s.encoder import CacheConfig, atari_regions, build_or_load_cache, grid_regions, load_encoder, mujoco_regions
+
+
+def _best_of(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    """[65, 210, 160, 3] real Breakout frames (a served ball in flight)."""
+    from more3s.envs import make_env
+
+    env = make_env("breakout", noop_max=0)
+    obs, _ = env.reset(seed=0)
+    out = [obs]
+    rng = np.random.default_rng(0)
+    for t in range(64):
+        obs, _, term, trunc, _ = env.step(1 if t % 16 == 0 else int(rng.integers(4)))
+        out.append(obs)
+        if term or trunc:
+            obs, _ = env.reset()
+    env.close()
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def cheetah() -> np.ndarray:
+    from more3s.envs import make_env
+
+    env = make_env("halfcheetah")
+    obs, _ = env.reset(seed=0)
+    out = [obs]
+    for _ in range(255):
+        obs, *_ = env.step(env.action_space.sample())
+        out.append(obs)
+    env.close()
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["atari-objects", "grid", "mujoco-bodies"])
+def test_region_extraction(benchmark, frames, cheetah, kind):
+    if kind == "atari-objects":
+        fn, n = (lambda: atari_regions(frames[1:], frames[:-1])), len(frames) - 1
+    elif kind == "grid":
+        fn, n = (lambda: grid_regions(frames[1:], frames[:-1])), len(frames) - 1
+    else:
+        fn, n = (lambda: mujoco_regions("halfcheetah", cheetah)), len(cheetah)
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    benchmark.extra_info.update(batch=n, frames_per_s=n / benchmark.stats.stats.mean)
+
+
+@pytest.mark.parametrize("name,batch,rounds", [("lxmert-tiny", 64, 5), ("lxmert-base-random", 16, 2)])
+def test_encoder_states_per_s_cpu(benchmark, frames, name, batch, rounds):
+    enc = load_encoder(name, device="cpu")
+    regions = enc.regions("breakout", frames[1:batch + 1], frames[:batch])
+    enc.embed_regions("breakout", regions)  # warm-up (caption states, fused projection)
+    benchmark.pedantic(lambda: enc.embed_regions("breakout", regions), rounds=rounds, warmup_rounds=0)
+    lxmert_s = benchmark.stats.stats.mean
+    region_s = _best_of(lambda: enc.regions("breakout", frames[1:batch + 1], frames[:batch]), 3)
+    benchmark.extra_info.update(
+        batch=batch, threads=torch.get_num_threads(), lxmert_states_per_s=batch / lxmert_s,
+        end_to_end_states_per_s=batch / (lxmert_s + region_s), region_share=region_s / (lxmert_s + region_s))
+
+
+def test_batch_assembly_cache_vs_on_the_fly(benchmark, frames, tmp_path):
+    """A training batch (B windows of K states) gathered from the cache vs encoded on the fly."""
+    enc = load_encoder("lxmert-tiny", device="cpu")
+    eps = [types.SimpleNamespace(observations=o, task="breakout") for o in np.split(frames, [20, 45])]
+    cache = build_or_load_cache(eps, enc, cache_dir=tmp_path, config=CacheConfig(chunk_rows=16, progress=False))
+    rng = np.random.default_rng(0)
+    B, K = 8, 10
+    lengths = np.diff(cache.offsets)
+    episode = rng.integers(0, len(eps), B)
+    start = rng.integers(0, lengths[episode] - K + 1)
+    steps = start[:, None] + np.arange(K)  # [B, K]
+
+    def from_cache():
+        return torch.from_numpy(cache.gather(episode, steps).astype(np.float32))  # [B, K, d_enc]
+
+    def on_the_fly():
+        cur = np.concatenate([eps[e].observations[s] for e, s in zip(episode, steps)])  # [B*K, H, W, 3]
+        prev = np.concatenate([eps[e].observations[np.maximum(s - 1, 0)] for e, s in zip(episode, steps)])
+        return enc.embed_states("breakout", cur, prev).reshape(B, K, -1)
+
+    torch.testing.assert_close(from_cache(), on_the_fly(), atol=5e-3, rtol=5e-3)
+    benchmark(from_cache)
+    fly = _best_of(on_the_fly, 3)
+    benchmark.extra_info.update(batch=f"{B}x{K}", on_the_fly_s=fly,
+                                speedup_cache_vs_on_the_fly=fly / benchmark.stats.stats.mean)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 16, 256])
+def test_gpu_fp16_graphs_vs_fp32_eager(benchmark, frames, batch):
+    fast = load_encoder("lxmert-base-random", device="cuda")  # fp16 + CUDA graphs
+    ref = load_encoder("lxmert-base-random", device="cuda", dtype=torch.float32, cuda_graphs=False)
+    idx = np.arange(batch) % (len(frames) - 1)
+    regions = fast.regions("breakout", frames[idx + 1], frames[idx])
+
+    def run(enc):
+        out = enc.embed_regions("breakout", regions)
+        torch.cuda.synchronize()
+        return out
+
+    run(fast), run(ref)  # capture / warm-up
+    benchmark.pedantic(lambda: run(fast), rounds=20, warmup_rounds=2)
+    eager = min(_best_of(lambda: run(ref), 5), float("inf"))
+    benchmark.extra_info.update(batch=batch, fp16_graph_states_per_s=batch / benchmark.stats.stats.mean,
+                                fp32_eager_states_per_s=batch / eager,
+                                speedup=eager / benchmark.stats.stats.mean)

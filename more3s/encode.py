@@ -1,0 +1,93 @@
+"""Precompute the embedding cache of a dataset: ``python -m more3s.encode --dataset SRC --encoder NAME``.
+
+Options: ``--prompt-set {original,synonym,contextual}``, ``--cache-dir DIR`` (default $MORE3S_CACHE or
+~/.cache/more3s/embeddings), ``--task``, ``--max-episodes``, ``--device``, ``--chunk-rows``,
+``--batch-size``, ``--fallback lxmert-tiny|lxmert-base-random`` (use it, loudly, when the pretrained
+encoder is missing). Prints the encoder that ran, the cache directory and whether it was a hit; a
+second identical call encodes nothing. ``torchrun --nproc_per_node N -m more3s.encode ...`` shards
+the chunks across processes (gloo on CPU, nccl on GPU); the result equals a one-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["EncodeConfig", "main", "init_distributed"]
+
+
+@dataclass
+class EncodeConfig:
+    dataset: str  # Minari id or path, or a D4RL hdf5 path (more3s.data.load_episodes)
+    encoder: str = "unc-nlp/lxmert-base-uncased"  # or a local directory, lxmert-tiny, lxmert-base-random
+    prompt_set: Literal["original", "synonym", "contextual"] = "original"  # the paper's prompt ablation
+    cache_dir: str | None = None  # default: $MORE3S_CACHE or ~/.cache/more3s/embeddings
+    task: str | None = None  # inferred from the dataset when omitted
+    max_episodes: int | None = None
+    device: str | None = None  # default: cuda (per local rank) when available, else cpu
+    chunk_rows: int = 4096  # states per chunk file (the unit of resume and sharding)
+    batch_size: int | None = None  # states per encoder call (default: the encoder's)
+    fallback: str | None = None  # random-init encoder to use, with a warning, if the pretrained one is missing
+    progress: bool = True
+
+
+def init_distributed():
+    """Initialize torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU.
+
+    Returns (rank, world, device or None).
+    """
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    cfg = tyro.cli(EncodeConfig, args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank, world, dist_device = init_distributed()
+    from .encoder import CacheConfig, build_or_load_cache, load_encoder
+
+    try:
+        encoder = load_encoder(cfg.encoder, device=cfg.device or dist_device, fallback=cfg.fallback)
+        cache = build_or_load_cache(
+            cfg.dataset, encoder, task=cfg.task, prompt_set=cfg.prompt_set, cache_dir=cfg.cache_dir,
+            max_episodes=cfg.max_episodes,
+            config=CacheConfig(chunk_rows=cfg.chunk_rows, batch_size=cfg.batch_size, progress=cfg.progress),
+        )
+    except (OSError, ValueError, RuntimeError) as e:  # missing weights/dataset, bad input, corrupt cache
+        print(f"more3s.encode: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if rank == 0:
+        print(f"encoder: {encoder.describe()}")
+        print(f"states: {cache.states.shape[0]} in {cache.num_episodes} episodes, d_enc {cache.states.shape[1]}, "
+              f"action table {tuple(cache.action_table.shape)} ({cfg.prompt_set})")
+        print(f"cache: {cache.path}")
+        print(f"hit: {'yes' if cache.hit else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

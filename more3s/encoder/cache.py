@@ -1,0 +1,417 @@
+"""Content-addressed embedding cache: the frozen encoder runs once per dataset, never in training.
+
+Key = sha256 of (dataset content fingerprint, encoder weights fingerprint and compute dtype, region
+config with its projection seed, task, prompt set, state caption, format version). Layout under
+``<cache_dir>/<key>/``::
+
+    plan.json                 what is being built (key parts, rows, chunk size, d_enc)
+    offsets.npy               [E+1] int64 row offsets of the episodes
+    chunks/states_00000.npy   fp16 [<= chunk_rows, d_enc], rows of all observations of all episodes, flat
+    chunks/states_00000.json  its sha256 and row range (written after the .npy; both atomically)
+    action_table.npy/.json    fp32 [A (or A+1), d_enc] and its sha256
+    meta.json                 written last: the cache is complete
+
+Resumable: a chunk counts only when its .json exists and its checksum matches, so an interrupted run
+continues at the first missing chunk; a corrupt or truncated chunk found on load is rebuilt when the
+episodes and encoder are at hand (``build_or_load_cache``), else ``open_cache`` raises
+``CacheCorruptError``. Each chunk is built under its own file lock, so two processes building the
+same key share the work instead of corrupting it. Under ``torchrun`` (torch.distributed initialized)
+rank r builds the chunks i with i % world == r; chunks are encoded in the same fixed batches
+whichever process builds them, so the result does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+
+from more3s.atomic import atomic_path, atomic_write_text, sha256_file
+from more3s.envs import get_task, state_caption
+
+from .lxmert import FrozenLxmert
+
+__all__ = [
+    "FORMAT_VERSION", "CacheConfig", "EmbeddingCache", "ChunkedStates", "CacheCorruptError",
+    "build_or_load_cache", "open_cache", "cache_key", "dataset_fingerprint", "default_cache_dir",
+]
+
+FORMAT_VERSION = 1
+
+
+class CacheCorruptError(RuntimeError):
+    """A cache directory is incomplete or a chunk fails its checksum, and it cannot be rebuilt here."""
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    chunk_rows: int = 4096  # states per chunk file: the unit of resume, checksum and sharding
+    batch_size: int | None = None  # states per encoder call (None: the encoder's own batch size)
+    verify: bool = True  # checksum every chunk on load (reads the cache once; catches silent corruption)
+    progress: bool = True  # tqdm bar with states/s (rank 0 only)
+
+    def __post_init__(self):
+        if self.chunk_rows < 1:
+            raise ValueError(f"CacheConfig.chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"CacheConfig.batch_size must be >= 1, got {self.batch_size}")
+
+
+def default_cache_dir() -> Path:
+    """$MORE3S_CACHE, else ~/.cache/more3s/embeddings."""
+    env = os.environ.get("MORE3S_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "more3s" / "embeddings"
+
+
+def dataset_fingerprint(episodes: Sequence) -> str:
+    """blake2b over every episode's observations (dtype, shape, bytes): what the states are made of."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"episodes={len(episodes)}".encode())
+    for ep in episodes:
+        obs = np.ascontiguousarray(ep.observations)
+        h.update(f"|{obs.dtype.str}|{obs.shape}|".encode())
+        h.update(obs.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str, prompt_set: str) -> tuple[str, dict]:
+    """(key, parts): the key is sha256 of the canonical JSON of the parts."""
+    spec = get_task(task)
+    parts = {
+        "format": FORMAT_VERSION,
+        "dataset": dataset_fp,
+        "encoder": encoder.fingerprint,
+        "encoder_dtype": str(encoder.dtype).removeprefix("torch."),
+        "regions": encoder.config.regions.to_dict(),
+        "task": spec.name,
+        "prompt_set": prompt_set,
+        "caption": state_caption(spec.name),
+    }
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    return key, parts
+
+
+# ---------------------------------------------------------------------------------------------
+# The loaded cache
+# ---------------------------------------------------------------------------------------------
+
+class ChunkedStates:
+    """A read-only ``[N_obs, d_enc]`` fp16 array over memory-mapped chunk files.
+
+    Supports ``len``, ``shape``, ``dtype``, ``np.asarray``, and indexing by an int, a slice, or an
+    integer array of any shape (``states[rows]`` with rows [B, K] -> [B, K, d_enc]), which is how
+    the trainer gathers a batch.
+    """
+
+    def __init__(self, paths: Sequence[Path], chunk_rows: int, n_rows: int, d: int):
+        self.chunk_rows, self.d = int(chunk_rows), int(d)
+        self.chunks = [np.load(p, mmap_mode="r") for p in paths]
+        self.shape = (int(n_rows), self.d)
+        self.dtype = np.dtype(np.float16)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        flat = rows.reshape(-1).astype(np.int64)
+        n = self.shape[0]
+        flat = np.where(flat < 0, flat + n, flat)
+        if flat.size and (flat.min() < 0 or flat.max() >= n):
+            raise IndexError(f"row index out of range for {n} states")
+        out = np.empty((flat.size, self.d), np.float16)
+        ch, r = np.divmod(flat, self.chunk_rows)
+        for c in np.unique(ch):
+            sel = ch == c
+            out[sel] = self.chunks[c][r[sel]]
+        return out.reshape(*rows.shape, self.d)
+
+    def __getitem__(self, idx):
+        rest = ()
+        if isinstance(idx, tuple):
+            idx, rest = idx[0], idx[1:]
+        if isinstance(idx, slice):
+            out = self._rows(np.arange(*idx.indices(self.shape[0])))
+        elif isinstance(idx, (int, np.integer)):
+            out = self._rows(np.asarray([idx]))[0]
+        else:
+            idx = np.asarray(idx)
+            if idx.dtype == bool:
+                idx = np.flatnonzero(idx)
+            if not np.issubdtype(idx.dtype, np.integer):
+                raise TypeError(f"states index must be int, slice or integer array, got {idx.dtype}")
+            out = self._rows(idx)
+        return out[(Ellipsis, *rest)] if rest else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass
+class EmbeddingCache:
+    path: Path
+    states: ChunkedStates  # [N_obs, d_enc] fp16
+    offsets: np.ndarray  # [E+1] int64; episode i's observations are rows offsets[i] .. offsets[i+1]-1
+    action_table: np.ndarray  # [A, d_enc] (discrete) or [A+1, d_enc] (continuous: e_0, e_1..e_A) fp32
+    meta: dict = field(default_factory=dict)
+    hit: bool = False  # True when nothing had to be encoded
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.offsets) - 1
+
+    def episode_states(self, i: int) -> np.ndarray:
+        """All T_i+1 state embeddings of episode i: [T_i+1, d_enc] fp16."""
+        return self.states[int(self.offsets[i]):int(self.offsets[i + 1])]
+
+    def gather(self, episode: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """episode [B], steps [B, K] (a sampler's WindowBatch) -> [B, K, d_enc] fp16."""
+        episode, steps = np.asarray(episode), np.asarray(steps)
+        return self.states[self.offsets[episode][:, None] + steps]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+def _dist():
+    """(rank, world, dist module or None) when torch.distributed is initialized."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist
+    return 0, 1, None
+
+
+def _all_reduce_sum(dist, value: int) -> int:
+    import torch
+
+    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.int64, device=dev)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+class _Layout:
+    def __init__(self, root: Path):
+        self.root = root
+        self.chunks = root / "chunks"
+        self.locks = root / "locks"
+        self.meta = root / "meta.json"
+        self.plan = root / "plan.json"
+        self.offsets = root / "offsets.npy"
+        self.table = root / "action_table.npy"
+        self.table_sum = root / "action_table.json"
+
+    def chunk(self, i: int) -> Path:
+        return self.chunks / f"states_{i:05d}.npy"
+
+    def chunk_sum(self, i: int) -> Path:
+        return self.chunks / f"states_{i:05d}.json"
+
+    def lock(self, name: str) -> FileLock:
+        self.locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.locks / f"{name}.lock"))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> str:
+    """Atomically write ``arr`` as .npy, then its sidecar .json with the checksum; returns the sha256."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    digest = sha256_file(path)
+    atomic_write_text(path.with_suffix(".json"),
+                      json.dumps({"sha256": digest, "shape": list(arr.shape), "dtype": arr.dtype.str}))
+    return digest
+
+
+def _npy_ok(path: Path, shape: tuple, dtype, verify: bool) -> bool:
+    """True when ``path`` and its sidecar exist, the header matches, and (verify) the checksum does."""
+    side = path.with_suffix(".json")
+    if not path.exists() or not side.exists():
+        return False
+    try:
+        info = json.loads(side.read_text())
+        arr = np.load(path, mmap_mode="r")  # reads the header; raises on a truncated file
+        if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype) or list(shape) != info["shape"]:
+            return False
+        return not verify or sha256_file(path) == info["sha256"]
+    except (ValueError, OSError, KeyError, json.JSONDecodeError):
+        return False
+
+
+def _chunk_rows(i: int, chunk_rows: int, n_rows: int) -> tuple[int, int]:
+    return i * chunk_rows, min(n_rows, (i + 1) * chunk_rows)
+
+
+def _chunk_len(i: int, chunk_rows: int, n_rows: int) -> int:
+    a, b = _chunk_rows(i, chunk_rows, n_rows)
+    return b - a
+
+
+def _encode_rows(encoder: FrozenLxmert, task: str, episodes: Sequence, offsets: np.ndarray,
+                 start: int, stop: int, batch_size: int, on_batch: Callable[[int], None]) -> np.ndarray:
+    """E_s of flat rows [start, stop): [stop-start, d_enc] fp16. Row 0 of an episode is its own previous frame."""
+    rows = np.arange(start, stop)
+    ep = np.searchsorted(offsets, rows, side="right") - 1  # [n] episode of each row
+    steps = rows - offsets[ep]  # [n] observation index inside the episode
+    out = np.empty((len(rows), encoder.d_enc), np.float16)
+    for s in range(0, len(rows), batch_size):
+        e_b, t_b = ep[s:s + batch_size], steps[s:s + batch_size]
+        cur, prev = [], []
+        for e in np.unique(e_b):  # one slice per episode touched by the batch
+            t = t_b[e_b == e]
+            obs = episodes[e].observations
+            cur.append(np.asarray(obs[t[0]:t[-1] + 1]))
+            prev.append(np.asarray(obs[np.maximum(t - 1, 0)]))
+        emb = encoder.embed_states(task, np.concatenate(cur), np.concatenate(prev))  # [b, d_enc]
+        out[s:s + len(t_b)] = emb.cpu().numpy().astype(np.float16)
+        on_batch(len(t_b))
+    return out
+
+
+def _resolve_episodes(source, task: str | None, max_episodes: int | None) -> list:
+    if isinstance(source, (str, os.PathLike)):
+        from more3s.data import load_episodes
+
+        episodes = load_episodes(source, task=task, max_episodes=max_episodes)
+    else:
+        episodes = list(source)
+        if max_episodes is not None:
+            episodes = episodes[:max_episodes]
+    if not episodes:
+        raise ValueError(f"dataset {source if isinstance(source, (str, os.PathLike)) else '<episodes>'} "
+                         "has no episodes")
+    for i, ep in enumerate(episodes):
+        if not hasattr(ep, "observations") or len(ep.observations) < 1:
+            raise ValueError(f"episode {i} has no observations")
+    return episodes
+
+
+def _infer_task(episodes: Sequence, task: str | None) -> str:
+    if task is not None:
+        return get_task(task).name
+    names = {getattr(ep, "task", None) for ep in episodes}
+    names.discard(None)
+    if len(names) != 1:
+        raise ValueError(f"cannot infer the task from the episodes (found {sorted(names) or 'none'}); pass task=")
+    return get_task(names.pop()).name
+
+
+def open_cache(path: str | os.PathLike, verify: bool = True) -> EmbeddingCache:
+    """Open a complete cache directory without an encoder; raise ``CacheCorruptError`` if it is not sound."""
+    lay = _Layout(Path(path))
+    if not lay.meta.exists():
+        raise CacheCorruptError(f"{lay.root} is not a complete embedding cache (no meta.json)")
+    meta = json.loads(lay.meta.read_text())
+    n_rows, cr, d, n_chunks = meta["n_rows"], meta["chunk_rows"], meta["d_enc"], meta["n_chunks"]
+    bad = [i for i in range(n_chunks)
+           if not _npy_ok(lay.chunk(i), (_chunk_len(i, cr, n_rows), d), np.float16, verify)]
+    if not _npy_ok(lay.table, tuple(meta["action_table_shape"]), np.float32, verify):
+        bad.append("action_table")
+    if bad:
+        raise CacheCorruptError(
+            f"embedding cache {lay.root}: chunks {bad} are missing, truncated or fail their checksum; "
+            "rebuild with build_or_load_cache(...) / python -m more3s.encode (it re-encodes only those), "
+            "or delete the directory")
+    offsets = np.load(lay.offsets)
+    states = ChunkedStates([lay.chunk(i) for i in range(n_chunks)], cr, n_rows, d)
+    return EmbeddingCache(path=lay.root, states=states, offsets=offsets,
+                          action_table=np.load(lay.table), meta=meta, hit=True)
+
+
+def build_or_load_cache(source, encoder: FrozenLxmert, task: str | None = None,
+                        prompt_set: str = "original", cache_dir: str | os.PathLike | None = None, *,
+                        config: CacheConfig | None = None, max_episodes: int | None = None,
+                        on_chunk: Callable[[int], None] | None = None) -> EmbeddingCache:
+    """Return the embedding cache of ``source`` under ``encoder``, building what is missing.
+
+    ``source``: a dataset id/path for ``more3s.data.load_episodes``, or a list of episodes (objects
+    with ``observations`` [T+1, ...] and ``task``). ``on_chunk(i)`` is called after chunk i is written
+    (progress hooks, failure injection in tests). Under torch.distributed every rank must call this.
+    """
+    from more3s.envs import PROMPT_SETS
+
+    config = config or CacheConfig()
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {prompt_set!r}; choose one of {PROMPT_SETS}")
+    episodes = _resolve_episodes(source, task, max_episodes)
+    task = _infer_task(episodes, task)
+    lengths = np.array([len(ep.observations) for ep in episodes], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [E+1]
+    n_rows = int(offsets[-1])
+    key, parts = cache_key(dataset_fingerprint(episodes), encoder, task, prompt_set)
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    lay = _Layout(root / key)
+    rank, world, dist = _dist()
+    was_complete = lay.meta.exists()
+
+    # -- plan (identical from every process; the first one writes it) --
+    lay.root.mkdir(parents=True, exist_ok=True)
+    with lay.lock("plan"):
+        if lay.plan.exists():
+            plan = json.loads(lay.plan.read_text())
+            if plan["n_rows"] != n_rows or plan["d_enc"] != encoder.d_enc:
+                raise CacheCorruptError(f"{lay.plan} does not match this dataset/encoder; delete {lay.root}")
+        else:
+            plan = {"key": key, "parts": parts, "n_rows": n_rows, "chunk_rows": config.chunk_rows,
+                    "d_enc": encoder.d_enc, "n_episodes": len(episodes)}
+            with atomic_path(lay.offsets) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, offsets)
+            atomic_write_text(lay.plan, json.dumps(plan, indent=1))
+    cr = int(plan["chunk_rows"])
+    n_chunks = -(-n_rows // cr)
+    mine = [i for i in range(n_chunks) if i % world == rank]
+    bs = config.batch_size or encoder.config.batch_size
+
+    # -- chunks: check each of mine under its lock; encode the missing or broken ones --
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(_chunk_len(i, cr, n_rows) for i in mine), unit="state",
+               unit_scale=True, desc=f"encode {task} ({encoder.name})",
+               disable=not config.progress or rank != 0, dynamic_ncols=True)
+    encoded = 0
+    try:
+        for i in mine:
+            a, b = _chunk_rows(i, cr, n_rows)
+            with lay.lock(f"chunk_{i:05d}"):
+                if _npy_ok(lay.chunk(i), (b - a, encoder.d_enc), np.float16, config.verify):
+                    bar.update(b - a)
+                    continue
+                arr = _encode_rows(encoder, task, episodes, offsets, a, b, bs, bar.update)
+                _save_npy(lay.chunk(i), arr)
+                encoded += b - a
+            if on_chunk is not None:
+                on_chunk(i)
+    finally:
+        bar.close()
+
+    # -- action table and completion marker --
+    with lay.lock("table"):
+        table = encoder.embed_actions(task, prompt_set).cpu().numpy().astype(np.float32)
+        if not _npy_ok(lay.table, table.shape, np.float32, config.verify):
+            _save_npy(lay.table, table)
+    if dist is not None:
+        encoded = _all_reduce_sum(dist, encoded)  # also a barrier: every rank's chunks are written
+    with lay.lock("meta"):
+        if not lay.meta.exists():
+            meta = {**plan, "n_chunks": n_chunks, "action_table_shape": list(table.shape),
+                    "encoder_name": encoder.name, "encoder_source": encoder.source,
+                    "prompt_set": prompt_set, "caption": parts["caption"], "task": task,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            atomic_write_text(lay.meta, json.dumps(meta, indent=1))
+    if dist is not None:
+        dist.barrier()
+    # Every chunk was checked just now (by its rank), so skip a second checksum pass.
+    cache = open_cache(lay.root, verify=False)
+    cache.hit = was_complete and encoded == 0
+    return cache

@@ -1,0 +1,395 @@
+"""The frozen LXMERT encoder: states and actions into one semantic space (DESIGN §3 "Encoder").
+
+State embedding ``E_s(s) = LXMERT(regions of s, state caption)`` ->
+``concat(pooled [CLS] output, masked mean of the vision outputs)``, so ``d_enc = 2 * hidden``.
+Action embedding: LXMERT's language stream on the action prompt alone ->
+``concat(pooled [CLS], masked mean of the prompt's token outputs)`` (the same width, so actions and
+states can be compared); one table per (task, prompt set). Continuous actions: rows
+``e_0, e_1 .. e_A`` and ``E_a(a) = e_0 + sum_i a_i e_i`` (``action_embedding``).
+
+Weights: ``unc-nlp/lxmert-base-uncased`` (or a local directory holding a saved LXMERT and its
+tokenizer) through ``from_pretrained``: a local directory, the Hugging Face cache, or the hub when
+online. Named random-init configurations: ``lxmert-tiny`` (128 wide, 2/2/2 layers, 2 heads) and
+``lxmert-base-random`` (the default config) with an offline vocabulary (``tokenizer.py``). Which one
+ran is logged (random init at WARNING level); a missing pretrained model is an error unless a
+fallback is named, and then the fallback is logged as a warning.
+
+The forward pass is composed from LXMERT's own submodules rather than ``LxmertModel.forward`` so that
+(1) the fixed projection of raw region features to ``visual_feat_dim`` folds into ``visn_fc``
+(``x P W^T = x (P W^T)``: one small matmul instead of a 2048-wide one), (2) the caption's language
+layers, which never see the image, run once per task instead of once per state, and (3) the state
+path has static shapes and no host synchronization, so on CUDA it is captured in CUDA graphs over
+fixed batch buckets (fp16 by default): a rollout step of N envs is one graph replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from more3s.envs import TaskSpec, action_prompts, base_action_prompt, get_task, state_caption
+
+from .regions import RegionConfig, Regions, extract_regions, region_projection
+from .tokenizer import build_tokenizer, check_tokenizer, tokenizer_fingerprint
+
+__all__ = [
+    "PRETRAINED_ID", "RANDOM_CONFIGS", "EncoderConfig", "FrozenLxmert", "load_encoder", "action_embedding",
+    "EncoderNotFoundError",
+]
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_ID = "unc-nlp/lxmert-base-uncased"
+# Named random-init configurations (LxmertConfig overrides; vocab_size comes from the offline vocabulary).
+RANDOM_CONFIGS: dict[str, dict] = {
+    "lxmert-tiny": dict(hidden_size=128, num_attention_heads=2, intermediate_size=512,
+                        l_layers=2, x_layers=2, r_layers=2),
+    "lxmert-base-random": {},  # LxmertConfig defaults: 768 wide, 9/5/5 layers, 12 heads
+}
+
+
+class EncoderNotFoundError(FileNotFoundError):
+    """Pretrained weights or tokenizer not found locally, in the HF cache, or on the hub."""
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    batch_size: int = 64  # states per eager forward (bounds activation memory on CPU)
+    # CUDA graph batch buckets: a batch of n runs in the smallest bucket >= n (padded), so every
+    # rollout batch size replays a captured graph; larger batches run in max-bucket pieces.
+    graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    init_seed: int = 0  # weights of the random-init configurations
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"EncoderConfig.batch_size must be >= 1, got {self.batch_size}")
+        if not self.graph_buckets or any(b < 1 for b in self.graph_buckets):
+            raise ValueError(f"EncoderConfig.graph_buckets must be positive sizes, got {self.graph_buckets}")
+
+
+def action_embedding(table, actions):
+    """Continuous actions: ``e_0 + sum_i a_i e_i``. table [A+1, d] (row 0 = e_0), actions [..., A] -> [..., d].
+
+    Works on torch tensors or numpy arrays (the result follows ``table``'s library).
+    """
+    A = table.shape[0] - 1
+    if actions.shape[-1] != A:
+        raise ValueError(f"actions have {actions.shape[-1]} dimensions, the table has {A} (plus e_0)")
+    if isinstance(table, torch.Tensor):
+        actions = torch.as_tensor(actions, dtype=table.dtype, device=table.device)
+    else:
+        actions = np.asarray(actions, dtype=table.dtype)
+    return table[0] + actions @ table[1:]
+
+
+# Config fields that say where or how a model was saved, not what it computes.
+_CONFIG_NOT_WEIGHTS = {"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"}
+
+
+def _weights_fingerprint(model: nn.Module, tokenizer) -> str:
+    """blake2b of every parameter/buffer (name, dtype, shape, bytes), the config and the vocabulary.
+
+    Content only: the same weights loaded from the hub, the HF cache or a local copy agree.
+    """
+    h = hashlib.blake2b(digest_size=20)
+    cfg = {k: v for k, v in model.config.to_dict().items() if k not in _CONFIG_NOT_WEIGHTS}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for key, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    return h.hexdigest()
+
+
+class _GraphRunner:
+    """CUDA graphs of the state path for one (task, R, F_raw), one per batch bucket, captured lazily."""
+
+    def __init__(self, enc: "FrozenLxmert", spec: TaskSpec, R: int, F: int):
+        self.enc, self.spec, self.R, self.F = enc, spec, R, F
+        self.graphs: dict[int, tuple] = {}
+
+    def _capture(self, b: int):
+        enc, dev, dt = self.enc, self.enc.device, self.enc.dtype
+        feats = torch.zeros(b, self.R, self.F, device=dev, dtype=dt)  # [b, R, F]
+        boxes = torch.zeros(b, self.R, 4, device=dev, dtype=dt)  # [b, R, 4]
+        mask = torch.ones(b, self.R, device=dev, dtype=torch.bool)  # [b, R]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(2):  # warm-up: lazy cuBLAS handles and workspaces before capture
+                enc._state_core(self.spec, feats, boxes, mask)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            out = enc._state_core(self.spec, feats, boxes, mask)  # [b, d_enc]
+        self.graphs[b] = (graph, feats, boxes, mask, out)
+        return self.graphs[b]
+
+    def __call__(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        N = feats.shape[0]
+        buckets = sorted(self.enc.config.graph_buckets)
+        out = torch.empty(N, self.enc.d_enc, device=self.enc.device, dtype=torch.float32)
+        for s in range(0, N, buckets[-1]):
+            n = min(buckets[-1], N - s)
+            b = next(x for x in buckets if x >= n)
+            graph, f, bx, m, o = self.graphs.get(b) or self._capture(b)
+            f[:n].copy_(feats[s:s + n], non_blocking=True)
+            bx[:n].copy_(boxes[s:s + n], non_blocking=True)
+            m[:n].copy_(mask[s:s + n], non_blocking=True)
+            if n < b:  # padding rows: one real region each so no row is fully masked
+                f[n:].zero_()
+                bx[n:].zero_()
+                m[n:].fill_(False)
+                m[n:, 0] = True
+            graph.replay()
+            out[s:s + n] = o[:n].float()
+        return out
+
+
+class FrozenLxmert(nn.Module):
+    """A frozen LXMERT with its tokenizer, region config and fixed region projection."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, source: str, fingerprint: str,
+                 config: EncoderConfig | None = None, cuda_graphs: bool = False):
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source  # where the weights came from ("random init (seed 0)", a path, a hub id)
+        self.fingerprint = fingerprint  # of the fp32 weights + vocabulary; the cache key's encoder part
+        self.config = config or EncoderConfig()
+        self.cuda_graphs = bool(cuda_graphs)
+        self.hidden = int(model.config.hidden_size)
+        self.d_enc = 2 * self.hidden
+        self._fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # F_raw -> (W' [F, H], b [H])
+        self._caption: dict[str, torch.Tensor] = {}  # task -> caption language states [1, L, H]
+        self._graphs: dict[tuple, _GraphRunner] = {}
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def train(self, mode: bool = True):  # frozen: always eval (no dropout)
+        return super().train(False)
+
+    def describe(self) -> str:
+        return (f"{self.name} ({self.source}; hidden {self.hidden}, d_enc {self.d_enc}, "
+                f"{self.device}/{str(self.dtype).removeprefix('torch.')}, "
+                f"cuda graphs {'on' if self.cuda_graphs else 'off'}, weights {self.fingerprint[:12]})")
+
+    # -- building blocks -------------------------------------------------------------------------
+    def _fused_visual(self, f_raw: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """visn_fc with the fixed projection folded in: x P W^T + b = x (P W^T) + b."""
+        if f_raw not in self._fused:
+            fc = self.model.encoder.visn_fc.visn_fc
+            P = torch.tensor(region_projection(f_raw, fc.in_features, self.config.regions.projection_seed))
+            w = (P.double() @ fc.weight.detach().double().cpu().T)  # [F_raw, H], in fp64 then cast once
+            self._fused[f_raw] = (w.to(self.device, self.dtype), fc.bias.detach().to(self.device, self.dtype))
+        return self._fused[f_raw]
+
+    def _lang_ext(self, attn: torch.Tensor) -> torch.Tensor:
+        # [B, L] 1/0 -> additive [B, 1, 1, L]
+        return (1.0 - attn[:, None, None, :].to(self.dtype)) * torch.finfo(self.dtype).min
+
+    @torch.inference_mode()
+    def _language(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Language stream alone: embeddings + language layers. -> (states [B, L, H], attn [B, L])."""
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        ids = enc["input_ids"].to(self.device)  # [B, L]
+        attn = enc["attention_mask"].to(self.device)  # [B, L]
+        h = self.model.embeddings(ids, torch.zeros_like(ids))  # [B, L, H]
+        ext = self._lang_ext(attn)
+        for layer in self.model.encoder.layer:
+            h = layer(h, ext)[0]
+        return h, attn
+
+    def _caption_states(self, spec: TaskSpec) -> torch.Tensor:
+        """The state caption after the language layers; it never sees the image, so once per task."""
+        if spec.name not in self._caption:
+            h, _ = self._language([state_caption(spec.name)])
+            self._caption[spec.name] = h.clone()  # [1, L, H] (a single text has no padding)
+        return self._caption[spec.name]
+
+    def _state_core(self, spec: TaskSpec, feats: torch.Tensor, boxes: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        """feats [B, R, F_raw], boxes [B, R, 4] (model dtype), mask [B, R] bool -> [B, d_enc] (model dtype).
+
+        Static shapes, no host sync: capturable in a CUDA graph.
+        """
+        m = self.model
+        B = feats.shape[0]
+        w, b = self._fused_visual(feats.shape[-1])
+        vf = m.encoder.visn_fc
+        x = vf.visn_layer_norm(feats @ w + b)  # [B, R, H]
+        y = vf.box_layer_norm(vf.box_fc(boxes))  # [B, R, H]
+        v = (x + y) / 2  # [B, R, H] (LxmertVisualFeatureEncoder)
+        vis_ext = (~mask)[:, None, None, :].to(self.dtype) * torch.finfo(self.dtype).min  # [B, 1, 1, R]
+        lang = self._caption_states(spec).expand(B, -1, -1)  # [B, L, H]
+        for layer in m.encoder.r_layers:
+            v = layer(v, vis_ext)[0]
+        for layer in m.encoder.x_layers:
+            lang, v = layer(lang, None, v, vis_ext)[:2]
+        pooled = m.pooler(lang)  # [B, H]
+        mf = mask[..., None].to(v.dtype)  # [B, R, 1]
+        mean = (v * mf).sum(1) / mf.sum(1).clamp_min(1.0)  # [B, H]
+        return torch.cat([pooled, mean], dim=-1)  # [B, d_enc]
+
+    # -- public API ------------------------------------------------------------------------------
+    def regions(self, task: str | TaskSpec, observations, prev_observations=None) -> Regions:
+        return extract_regions(task, observations, prev_observations, self.config.regions)
+
+    @torch.inference_mode()
+    def embed_regions(self, task: str | TaskSpec, regions: Regions) -> torch.Tensor:
+        """Regions of N states -> [N, d_enc] float32 on the encoder's device."""
+        spec = task if isinstance(task, TaskSpec) else get_task(task)
+        dev, dt = self.device, self.dtype
+        feats = torch.from_numpy(np.ascontiguousarray(regions.feats)).to(dev, dt)  # [N, R, F]
+        boxes = torch.from_numpy(np.ascontiguousarray(regions.boxes)).to(dev, dt)  # [N, R, 4]
+        mask = torch.from_numpy(np.ascontiguousarray(regions.mask)).to(dev)  # [N, R]
+        if self.cuda_graphs and dev.type == "cuda":
+            key = (spec.name, feats.shape[1], feats.shape[2])
+            runner = self._graphs.get(key)
+            if runner is None:
+                self._caption_states(spec)
+                self._fused_visual(feats.shape[2])
+                runner = self._graphs[key] = _GraphRunner(self, spec, feats.shape[1], feats.shape[2])
+            return runner(feats, boxes, mask)
+        bs = self.config.batch_size
+        out = [self._state_core(spec, feats[s:s + bs], boxes[s:s + bs], mask[s:s + bs]).float()
+               for s in range(0, feats.shape[0], bs)]
+        return torch.cat(out) if out else torch.empty(0, self.d_enc, device=dev)
+
+    def embed_states(self, task: str | TaskSpec, observations, prev_observations=None) -> torch.Tensor:
+        """States -> E_s [N, d_enc] float32 on the encoder's device.
+
+        ``observations`` [N, ...] with ``prev_observations`` [N, ...]: the rollout fast path (current and
+        previous frames of N envs). Without ``prev_observations`` the batch is one sequence (row t's
+        previous frame is row t-1). See ``regions.extract_regions``.
+        """
+        return self.embed_regions(task, self.regions(task, observations, prev_observations))
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Language stream alone, pooled: texts -> [n, d_enc] float32 (pooled [CLS] ++ masked token mean)."""
+        if not texts:
+            raise ValueError("embed_texts needs at least one text")
+        h, attn = self._language(list(texts))  # [n, L, H], [n, L]
+        pooled = self.model.pooler(h)  # [n, H]
+        a = attn[..., None].to(h.dtype)
+        mean = (h * a).sum(1) / a.sum(1).clamp_min(1.0)  # [n, H]
+        return torch.cat([pooled, mean], -1).float()
+
+    def embed_actions(self, task: str | TaskSpec, prompt_set: str = "original") -> torch.Tensor:
+        """Action table: discrete [A, d_enc] (one row per action); continuous [A+1, d_enc] (e_0, e_1..e_A)."""
+        spec = task if isinstance(task, TaskSpec) else get_task(task)
+        prompts = action_prompts(spec.name, prompt_set)
+        if spec.action_kind == "continuous":
+            prompts = [base_action_prompt(spec.name, prompt_set), *prompts]
+        return self.embed_texts(prompts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+def _random_init(name: str, seed: int):
+    from transformers import LxmertConfig, LxmertModel
+
+    tok = build_tokenizer()
+    cfg = LxmertConfig(vocab_size=len(tok.get_vocab()), **RANDOM_CONFIGS[name])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LxmertModel(cfg)
+    return model, tok
+
+
+def _load_pretrained(name_or_path: str):
+    from transformers import AutoTokenizer, LxmertModel
+
+    local = Path(name_or_path).expanduser()
+    ref = str(local) if local.is_dir() else name_or_path
+    if not local.is_dir() and (local.is_absolute() or name_or_path.startswith((".", "~"))):
+        raise EncoderNotFoundError(f"encoder directory {name_or_path!r} does not exist")
+    try:
+        model = LxmertModel.from_pretrained(ref)
+    except (OSError, ValueError) as e:
+        raise EncoderNotFoundError(
+            f"could not load LXMERT weights from {name_or_path!r} (a local directory, the Hugging Face "
+            f"cache, or the hub when online): {e}. Download them once with "
+            f"`hf download {PRETRAINED_ID}` (or save_pretrained into a directory and pass "
+            f"its path), or use a random-init configuration: {', '.join(RANDOM_CONFIGS)}") from e
+    try:
+        tok = AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as e:
+        raise EncoderNotFoundError(f"could not load the tokenizer of {name_or_path!r}: {e}") from e
+    check_tokenizer(tok, name_or_path)
+    return model, tok
+
+
+def load_encoder(name_or_path: str = PRETRAINED_ID, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, *, config: EncoderConfig | None = None,
+                 cuda_graphs: bool | None = None, fallback: str | None = None) -> FrozenLxmert:
+    """Load a frozen encoder.
+
+    ``name_or_path``: ``unc-nlp/lxmert-base-uncased`` (HF cache or hub), a local directory with a saved
+    LXMERT and tokenizer, or a random-init name in ``RANDOM_CONFIGS``. ``device`` defaults to CUDA when
+    available; ``dtype`` to fp32 on CPU and fp16 on CUDA; ``cuda_graphs`` to on for CUDA.
+    ``fallback``: a random-init name to use (with a warning) when the pretrained model is missing;
+    without it a missing model raises ``EncoderNotFoundError``.
+    """
+    config = config or EncoderConfig()
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"encoder dtype must be float32, float16 or bfloat16, got {dtype}")
+    if cuda_graphs is None:
+        cuda_graphs = device.type == "cuda"
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs=True needs a CUDA device, got {device}")
+    if fallback is not None and fallback not in RANDOM_CONFIGS:
+        raise ValueError(f"fallback must be one of {list(RANDOM_CONFIGS)}, got {fallback!r}")
+
+    name = str(name_or_path)
+    if name in RANDOM_CONFIGS:
+        model, tok = _random_init(name, config.init_seed)
+        source = f"random init, seed {config.init_seed}"
+        log.warning("encoder %s: RANDOM-INIT LXMERT (no pretrained weights; offline vocabulary of %d tokens)",
+                    name, len(tok.get_vocab()))
+    else:
+        try:
+            model, tok = _load_pretrained(name)
+            source = f"pretrained from {name}"
+            log.info("encoder: pretrained LXMERT loaded from %s", name)
+        except EncoderNotFoundError as e:
+            if fallback is None:
+                raise
+            log.warning("encoder: pretrained %r unavailable (%s); FALLING BACK to random-init %s",
+                        name, e, fallback)
+            model, tok = _random_init(fallback, config.init_seed)
+            log.warning("encoder %s: RANDOM-INIT LXMERT (no pretrained weights; offline vocabulary of %d "
+                        "tokens)", fallback, len(tok.get_vocab()))
+            name, source = fallback, f"random init, seed {config.init_seed} (fallback for {name_or_path})"
+    model = model.float().eval()
+    fingerprint = _weights_fingerprint(model, tok)
+    model = model.to(device=device, dtype=dtype)
+    enc = FrozenLxmert(model, tok, name, source, fingerprint, config, cuda_graphs=cuda_graphs)
+    log.info("encoder ready: %s", enc.describe())
+    return enc

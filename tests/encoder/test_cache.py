@@ -1,0 +1,160 @@
+"""The embedding cache: equality with direct encoding, hits, keys, resume, corruption, concurrency."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from more3s.encoder import (
+    CacheConfig, CacheCorruptError, RegionConfig, build_or_load_cache, dataset_fingerprint, default_cache_dir,
+    load_encoder, open_cache,
+)
+from more3s.encoder.lxmert import EncoderConfig
+
+from .conftest import make_episodes
+
+CFG = CacheConfig(chunk_rows=8, batch_size=8, progress=False)
+
+
+class Counting:
+    """Wraps an encoder and counts the states it encodes."""
+
+    def __init__(self, enc):
+        self.enc, self.rows = enc, 0
+        self._orig = enc.embed_states
+
+    def __enter__(self):
+        def counted(task, obs, prev=None):
+            self.rows += len(obs)
+            return self._orig(task, obs, prev)
+
+        self.enc.embed_states = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.enc.embed_states
+
+
+@pytest.fixture
+def atari_eps(breakout_frames):
+    return make_episodes(breakout_frames[:30], "breakout", [11, 19])  # 3 episodes: 11, 8, 11 observations
+
+
+def _direct(enc, eps, task):
+    return np.concatenate([enc.embed_states(task, ep.observations).numpy() for ep in eps])
+
+
+def test_cache_equals_direct_encoding_and_hits(tiny, atari_eps, tmp_path):
+    c = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    assert not c.hit and c.states.shape == (30, tiny.d_enc) and c.states.dtype == np.float16
+    np.testing.assert_array_equal(c.offsets, [0, 11, 19, 30])
+    direct = _direct(tiny, atari_eps, "breakout")
+    np.testing.assert_allclose(c.states[:].astype(np.float32), direct, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(c.action_table, tiny.embed_actions("breakout").numpy(), rtol=1e-6)
+    assert c.meta["task"] == "breakout" and c.meta["prompt_set"] == "original" and c.meta["d_enc"] == 256
+    # memmap-like indexing: a sampler batch of (episode, steps)
+    ep, steps = np.array([2, 0]), np.array([[3, 4, 5], [0, 1, 2]])
+    np.testing.assert_array_equal(c.gather(ep, steps), c.states[np.array([[22, 23, 24], [0, 1, 2]])])
+    np.testing.assert_array_equal(c.episode_states(1), np.asarray(c.states)[11:19])
+    np.testing.assert_array_equal(c.states[-1], c.states[29])
+    with Counting(tiny) as n:
+        again = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    assert again.hit and n.rows == 0 and again.path == c.path
+    np.testing.assert_array_equal(again.states[:], c.states[:])
+
+
+def test_key_covers_prompts_regions_and_data(tiny, atari_eps, tmp_path, monkeypatch):
+    base = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    syn = build_or_load_cache(atari_eps, tiny, prompt_set="synonym", cache_dir=tmp_path, config=CFG)
+    assert syn.path != base.path and not np.allclose(syn.action_table, base.action_table)
+    other = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(projection_seed=1)))
+    assert build_or_load_cache(atari_eps, other, cache_dir=tmp_path, config=CFG).path != base.path
+    assert dataset_fingerprint(atari_eps) != dataset_fingerprint(atari_eps[:2])
+    monkeypatch.setenv("MORE3S_CACHE", str(tmp_path / "env"))
+    assert default_cache_dir() == tmp_path / "env"
+    with pytest.raises(ValueError, match="prompt set"):
+        build_or_load_cache(atari_eps, tiny, prompt_set="rhymes", cache_dir=tmp_path)
+
+
+def test_resume_after_failure_encodes_only_the_rest(tiny, atari_eps, tmp_path):
+    class Boom(RuntimeError):
+        pass
+
+    done = []
+
+    def fail_after_two(i):
+        done.append(i)
+        if len(done) == 2:
+            raise Boom
+
+    with pytest.raises(Boom):
+        build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG, on_chunk=fail_after_two)
+    (root,) = [p for p in tmp_path.iterdir()]
+    assert not (root / "meta.json").exists()  # incomplete: not a cache yet
+    with pytest.raises(CacheCorruptError, match="not a complete"):
+        open_cache(root)
+    with Counting(tiny) as n:
+        c = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    assert not c.hit and n.rows == 30 - 16  # chunks 0 and 1 (8 rows each) were kept
+    fresh = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path / "fresh", config=CFG)
+    np.testing.assert_array_equal(c.states[:], fresh.states[:])
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_chunk_detected_and_rebuilt(tiny, atari_eps, tmp_path, damage):
+    c = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    good = np.asarray(c.states).copy()
+    del c
+    chunk = next(p for p in tmp_path.rglob("states_00001.npy"))
+    data = bytearray(chunk.read_bytes())
+    if damage == "flip":
+        data[-7] ^= 0xFF  # a payload byte: the header still parses, only the checksum can tell
+        chunk.write_bytes(bytes(data))
+    else:
+        chunk.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CacheCorruptError, match=r"chunks \[1\]"):
+        open_cache(chunk.parent.parent)
+    with Counting(tiny) as n:
+        rebuilt = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    assert not rebuilt.hit and n.rows == 8  # only the broken chunk
+    np.testing.assert_array_equal(np.asarray(rebuilt.states), good)
+    assert open_cache(rebuilt.path).hit
+
+
+def test_two_builders_share_the_work(tiny, cheetah_run, tmp_path):
+    """Two concurrent builders of one key: every chunk encoded once, the result sound."""
+    eps = make_episodes(cheetah_run[0], "halfcheetah", [6])
+    results, errors = [], []
+    with Counting(tiny) as n:
+        def run():
+            try:
+                results.append(build_or_load_cache(eps, tiny, cache_dir=tmp_path, config=CFG))
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and len(results) == 2
+    assert n.rows == 13  # each chunk once, although both threads walked all chunks
+    np.testing.assert_array_equal(results[0].states[:], results[1].states[:])
+    meta = json.loads((results[0].path / "meta.json").read_text())
+    assert meta["n_chunks"] == 2 and meta["action_table_shape"] == [7, 256]
+    direct = _direct(tiny, eps, "halfcheetah")
+    np.testing.assert_allclose(open_cache(results[0].path).states[:].astype(np.float32), direct,
+                               atol=2e-3, rtol=2e-3)
+
+
+def test_bad_sources(tiny, atari_eps, tmp_path):
+    with pytest.raises(ValueError, match="no episodes"):
+        build_or_load_cache([], tiny, cache_dir=tmp_path)
+    mixed = atari_eps[:1] + make_episodes(np.zeros((3, 17)), "halfcheetah", [])
+    with pytest.raises(ValueError, match="infer the task"):
+        build_or_load_cache(mixed, tiny, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        CacheConfig(chunk_rows=0)

@@ -1,0 +1,150 @@
+"""Region extraction on real ALE frames and real MuJoCo states, and on synthetic frames with known objects."""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+import pytest
+
+from more3s.encoder import (
+    MAX_BODIES, RegionConfig, atari_regions, extract_regions, grid_regions, image_feature_dim, mujoco_regions,
+    region_projection,
+)
+
+AREA, MOTION = 6, -1  # feature columns: area fraction, motion
+
+
+def _check_boxes(r):
+    m = r.mask
+    b = r.boxes[m]
+    assert np.all((b >= 0) & (b <= 1))
+    assert np.all(b[:, 0] <= b[:, 2]) and np.all(b[:, 1] <= b[:, 3])
+    # padding rows are all zero
+    assert not r.feats[~m].any() and not r.boxes[~m].any()
+    # real regions come first
+    assert np.all(np.diff(m.astype(int), axis=1) <= 0)
+
+
+def test_atari_regions_on_real_frames(breakout_frames):
+    r = extract_regions("breakout", breakout_frames)
+    N = len(breakout_frames)
+    assert r.kind == "objects"
+    assert r.feats.shape == (N, 36, image_feature_dim(RegionConfig()))
+    assert r.boxes.shape == (N, 36, 4) and r.mask.shape == (N, 36)
+    assert r.feats.dtype == np.float32
+    _check_boxes(r)
+    counts = r.mask.sum(1)
+    assert np.all((counts >= 10) & (counts < 36))  # walls, 6 brick rows, score digits, paddle, ball...
+    # largest first within each frame
+    for i in range(N):
+        a = r.feats[i, r.mask[i], AREA]
+        assert np.all(np.diff(a) <= 0)
+    # the six brick rows of Breakout: 144 px wide, 6 px high, starting at y=57
+    rows = [(b * [160, 210, 160, 210]).round() for b in r.boxes[0, r.mask[0]]]
+    bricks = [b for b in rows if b[0] == 8 and b[2] == 152 and b[3] - b[1] == 6]
+    assert sorted(b[1] for b in bricks) == [57, 63, 69, 75, 81, 87]
+
+
+def test_motion_features_follow_moving_objects(breakout_frames):
+    cur, prev = breakout_frames[2:17], breakout_frames[1:16]  # the served ball is in flight here
+    still = atari_regions(cur, cur)
+    assert not still.feats[..., MOTION].any()  # same frame: no motion anywhere
+    moving = atari_regions(cur, prev)
+    np.testing.assert_array_equal(moving.boxes, still.boxes)  # regions come from the current frame
+    assert (moving.feats[..., MOTION] > 0).any(axis=1).all()  # the ball (or paddle) moved in every pair
+    # the brick rows do not move
+    wide = (moving.boxes[..., 2] - moving.boxes[..., 0] > 0.8) & (moving.boxes[..., 3] - moving.boxes[..., 1] < 0.05)
+    assert wide.any() and not moving.feats[..., MOTION][wide].any()
+    # sequence mode: row t pairs with row t-1, row 0 with itself
+    seq = atari_regions(breakout_frames[1:17])
+    np.testing.assert_array_equal(seq.feats[1:], moving.feats)
+    first = breakout_frames[1:2]
+    np.testing.assert_array_equal(seq.feats[0], atari_regions(first, first).feats[0])
+
+
+def test_synthetic_objects_exact():
+    f = np.zeros((1, 50, 40, 3), np.uint8)
+    f[0, 5:15, 2:22] = (200, 0, 0)  # 200 px red
+    f[0, 5:15, 22:30] = (0, 200, 0)  # 80 px green, touching the red block: a separate object
+    f[0, 30:33, 10:13] = (0, 0, 200)  # 9 px blue
+    f[0, 40, 35] = (0, 0, 200)  # 1 px blue, not connected to the other blue
+    r = atari_regions(f)
+    assert r.mask[0].sum() == 4
+    px = (r.boxes[0, :4] * [40, 50, 40, 50]).round().astype(int)
+    np.testing.assert_array_equal(px, [[2, 5, 22, 15], [22, 5, 30, 15], [10, 30, 13, 33], [35, 40, 36, 41]])
+    np.testing.assert_allclose(r.feats[0, :4, AREA] * 2000, [200, 80, 9, 1], rtol=1e-5)
+    np.testing.assert_allclose(r.feats[0, 0, 8:11], [200 / 255, 0, 0], rtol=1e-6)  # colour
+
+
+def test_object_cap_and_blank_frame():
+    f = np.zeros((2, 40, 40, 3), np.uint8)
+    for k in range(50):  # 50 separate dots; dot k has k % 3 + 1 pixels
+        y, x = 2 * (k // 10) * 2, 4 * (k % 10)
+        f[0, y, x:x + k % 3 + 1] = 255
+    r = atari_regions(f)
+    assert r.mask[0].all()  # capped at 36, the largest kept
+    sizes = np.round(r.feats[0, :, AREA] * 1600).astype(int)  # 16 dots of 3 px, 17 of 2, 17 of 1
+    np.testing.assert_array_equal(sizes, [3] * 16 + [2] * 17 + [1] * 3)
+    assert r.mask[1].sum() == 1  # a blank frame: one whole-frame region
+    np.testing.assert_allclose(r.boxes[1, 0], [0, 0, 1, 1])
+
+
+def test_grid_fallback():
+    f = np.zeros((3, 60, 48, 3), np.uint8)
+    f[:, :30, :24] = 255
+    r = extract_regions(None, f)  # unknown image env -> grid
+    assert r.kind == "grid" and r.mask.all() and r.feats.shape[:2] == (3, 36)
+    _check_boxes(r)
+    np.testing.assert_allclose(r.boxes[0, 0], [0, 0, 1 / 6, 1 / 6], atol=1e-6)
+    np.testing.assert_allclose(r.boxes[0, -1], [5 / 6, 5 / 6, 1, 1], atol=1e-6)
+    colour = r.feats[0, :, 8:11].reshape(6, 6, 3)
+    np.testing.assert_allclose(colour[:3, :3], 1.0)
+    np.testing.assert_allclose(colour[3:, :], 0.0)
+    forced = extract_regions("breakout", f, cfg=RegionConfig(image_mode="grid"))
+    assert forced.kind == "grid"
+
+
+def test_mujoco_bodies_match_forward_kinematics(cheetah_run):
+    obs, env = cheetah_run
+    r = extract_regions("halfcheetah", obs)
+    model = env.unwrapped.model
+    nb = model.nbody - 1
+    assert r.kind == "bodies" and r.feats.shape == (len(obs), nb, 3 + 4 + 6 + MAX_BODIES)
+    assert r.mask.all()
+    _check_boxes(r)
+    # the env's own state, with the root moved to x=0: body positions must agree exactly
+    data = mujoco.MjData(model)
+    data.qpos[:] = env.unwrapped.data.qpos
+    data.qvel[:] = env.unwrapped.data.qvel
+    data.qpos[0] = 0.0
+    mujoco.mj_forward(model, data)
+    np.testing.assert_allclose(r.feats[-1, :, :3], data.xpos[1:], atol=1e-5)
+    np.testing.assert_allclose(r.feats[-1, :, 3:7], data.xquat[1:], atol=1e-5)
+    np.testing.assert_allclose(r.feats[-1, :, 7:13], data.cvel[1:], atol=1e-4)
+    # bodies move between steps
+    assert np.abs(np.diff(r.feats[:, :, :3], axis=0)).max() > 1e-3
+    hop = mujoco_regions("hopper", np.zeros((2, 11)))
+    assert hop.feats.shape[1] == 4
+
+
+def test_projection_is_fixed_and_seeded():
+    a = region_projection(84, 2048, seed=0)
+    assert a.shape == (84, 2048) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, region_projection(84, 2048, seed=0))
+    assert not np.allclose(a, region_projection(84, 2048, seed=1))
+    assert abs(a.std() * np.sqrt(84) - 1) < 0.05
+
+
+def test_bad_inputs_raise(breakout_frames):
+    with pytest.raises(TypeError, match="uint8"):
+        atari_regions(breakout_frames.astype(np.float32))
+    with pytest.raises(ValueError, match="RGB frames"):
+        atari_regions(breakout_frames[..., 0])
+    with pytest.raises(ValueError, match="prev_observations shape"):
+        atari_regions(breakout_frames[:3], breakout_frames[:2])
+    with pytest.raises(ValueError, match=r"\[N, 17\]"):
+        extract_regions("halfcheetah", np.zeros((3, 11)))
+    with pytest.raises(ValueError, match="unknown env"):
+        extract_regions("nope", breakout_frames[:2])
+    with pytest.raises(ValueError, match="image_mode"):
+        RegionConfig(image_mode="pixels")
