@@ -31,10 +31,11 @@ train: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only -q
 
-# Compiles the CUDA sources with nvcc through CMake (runs without a GPU).
+# Compiles the CUDA sources with nvcc through CMake (runs without a GPU): the objects-only
+# target more3s_cuda_check, for sm_80/sm_90, against torch's headers. Fails if nvcc is missing.
 cuda-check: $(STAMP)
-	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch;print(torch.utils.cmake_prefix_path)')" -DPython3_EXECUTABLE=$(PY)
-	cmake --build build/cmake -j 2
+	cmake -S . -B build/cmake -DMORE3S_REQUIRE_CUDA_CHECK=ON -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch;print(torch.utils.cmake_prefix_path)')" -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build build/cmake --target more3s_cuda_check -j 2
 
 clean:
 	rm -rf build *.egg-info more3s/_C*.so

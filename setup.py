@@ -23,16 +23,22 @@ def _extensions():
     import torch
 
     use_cuda = use_cuda and torch.version.cuda is not None
-    extra = {"cxx": ["-O3", "-std=c++17"]}
+    # rpath to torch's libraries, so `import more3s._C` works even before `import torch`.
+    link = [f"-Wl,-rpath,{Path(torch.__file__).parent / 'lib'}"]
+    # torch 2.13 headers need C++20 (cpp_extension adds it too; keep the flags consistent).
+    # -fopenmp-simd: `omp simd` vectorization hints only (no OpenMP runtime), see csrc/*_cpu.cpp.
+    extra = {"cxx": ["-O3", "-std=c++20", "-fopenmp-simd"]}
     if use_cuda:
-        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math"]
+        extra["nvcc"] = ["-O3", "-std=c++20", "--use_fast_math"]
         ext = cpp_extension.CUDAExtension(
             "more3s._C", cpu_sources + cuda_sources, extra_compile_args=extra,
             define_macros=[("MORE3S_WITH_CUDA", "1")], include_dirs=[str(CSRC)],
+            extra_link_args=link,
         )
     else:
         ext = cpp_extension.CppExtension(
-            "more3s._C", cpu_sources, extra_compile_args=extra, include_dirs=[str(CSRC)]
+            "more3s._C", cpu_sources, extra_compile_args=extra, include_dirs=[str(CSRC)],
+            extra_link_args=link,
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
