@@ -24,8 +24,9 @@ __all__ = ["collect_dataset"]
 
 
 def _recreatable_spec(spec):
-    """The env spec minus wrappers gym cannot rebuild from it (more3s' NoopStart records no
-    constructor args), so that ``MinariDataset.recover_environment()`` works on our datasets."""
+    """The env spec minus any wrapper that records no constructor args (gym cannot rebuild those),
+    so that ``MinariDataset.recover_environment()`` works on our datasets. more3s' own NoopStart
+    records its args and is kept."""
     if spec is None:
         return None
     keep = tuple(w for w in spec.additional_wrappers if w.kwargs is not None)

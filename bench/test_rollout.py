@@ -1,0 +1,117 @@
+"""One rollout decision for 16 environments (dt-small, window 30 + memory 30 steps, LXMERT-base-sized states):
+
+* ``ring``: ``model.step`` with a RingKVCache (backend auto: the C++ op when built, else the reference), one new
+  block per environment, K/V computed once per token;
+* ``recompute``: the cache-less baseline, a plain forward over the last S = 60 steps every step (DESIGN §3);
+* ``hf_dt``: ``transformers.DecisionTransformerModel`` at the same width, depth and window (30 steps = 90 tokens),
+  re-run over the window every step as its users do.
+
+The baselines are also timed once per run in a fixture, so every entry's extra_info carries its speedups
+(``ring`` target: >= 20x over ``recompute`` on the CPU; reported, not asserted).
+Run: ``pytest bench/test_rollout.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from more3s.model import ModelConfig, MoreModel
+
+__all__: list[str] = []
+
+N_ENVS, WINDOW, MEMORY, D_ENC, ACTS = 16, 30, 30, 1536, 4  # d_enc: LXMERT-base (pooled ++ vision mean)
+S = WINDOW + MEMORY
+
+
+def _model() -> MoreModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_enc=D_ENC, act_dim=ACTS, backbone="dt-small", window=WINDOW, memory_steps=MEMORY,
+                      max_timestep=10_000)
+    return MoreModel(cfg, torch.randn(ACTS, D_ENC)).eval()
+
+
+def _history(steps: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(states=torch.randn(N_ENVS, steps, D_ENC, generator=g),
+                prev_actions=torch.randint(0, ACTS, (N_ENVS, steps), generator=g),
+                rtg=torch.rand(N_ENVS, steps, generator=g) * 50,
+                timesteps=torch.arange(100, 100 + steps).repeat(N_ENVS, 1))
+
+
+def make_ring():
+    model = _model()
+    cache = model.new_rollout_cache(N_ENVS, backend="auto")
+    h = _history(S)
+    first = torch.zeros(N_ENVS, dtype=torch.bool)
+    for t in range(S):  # fill the ring: the benchmark measures the steady state (full ring, evicting)
+        model.step(cache, h["states"][:, t], h["prev_actions"][:, t], h["rtg"][:, t], h["timesteps"][:, t], first)
+    s, a, r, ts = h["states"][:, -1], h["prev_actions"][:, -1], h["rtg"][:, -1], h["timesteps"][:, -1]
+    return (lambda: model.step(cache, s, a, r, ts, first)), {"backend": cache.backend, "capacity": cache.capacity}
+
+
+def make_recompute():
+    model = _model()
+    h = _history(S)
+    return (lambda: model.recompute(**h)), {"steps_recomputed": S}
+
+
+def make_hf_dt():
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    geometry = ModelConfig(d_enc=D_ENC, act_dim=ACTS, backbone="dt-small")
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(state_dim=D_ENC, act_dim=ACTS, hidden_size=geometry.n_embd,
+                                    n_layer=geometry.n_layer, n_head=geometry.n_head, max_ep_len=10_001,
+                                    n_positions=4 * WINDOW)
+    model = DecisionTransformerModel(cfg).eval()
+    h = _history(WINDOW)
+    actions = torch.nn.functional.one_hot(h["prev_actions"], ACTS).float()
+    mask = torch.ones(N_ENVS, WINDOW, dtype=torch.long)
+
+    @torch.no_grad()
+    def step():
+        return model(states=h["states"], actions=actions, rewards=None, returns_to_go=h["rtg"][..., None],
+                     timesteps=h["timesteps"], attention_mask=mask, return_dict=False)[1][:, -1]
+
+    return step, {"steps_recomputed": WINDOW}
+
+
+PROVIDERS = {"ring": make_ring, "recompute": make_recompute, "hf_dt": make_hf_dt}
+
+
+def _seconds(fn, n: int = 15) -> dict[str, float]:
+    """Median and minimum of n timed calls (the minimum is the steadier statistic on a shared machine)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"median": times[len(times) // 2], "min": times[0]}
+
+
+@pytest.fixture(scope="module")
+def baseline_seconds():
+    torch.set_num_threads(1)
+    return {name: _seconds(PROVIDERS[name]()[0]) for name in ("recompute", "hf_dt")}
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_rollout_step(benchmark, baseline_seconds, provider):
+    torch.set_num_threads(1)
+    fn, info = PROVIDERS[provider]()
+    benchmark.pedantic(fn, rounds=20, iterations=1, warmup_rounds=3)
+    sec, best = benchmark.stats.stats.median, benchmark.stats.stats.min
+    rec, hf = baseline_seconds["recompute"], baseline_seconds["hf_dt"]
+    benchmark.extra_info.update(info)
+    benchmark.extra_info.update(
+        envs=N_ENVS, window=WINDOW, memory_steps=MEMORY, d_enc=D_ENC, backbone="dt-small",
+        decisions_per_s=N_ENVS / sec, recompute_median_s=rec["median"], hf_dt_median_s=hf["median"],
+        speedup_vs_recompute=rec["median"] / sec, speedup_vs_hf_dt=hf["median"] / sec,
+        speedup_vs_recompute_min=rec["min"] / best, speedup_vs_hf_dt_min=hf["min"] / best,
+    )

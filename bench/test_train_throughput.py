@@ -1,0 +1,129 @@
+"""Training throughput of the MORE-3S model (forward + backward + AdamW step) per backbone and rtg_mode, on synthetic
+cache-like inputs (fp16 state embeddings, d_enc=256 as the tiny encoder), with the peer that does the same job,
+``transformers.DecisionTransformerModel`` (same width, depth and window; 3 tokens per step, CE on its action head),
+measured in the same run. extra_info: tokens/s, env-steps/s, and ``speedup_vs_hf_dt`` (steps/s over the peer's).
+
+Run: ``pytest bench/test_train_throughput.py --benchmark-only`` (one thread, few rounds: CPU runtime stays modest).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from more3s.model import ModelConfig, MoreModel
+
+__all__: list[str] = []
+
+D_ENC, ACTS, WINDOW = 256, 4, 30
+# Batch per backbone: GPT-2 geometry (768 wide) is ~40x the work of dt-small per token on this CPU.
+BATCH = {"dt-small": 16, "gpt2-6l-random": 2}
+MODES = ("kv", "embed", "token", "none")
+ROUNDS = 3
+
+
+def _batch(B: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(B, WINDOW, D_ENC, generator=g).half()  # the embedding cache is fp16
+    actions = torch.randint(0, ACTS, (B, WINDOW), generator=g)
+    prev = torch.cat([torch.zeros(B, 1, dtype=torch.long), actions[:, :-1]], dim=1)
+    rtg = torch.rand(B, WINDOW, generator=g).flip(1).cumsum(1).flip(1)
+    timesteps = torch.arange(WINDOW).repeat(B, 1) + torch.randint(0, 500, (B, 1), generator=g)
+    return states, prev, actions, rtg, timesteps
+
+
+def _more3s_step(backbone: str, mode: str):
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_enc=D_ENC, act_dim=ACTS, backbone=backbone, rtg_mode=mode, window=WINDOW, max_timestep=1000)
+    model = MoreModel(cfg, torch.randn(ACTS, D_ENC)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    states, prev, actions, rtg, timesteps = _batch(BATCH[backbone])
+
+    def step():
+        out = model(states, prev, rtg, timesteps, actions=actions)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+
+    return step, cfg.tokens_per_step
+
+
+def _hf_dt_step(backbone: str):
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    geometry = ModelConfig(d_enc=D_ENC, act_dim=ACTS, backbone=backbone)
+    torch.manual_seed(0)
+    cfg = DecisionTransformerConfig(state_dim=D_ENC, act_dim=ACTS, hidden_size=geometry.n_embd, n_layer=geometry.n_layer,
+                                    n_head=geometry.n_head, max_ep_len=1001, n_positions=4 * WINDOW, action_tanh=False)
+    model = DecisionTransformerModel(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    states, _, actions, rtg, timesteps = _batch(BATCH[backbone])
+    states = states.float()
+    onehot = F.one_hot(actions, ACTS).float()  # DT consumes action vectors
+    mask = torch.ones(states.shape[:2], dtype=torch.long)
+
+    def step():
+        _, action_preds, _ = model(states=states, actions=onehot, rewards=None, returns_to_go=rtg[..., None],
+                                   timesteps=timesteps, attention_mask=mask, return_dict=False)
+        loss = F.cross_entropy(action_preds.flatten(0, 1), actions.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _median_seconds(fn, n: int = ROUNDS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+@pytest.fixture(scope="module")
+def peer_seconds():
+    """The peer's median step time per backbone, measured once in this run (the baseline of the ratios)."""
+    cache: dict[str, float] = {}
+
+    def get(backbone: str) -> float:
+        if backbone not in cache:
+            cache[backbone] = _median_seconds(_hf_dt_step(backbone))
+        return cache[backbone]
+
+    return get
+
+
+def _report(benchmark, backbone: str, tokens_per_step: int, peer: float) -> None:
+    sec = benchmark.stats.stats.median
+    steps = BATCH[backbone] * WINDOW
+    benchmark.extra_info.update(
+        backbone=backbone, batch=BATCH[backbone], window=WINDOW, d_enc=D_ENC,
+        tokens_per_s=steps * tokens_per_step / sec, env_steps_per_s=steps / sec,
+        hf_dt_median_s=peer, speedup_vs_hf_dt=peer / sec,
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("backbone", list(BATCH))
+def test_train_step_more3s(benchmark, peer_seconds, backbone, mode):
+    torch.set_num_threads(1)
+    step, n = _more3s_step(backbone, mode)
+    peer = peer_seconds(backbone)
+    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["rtg_mode"] = mode
+    _report(benchmark, backbone, n, peer)
+
+
+@pytest.mark.parametrize("backbone", list(BATCH))
+def test_train_step_hf_dt(benchmark, peer_seconds, backbone):
+    torch.set_num_threads(1)
+    step = _hf_dt_step(backbone)
+    peer = peer_seconds(backbone)
+    benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    _report(benchmark, backbone, 3, peer)

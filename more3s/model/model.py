@@ -1,0 +1,482 @@
+"""The MORE-3S sequence model, whole, in one file (DESIGN §3): leaf modules -> block -> top model.
+
+API (stable; /tmp/MODEL_API.md has the long form)::
+
+    cfg = ModelConfig(d_enc=..., act_dim=A, discrete=True, backbone="dt-small", window=30, memory_steps=0)
+    model = MoreModel(cfg, action_table)          # [A, d_enc] discrete | [A+1, d_enc] continuous (e_0, e_1..e_A)
+    # (more3s.model.build_model(cfg, table) also loads GPT-2 weights for backbone="gpt2")
+    out = model(states [B,K,d_enc], prev_actions [B,K] long | [B,K,A], rtg [B,K], timesteps [B,K],
+                first=None [B,K] bool, mask=None [B,K] bool (True = real, LEFT padding),
+                memory=None | Memory, actions=None [B,K] long | [B,K,A])
+      -> ModelOutput(logits [B,K,A], state_pred [B,K,d_enc], memory, loss, metrics)
+    mem = model.empty_memory(B)                   # stream training: out.memory feeds the next window
+    cache = model.new_rollout_cache(N)            # RingKVCache with tokens_per_step * (window + memory) slots
+    logits = model.step(cache, state_emb [N,d_enc], prev_action [N] | [N,A], rtg [N], timestep [N], first [N])
+    model.forward_banded(...)  # the exact oracle of step(): full sequence, step-banded causal mask
+    model.recompute(...)       # the cache-less baseline: plain forward over the last S steps
+
+Why it looks like this:
+
+* Tokens: each step t is the block ``[a_{t-1}, s_t]`` (``[R_t, a_{t-1}, s_t]`` for ``rtg_mode="token"``), each
+  token ``P(E(.)) + tau(t)``; a learned start token stands in for ``a_{-1}``. No position embedding: a token's
+  index in the window means nothing, which is what makes sliding windows, memory and the ring cache exact.
+* RTG (``rtg_mode="kv"``): in every layer and head ``K' = K + phi(R) W_k``, ``V' = V + phi(R) W_v`` inside
+  ``more_attention`` (the fused kernel on CUDA, its reference on CPU). Other modes: ``embed`` adds a linear map of
+  phi(R) to the step's tokens, ``token`` is DT's RTG token, ``none`` is behaviour cloning.
+* Memory: per layer, the injected K'/V' of the last M steps of the same stream, detached (Transformer-XL style).
+* Objective ``semantic``: the state token maps into the encoder space and scores actions by cosine similarity with
+  the frozen action table over a learned temperature (CE); the action token of step t predicts E_s(s_t) (MSE, weight
+  lambda). ``mse``: both heads regress encoder vectors; actions decode as the nearest table row. Continuous actions:
+  tanh head + MSE, plus the same state MSE, whatever the objective.
+* No attention dropout: the fused kernel has none (GPT-2 and DT have 0.1); residual and embedding dropout remain.
+The trainer, the engine and the GPT-2 weight mapping live elsewhere (train.py, rollout/engine.py, backbones.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from more3s.model.attention import more_attention
+from more3s.model.config import ModelConfig
+
+__all__ = ["MoreModel", "Memory", "ModelOutput", "rtg_features", "banded_attention_mask"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# small pieces: RTG features, memory record, output record, masks
+
+
+def rtg_features(rtg: torch.Tensor, scale: float, num_features: int) -> torch.Tensor:
+    """phi(R): ``[..., F]`` float32; F = 1 is ``R / scale``, odd F > 1 appends sin/cos at frequencies pi * 2^j."""
+    x = rtg.float() / scale  # [...]
+    if num_features == 1:
+        return x[..., None]
+    freqs = math.pi * 2.0 ** torch.arange((num_features - 1) // 2, device=x.device, dtype=x.dtype)  # [F'/2]
+    ang = x[..., None] * freqs  # [..., F'/2]
+    return torch.cat([x[..., None], torch.sin(ang), torch.cos(ang)], dim=-1)  # [..., F]
+
+
+@dataclass
+class Memory:
+    """Per-layer detached, RTG-injected K'/V' of the last memory steps of each stream.
+
+    ``k[l], v[l]: [B, H, Mt, D]`` (Mt = tokens_per_step * memory_steps); ``mem_len: [B]`` int64, the valid slots
+    are the LAST ``mem_len[b]`` of the Mt (the attention contract's convention).
+    """
+
+    k: tuple[torch.Tensor, ...]
+    v: tuple[torch.Tensor, ...]
+    mem_len: torch.Tensor
+
+    def reset(self, mask: torch.Tensor) -> "Memory":
+        """Forget the streams where ``mask [B]`` is True (a new episode starts there)."""
+        if mask.shape != self.mem_len.shape or mask.dtype != torch.bool:
+            raise ValueError(f"reset mask: expected bool {tuple(self.mem_len.shape)}, got {mask.dtype} {tuple(mask.shape)}")
+        return replace(self, mem_len=torch.where(mask, torch.zeros_like(self.mem_len), self.mem_len))
+
+    def detach(self) -> "Memory":
+        return Memory(tuple(t.detach() for t in self.k), tuple(t.detach() for t in self.v), self.mem_len)
+
+    def to(self, device: torch.device | str) -> "Memory":
+        return Memory(tuple(t.to(device) for t in self.k), tuple(t.to(device) for t in self.v), self.mem_len.to(device))
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [B, K, A]: discrete action scores | continuous: tanh action in [-1, 1]
+    state_pred: torch.Tensor  # [B, K, d_enc]: the action token of step t predicts E_s(s_t)
+    memory: Memory | None = None  # the next window's memory (stream training)
+    loss: torch.Tensor | None = None  # scalar, when targets were given
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # 0-dim, detached
+
+
+def banded_attention_mask(first: torch.Tensor, mask: torch.Tensor, band_steps: int, tokens_per_step: int) -> torch.Tensor:
+    """``[B, T, T]`` bool, T = K * tokens_per_step: token i (step s_i) sees real token j (step s_j) iff both belong to
+    the same episode (episodes start where ``first``), ``s_i - band_steps < s_j <= s_i`` and ``j <= i``.
+
+    This is what the ring cache gives a rollout (DESIGN §3, rollout semantics)."""
+    B, K = first.shape
+    n = tokens_per_step
+    episode = torch.cumsum(first.long(), dim=1)  # [B, K] episode id per step
+    step = torch.arange(K, device=first.device)  # [K]
+    same_ep = episode[:, :, None] == episode[:, None, :]  # [B, K(query), K(key)]
+    dist = step[:, None] - step[None, :]  # [K, K] query step - key step
+    steps_ok = same_ep & (dist >= 0) & (dist < band_steps)  # [B, K, K]
+    tok = steps_ok.repeat_interleave(n, dim=1).repeat_interleave(n, dim=2)  # [B, T, T]
+    causal = torch.ones(K * n, K * n, dtype=torch.bool, device=first.device).tril()  # [T, T]
+    key_real = mask.repeat_interleave(n, dim=1)  # [B, T]
+    return tok & causal & key_real[:, None, :]
+
+
+def _memory_order(mem_len: torch.Tensor, Mt: int, tok_mask: torch.Tensor) -> torch.Tensor:
+    """``[B, Mt]`` indices into (memory slots ++ window tokens) of the last Mt valid entries, in order: the valid
+    memory slots are the last ``mem_len`` of the Mt, the window's real tokens follow its left padding."""
+    slot_valid = torch.arange(Mt, device=tok_mask.device) >= (Mt - mem_len)[:, None]  # [B, Mt]
+    valid = torch.cat([slot_valid, tok_mask], dim=1)  # [B, Mt+T]
+    return torch.argsort(valid.to(torch.int8), dim=1, stable=True)[:, -Mt:]  # invalid first, valid in order
+
+
+def _append_memory(mem: torch.Tensor, new: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Next memory ``[B, H, Mt, D]``: the entries ``order`` picks from (mem [B,H,Mt,D] ++ new [B,H,T,D]), detached."""
+    B, H, Mt, D = mem.shape
+    both = torch.cat([mem, new.detach().to(mem.dtype)], dim=2)  # [B, H, Mt+T, D]
+    return both.gather(2, order[:, None, :, None].expand(B, H, Mt, D))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# leaf modules
+
+
+class SelfAttention(nn.Module):
+    """GPT-2 attention with RTG injected into K/V (per-layer W_k, W_v: [H, F, D]) and optional memory.
+
+    Three ways to attend, one set of weights: ``more_attention`` (training: causal window + memory), an explicit
+    ``attn_mask`` (the banded oracle), or a ``RingKVCache`` (rollouts: K/V computed once per token)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.backend = cfg.attention_backend
+        if cfg.rtg_mode == "kv":
+            self.w_k = nn.Parameter(torch.empty(cfg.n_head, cfg.rtg_features, cfg.head_dim))
+            self.w_v = nn.Parameter(torch.empty(cfg.n_head, cfg.rtg_features, cfg.head_dim))
+        else:
+            self.w_k = self.w_v = None
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x [B, T, C]
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hs]
+
+    def inject(self, k: torch.Tensor, v: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K' = K + phi W_k, V' = V + phi W_v (identity without kv-mode RTG); phi [B, T, F]."""
+        if self.w_k is None:
+            return k, v
+        phi = phi.to(k.dtype)[:, None]  # [B, 1, T, F]; phi @ W: [B, 1, T, F] @ [H, F, D] -> [B, H, T, D]
+        return k + phi @ self.w_k.to(k.dtype), v + phi @ self.w_v.to(v.dtype)
+
+    def forward(self, x, phi, key_padding_mask=None, k_mem=None, v_mem=None, mem_len=None, attn_mask=None,
+                cache=None, layer=None):
+        """x [B, T, C], phi [B, T, F] -> (y [B, T, C], k' [B, nh, T, hs] | None, v' | None)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x)
+        k_inj = v_inj = None
+        if cache is not None:  # rollout: append the new tokens' K'/V' to the ring and attend over it
+            k, v = self.inject(k, v, phi)
+            y = cache.attend(layer, q, k, v)  # [B, nh, T, hs]
+        elif attn_mask is not None:  # explicit mask (oracle): plain math, fully masked rows give 0
+            k, v = self.inject(k, v, phi)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # [B, nh, T, T]
+            att = att.masked_fill(~attn_mask[:, None], float("-inf"))
+            att = torch.nan_to_num(torch.softmax(att, dim=-1), nan=0.0)
+            y = att @ v  # [B, nh, T, hs]
+        else:
+            w_k, w_v = self.w_k, self.w_v
+            if w_k is None:  # the contract always injects: with zero weights it is the identity
+                w_k = w_v = x.new_zeros(self.n_head, phi.shape[-1], self.head_dim)
+            if k_mem is not None:  # memory may be kept wider than the activations (e.g. fp32 under autocast)
+                k_mem, v_mem = k_mem.to(q.dtype), v_mem.to(q.dtype)
+            y, k_inj, v_inj = more_attention(q, k, v, phi.to(q.dtype), w_k.to(q.dtype), w_v.to(q.dtype),
+                                             k_mem=k_mem, v_mem=v_mem, mem_len=mem_len,
+                                             key_padding_mask=key_padding_mask, backend=self.backend)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: [B, T, C]
+        return self.resid_drop(self.c_proj(y)), k_inj, v_inj
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# block
+
+
+class Block(nn.Module):
+    """Pre-LN GPT-2 block; parameter names match GPT-2's (ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, ...)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.attn = SelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, phi, **attn_kwargs):
+        y, k_inj, v_inj = self.attn(self.ln_1(x), phi, **attn_kwargs)
+        x = x + y
+        return x + self.mlp(self.ln_2(x)), k_inj, v_inj
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# top model
+
+
+class MoreModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, action_table: torch.Tensor):
+        super().__init__()
+        rows = cfg.act_dim if cfg.discrete else cfg.act_dim + 1
+        if not isinstance(action_table, torch.Tensor) or tuple(action_table.shape) != (rows, cfg.d_enc):
+            got = tuple(action_table.shape) if isinstance(action_table, torch.Tensor) else type(action_table).__name__
+            raise ValueError(f"action_table: expected a tensor of shape ({rows}, {cfg.d_enc}) "
+                             f"({'A' if cfg.discrete else 'A+1 = e_0, e_1..e_A'} x d_enc), got {got}")
+        self.config = cfg
+        C = cfg.n_embd
+        self.register_buffer("action_table", action_table.detach().float().clone())  # frozen E_a, saved with the model
+        self.embed_state = nn.Linear(cfg.d_enc, C)  # P_s
+        self.embed_action = nn.Linear(cfg.d_enc, C)  # P_a
+        self.start_token = nn.Parameter(torch.empty(C))  # stands in for P_a(E_a(a_{-1}))
+        self.embed_timestep = nn.Embedding(cfg.max_timestep + 1, C)  # tau
+        self.embed_rtg = nn.Linear(cfg.rtg_features, C) if cfg.rtg_mode in ("embed", "token") else None
+        self.embed_ln = nn.LayerNorm(C, eps=cfg.layer_norm_eps)  # as DT: normalize the mixed token embeddings
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        head_out = cfg.d_enc if cfg.discrete else cfg.act_dim
+        self.head_action = nn.Linear(C, head_out)  # state token -> encoder space (discrete) | action (continuous)
+        self.head_state = nn.Linear(C, cfg.d_enc)  # action token -> E_s of its step's state
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))  # learned 1/temperature
+        self.apply(self._init_weights)
+        nn.init.normal_(self.start_token, std=0.02)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+            elif name.endswith(("attn.w_k", "attn.w_v")):
+                nn.init.normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- inputs -> tokens ------------------------------------------------------------------------------------
+
+    def _embed(self, states, prev_actions, rtg, timesteps, first, mask):
+        """Tokens ``x [B, K*n, C]`` and their RTG features ``phi [B, K*n, F]`` (n = tokens per step)."""
+        cfg = self.config
+        B, K = states.shape[:2]
+        dtype = self.embed_state.weight.dtype
+        s = self.embed_state(states.to(dtype))  # [B, K, C]
+        if cfg.discrete:  # P_a(E_a(a)) = row a of P_a(E_a): project the A table rows, not the B*K tokens
+            idx = torch.where(first | ~mask, torch.zeros_like(prev_actions), prev_actions)  # unused slots -> row 0
+            a = F.embedding(idx, self.embed_action(self.action_table.to(dtype)))  # [B, K, C]
+        else:
+            e_a = self.action_table[0] + prev_actions.to(self.action_table.dtype) @ self.action_table[1:]  # [B, K, d_enc]
+            a = self.embed_action(e_a.to(dtype))  # [B, K, C]
+        a = torch.where(first[..., None], self.start_token.to(dtype).expand_as(a), a)
+        tau = self.embed_timestep(timesteps.clamp(0, cfg.max_timestep))  # [B, K, C]
+        phi = rtg_features(rtg, cfg.rtg_scale, cfg.rtg_features).to(dtype)  # [B, K, F]
+        tokens = [a + tau, s + tau]
+        if cfg.rtg_mode == "token":
+            tokens = [self.embed_rtg(phi) + tau] + tokens  # [R_t, a_{t-1}, s_t]
+        elif cfg.rtg_mode == "embed":
+            r = self.embed_rtg(phi)  # [B, K, C]
+            tokens = [t + r for t in tokens]
+        n = len(tokens)
+        x = torch.stack(tokens, dim=2).reshape(B, K * n, -1)  # interleave steps: [B, K*n, C]
+        return self.drop(self.embed_ln(x)), phi.repeat_interleave(n, dim=1)  # phi: [B, K*n, F]
+
+    def _check(self, states, prev_actions, rtg, timesteps, first, mask):
+        cfg = self.config
+        if states.dim() != 3 or states.shape[-1] != cfg.d_enc:
+            raise ValueError(f"states: expected [B, K, {cfg.d_enc}], got {tuple(states.shape)}")
+        B, K = states.shape[:2]
+        if cfg.discrete:
+            if tuple(prev_actions.shape) != (B, K) or prev_actions.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"prev_actions: expected int [B, K] = [{B}, {K}] (discrete), "
+                                 f"got {prev_actions.dtype} {tuple(prev_actions.shape)}")
+        elif tuple(prev_actions.shape) != (B, K, cfg.act_dim) or not prev_actions.is_floating_point():
+            raise ValueError(f"prev_actions: expected float [B, K, A] = [{B}, {K}, {cfg.act_dim}] (continuous), "
+                             f"got {prev_actions.dtype} {tuple(prev_actions.shape)}")
+        for name, t in (("rtg", rtg), ("timesteps", timesteps)):
+            if tuple(t.shape) != (B, K):
+                raise ValueError(f"{name}: expected [B, K] = [{B}, {K}], got {tuple(t.shape)}")
+        if first is None:
+            first = timesteps == 0
+        if mask is None:
+            mask = torch.ones(B, K, dtype=torch.bool, device=states.device)
+        for name, t in (("first", first), ("mask", mask)):
+            if tuple(t.shape) != (B, K) or t.dtype != torch.bool:
+                raise ValueError(f"{name}: expected bool [B, K] = [{B}, {K}], got {t.dtype} {tuple(t.shape)}")
+        # Value checks need a host sync: done on the CPU only (as more_attention's mem_len check), never on a GPU.
+        if K > 1 and mask.device.type == "cpu" and bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+            raise ValueError("mask: padding must be on the LEFT (a real step followed by a padded one)")
+        return first & mask, mask
+
+    # ---- heads and loss --------------------------------------------------------------------------------------
+
+    def _action_head(self, h_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """State-token outputs [..., C] -> (latent z [..., d_enc | A], logits/action [..., A])."""
+        cfg = self.config
+        z = self.head_action(h_state)
+        if not cfg.discrete:
+            return z, torch.tanh(z)
+        table = self.action_table.to(z.dtype)  # [A, d_enc]
+        if cfg.objective == "semantic":
+            scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's cap keeps the temperature >= 0.01
+            return z, scale * F.normalize(z, dim=-1) @ F.normalize(table, dim=-1).T  # cosine / temperature
+        d2 = (z * z).sum(-1, keepdim=True) - 2 * z @ table.T + (table * table).sum(-1)  # squared distance [..., A]
+        return z, -d2  # argmax = nearest row
+
+    def _loss(self, z, logits, state_pred, states, actions, first, mask):
+        cfg = self.config
+        w = mask.to(logits.dtype)  # [B, K] action targets exist at every real step
+        n_act = w.sum().clamp(min=1.0)
+        metrics: dict[str, torch.Tensor] = {}
+        if cfg.discrete:
+            if tuple(actions.shape) != tuple(mask.shape) or actions.is_floating_point():
+                raise ValueError(f"actions: expected int [B, K] = {list(mask.shape)}, got {actions.dtype} {tuple(actions.shape)}")
+            tgt = torch.where(mask, actions, torch.zeros_like(actions)).long()  # [B, K]
+            if cfg.objective == "semantic":
+                per = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), reduction="none").view_as(w)
+            else:  # regress the taken action's table row
+                per = (z.float() - self.action_table[tgt]).pow(2).mean(-1)  # [B, K]
+            correct = (logits.argmax(-1) == tgt).to(w.dtype)
+            metrics["action_acc"] = ((correct * w).sum() / n_act).detach()
+        else:
+            if tuple(actions.shape) != tuple(logits.shape):
+                raise ValueError(f"actions: expected float {list(logits.shape)}, got {tuple(actions.shape)}")
+            per = (logits.float() - actions.float()).pow(2).mean(-1)  # [B, K]
+        action_loss = (per * w).sum() / n_act
+        ws = (mask & ~first).to(logits.dtype)  # the start token follows no action: no state target
+        per_s = (state_pred.float() - states.float()).pow(2).mean(-1)  # [B, K]
+        state_loss = (per_s * ws).sum() / ws.sum().clamp(min=1.0)
+        loss = action_loss + cfg.state_loss_weight * state_loss
+        metrics.update(loss=loss.detach(), action_loss=action_loss.detach(), state_loss=state_loss.detach())
+        if cfg.discrete and cfg.objective == "semantic":
+            metrics["temperature"] = (1.0 / self.logit_scale.exp().clamp(max=100.0)).detach()
+        return loss, metrics
+
+    def _outputs(self, h, K, states, actions, first, mask, memory):
+        n = self.config.tokens_per_step
+        h = h.view(h.shape[0], K, n, -1)  # [B, K, n, C]
+        z, logits = self._action_head(h[:, :, -1])  # state token: last of the block
+        state_pred = self.head_state(h[:, :, -2])  # action token a_{t-1}: predicts E_s(s_t)
+        loss, metrics = (None, {}) if actions is None else self._loss(z, logits, state_pred, states, actions, first, mask)
+        return ModelOutput(logits, state_pred, memory, loss, metrics)
+
+    # ---- training forward ------------------------------------------------------------------------------------
+
+    def empty_memory(self, batch_size: int, device=None, dtype=None) -> Memory:
+        cfg = self.config
+        if cfg.memory_steps == 0:
+            raise ValueError("empty_memory: this model has memory_steps=0")
+        device = device or self.action_table.device
+        dtype = dtype or self.embed_state.weight.dtype
+        shape = (batch_size, cfg.n_head, cfg.tokens_per_step * cfg.memory_steps, cfg.head_dim)
+        zeros = tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer))
+        return Memory(zeros, tuple(torch.zeros_like(t) for t in zeros), torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def forward(self, states, prev_actions, rtg, timesteps, first=None, mask=None, memory=None, actions=None) -> ModelOutput:
+        """One window per row (left-padded). With ``memory`` (from ``empty_memory`` or the previous window of the same
+        streams) queries also see those K'/V' and the updated, detached memory is returned."""
+        first, mask = self._check(states, prev_actions, rtg, timesteps, first, mask)
+        B, K = states.shape[:2]
+        n = self.config.tokens_per_step
+        if K > 1 and mask.device.type == "cpu" and bool((first[:, 1:] & mask[:, :-1]).any()):
+            raise ValueError("first: an episode starts after a real step of the same window; windows hold one "
+                             "episode (use forward_banded for multi-episode sequences)")
+        x, phi = self._embed(states, prev_actions, rtg, timesteps, first, mask)
+        tok_mask = mask.repeat_interleave(n, dim=1)  # [B, K*n]
+        if memory is not None:
+            if self.config.memory_steps == 0:
+                raise ValueError("memory: this model has memory_steps=0")
+            if memory.mem_len.shape != (B,):
+                raise ValueError(f"memory: built for batch {tuple(memory.mem_len.shape)}, window batch is {B}")
+            memory = memory.reset(first.any(dim=1))  # a window that starts an episode starts empty
+            order = _memory_order(memory.mem_len, memory.k[0].shape[2], tok_mask)  # [B, Mt], shared by all layers
+        new_k, new_v = [], []
+        for layer, block in enumerate(self.blocks):
+            kw = {} if memory is None else dict(k_mem=memory.k[layer], v_mem=memory.v[layer], mem_len=memory.mem_len)
+            x, k_inj, v_inj = block(x, phi, key_padding_mask=tok_mask, **kw)
+            if memory is not None:
+                new_k.append(_append_memory(memory.k[layer], k_inj, order))
+                new_v.append(_append_memory(memory.v[layer], v_inj, order))
+        if memory is not None:
+            Mt = memory.k[0].shape[2]
+            memory = Memory(tuple(new_k), tuple(new_v), (memory.mem_len + tok_mask.sum(1)).clamp(max=Mt))
+        return self._outputs(self.ln_f(x), K, states, actions, first, mask, memory)
+
+    def forward_banded(self, states, prev_actions, rtg, timesteps, first=None, mask=None, band_steps=None,
+                       actions=None, attn_mask=None) -> ModelOutput:
+        """Whole sequences with the step-banded causal mask (``banded_attention_mask``): what ``step`` computes,
+        token by token, over the same stream (episodes may start anywhere in a row). ``attn_mask [B, T, T]``
+        overrides the band (tests build other visibility patterns with it). Plain math: the oracle, not fast."""
+        first, mask = self._check(states, prev_actions, rtg, timesteps, first, mask)
+        B, K = states.shape[:2]
+        n = self.config.tokens_per_step
+        if attn_mask is None:
+            attn_mask = banded_attention_mask(first, mask, band_steps or self.config.context_steps, n)
+        elif tuple(attn_mask.shape) != (B, K * n, K * n):
+            raise ValueError(f"attn_mask: expected [B, T, T] = [{B}, {K * n}, {K * n}], got {tuple(attn_mask.shape)}")
+        x, phi = self._embed(states, prev_actions, rtg, timesteps, first, mask)
+        for block in self.blocks:
+            x, _, _ = block(x, phi, attn_mask=attn_mask)
+        return self._outputs(self.ln_f(x), K, states, actions, first, mask, None)
+
+    # ---- rollouts --------------------------------------------------------------------------------------------
+
+    def new_rollout_cache(self, batch_size: int, backend: str = "auto", device=None, dtype=None):
+        """A ``RingKVCache`` holding the last window + memory steps of ``batch_size`` environments.
+
+        ``dtype`` defaults to the parameters' (cast the model, e.g. ``.half()``, rather than autocast ``step``:
+        the ring requires K/V in its own dtype)."""
+        from more3s.rollout.kv_cache import RingKVCache
+
+        cfg = self.config
+        return RingKVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.tokens_per_step * cfg.context_steps, cfg.head_dim,
+                           dtype=dtype or self.embed_state.weight.dtype, device=device or self.action_table.device,
+                           backend=backend)
+
+    @torch.no_grad()
+    def step(self, cache, state_emb, prev_action, rtg, timestep, first) -> torch.Tensor:
+        """Append one block per environment and return the state token's prediction: ``[N, A]`` (discrete logits or
+        continuous action). Resets the ring of the environments where ``first [N]`` (idempotent). No host syncs."""
+        cfg = self.config
+        N = state_emb.shape[0]
+        if state_emb.dim() != 2 or state_emb.shape[1] != cfg.d_enc:
+            raise ValueError(f"state_emb: expected [N, {cfg.d_enc}], got {tuple(state_emb.shape)}")
+        for name, t in (("rtg", rtg), ("timestep", timestep), ("first", first)):
+            if tuple(t.shape) != (N,):
+                raise ValueError(f"{name}: expected [N] = [{N}], got {tuple(t.shape)}")
+        if first.dtype != torch.bool:
+            raise ValueError(f"first: expected bool, got {first.dtype}")
+        want = (N,) if cfg.discrete else (N, cfg.act_dim)
+        if tuple(prev_action.shape) != want or prev_action.is_floating_point() == cfg.discrete:
+            kind = "int" if cfg.discrete else "float"
+            raise ValueError(f"prev_action: expected {kind} {list(want)}, got {prev_action.dtype} {tuple(prev_action.shape)}")
+        cache.reset(first)
+        x, phi = self._embed(state_emb[:, None], prev_action[:, None], rtg[:, None], timestep[:, None], first[:, None],
+                             torch.ones_like(first)[:, None])  # [N, n, C], [N, n, F]
+        for layer, block in enumerate(self.blocks):
+            x, _, _ = block(x, phi, cache=cache, layer=layer)
+        return self._action_head(self.ln_f(x[:, -1]))[1]  # the state token is the block's last
+
+    @torch.no_grad()
+    def recompute(self, states, prev_actions, rtg, timesteps, first=None, mask=None) -> torch.Tensor:
+        """Cache-less baseline: a plain forward over the last S steps [N, S, ...] -> the last state token's [N, A]."""
+        return self.forward(states, prev_actions, rtg, timesteps, first, mask).logits[:, -1]
+
+    def predict_action(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy action from ``step``'s output: argmax index (discrete) or the action itself (continuous)."""
+        return logits.argmax(-1) if self.config.discrete else logits
