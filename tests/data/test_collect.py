@@ -121,10 +121,12 @@ def test_existing_dataset_and_bad_counts():
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_collection_leaves_no_dataset(sig, _minari_root):
     env = dict(os.environ, MINARI_DATASETS_PATH=str(_minari_root))
+    log = open(_minari_root / "collect.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "more3s.collect", "--env", "halfcheetah", "--policy", "random",
          "--episodes", "100000", "--dataset-id", "hc/interrupted-v0", "--no-progress"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Output to a file, not a pipe: an unread pipe that fills up would block the child.
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
     ns = _minari_root / "hc"
     deadline = time.time() + 60
     # wait until episodes are being written into the hidden partial directory
@@ -137,8 +139,11 @@ def test_interrupted_collection_leaves_no_dataset(sig, _minari_root):
         proc.kill()
         pytest.fail("collection never started writing")
     proc.send_signal(sig)
-    proc.wait(timeout=30)
-    assert proc.returncode != 0
+    try:
+        proc.wait(timeout=120)  # generous: CI shares two cores with other test workers
+    finally:
+        log.close()
+    assert proc.returncode != 0, (_minari_root / "collect.log").read_text(errors="replace")[-2000:]
     assert not dataset_path("hc/interrupted-v0").exists()
     assert "hc/interrupted-v0" not in minari.list_local_datasets()
     with pytest.raises(FileNotFoundError):

@@ -1,0 +1,93 @@
+"""Whole rollout engine, environment steps per second: Breakout, lxmert-tiny, 8 vector environments.
+
+Everything a real evaluation runs per step is inside the timing: ALE steps, region extraction,
+the frozen encoder, the model decision and the RTG bookkeeping. The model is the embedded default's
+geometry (dt-small: width 128, 1 head, 6 layers; window 20 + memory 20 steps). Engines:
+
+* ``ring``: model.step over the ring-buffer KV cache (the default of ``python -m more3s.evaluate``);
+* ``recompute``: the exact reference, forward_banded over the last L*(S-1)+1 = 235 steps each step;
+* ``window``: the cache-less DT-style baseline, a plain forward over the last S = 40 steps.
+
+Episodes are capped at 240 agent steps, so the recompute history fills. The reference engine runs
+once per session in a fixture (it is slow); each entry's extra_info carries env-steps/s, the share
+of time spent in the encoder, and the speedup over the reference measured in the same run
+(reported, not asserted; compare the window and ring entries directly).
+Run: ``pytest bench/test_engine.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from more3s.encoder import load_encoder
+from more3s.envs import get_task, make_vector_env
+from more3s.model import ModelConfig, MoreModel
+from more3s.rollout.engine import RolloutEngine
+
+__all__: list[str] = []
+
+N_ENVS, CAP, WINDOW, MEMORY = 8, 240, 20, 20
+
+
+class _TimedEncoder:
+    """Wraps the encoder to account the time spent embedding states."""
+
+    def __init__(self, enc):
+        self.enc, self.seconds = enc, 0.0
+
+    def embed_states(self, *args):
+        t = time.perf_counter()
+        out = self.enc.embed_states(*args)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+@pytest.fixture(scope="module")
+def setup():
+    enc = load_encoder("lxmert-tiny", device="cpu")
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_enc=enc.d_enc, act_dim=get_task("breakout").action_dim, backbone="dt-small",
+                      window=WINDOW, memory_steps=MEMORY, max_timestep=1000, dropout=0.0)
+    model = MoreModel(cfg, enc.embed_actions("breakout").float()).eval()
+    return model, enc
+
+
+def _run(model, enc, mode):
+    timed = _TimedEncoder(enc)
+    venv = make_vector_env("breakout", N_ENVS, max_episode_steps=CAP)
+    try:
+        res = RolloutEngine(model, timed, "breakout", mode=mode).run(venv, 10.0, N_ENVS, seed=0)
+    finally:
+        venv.close()
+    return res, timed.seconds
+
+
+@pytest.fixture(scope="module")
+def baselines(setup):
+    """The reference engine, timed once (it is slow): its env-steps/s go into every entry."""
+    model, enc = setup
+    res, enc_s = _run(model, enc, "recompute")
+    return {"recompute": res.steps_per_s, "recompute_encoder_share": enc_s / res.wall_s}
+
+
+@pytest.mark.parametrize("mode", ["window", "ring"])
+def test_engine_env_steps_per_s(benchmark, setup, baselines, mode):
+    model, enc = setup
+    box = {}
+
+    def go():
+        box["res"], box["enc_s"] = _run(model, enc, mode)
+
+    benchmark.pedantic(go, rounds=1, iterations=1, warmup_rounds=0)
+    res = box["res"]
+    benchmark.extra_info.update(
+        mode=mode, envs=N_ENVS, env_steps=res.env_steps, env_steps_per_s=round(res.steps_per_s, 1),
+        encoder_time_share=round(box["enc_s"] / res.wall_s, 3),
+        recompute_env_steps_per_s=round(baselines["recompute"], 1),
+        speedup_vs_recompute=round(res.steps_per_s / baselines["recompute"], 2),
+        cache_backend=model.new_rollout_cache(1).backend if mode == "ring" else None,
+    )
+    assert res.env_steps >= N_ENVS * 1 and len(res.returns) == N_ENVS

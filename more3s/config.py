@@ -1,0 +1,404 @@
+"""TrainConfig: every hyper-parameter of a more3s run, typed, validated, saved with the run.
+
+One flat dataclass (STYLE §1.2, §2.2), parsed from the command line with tyro. The command line is
+``python -m more3s.train [--config FILE] [--preset more3s|dt|bc] [--resume DIR] [overrides...]``:
+the defaults below are the embedded default run; ``--config`` loads a saved config (yaml or json,
+e.g. a run's ``config.json``), ``--preset`` applies a baseline's settings, ``--resume`` continues a
+run from its own saved config; flags given after that override any of them.
+
+The embedded default (no arguments) is sized for a 2-core CPU in <= 15 minutes end to end (measured
+budget on one thread, quiet machine: collect ~20 s, encode ~13k states ~60 s, train ~250 s,
+evaluate ~30 s; a run on a heavily shared machine took 16 min with 1200 steps, hence 1000):
+
+* data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v0`` is collected if
+  it is missing (40 episodes from the ``mixed`` behaviour policy — the scripted tracker with a
+  per-episode epsilon in [0, 1] — each capped at 400 agent steps: ~13k steps, ~20 s; returns
+  0-14, mean ~8);
+* encoder: ``auto`` = pretrained ``unc-nlp/lxmert-base-uncased`` when it is available locally,
+  otherwise ``lxmert-tiny`` (random init, 128 wide) with a loud notice;
+* backbone: ``auto`` = pretrained ``gpt2`` (first 6 layers) when present *and* a GPU is used;
+  on CPU ``dt-small`` (width 128, 1 head, 6 layers) because that is what fits 15 minutes;
+  a loud notice says which and why;
+* MORE-3S proper: RTG in K/V (``rtg_mode=kv``, phi(R) = R), semantic objective with the
+  state-embedding MSE at weight 1.0, window 20 steps plus 20 steps of detached memory (stream
+  sampler), dropout 0.1, seed 0;
+* optimisation: AdamW (0.9, 0.95), lr 3e-4 (paper), weight decay 0.1, linear warm-up then cosine
+  decay to 10 % of lr, grad clip 1.0 (DT Atari), batch 32, 1000 steps (~0.25 s each on one
+  core, compute-bound matmuls; the paper's 10k warm-up is for 100k-step runs, here warm-up is
+  10 % of the steps); metrics every 10 steps, checkpoints every 250 (the newest 3 kept);
+* evaluation (ring engine, seed 1000): 2 RTG targets taken from the data (best episode return
+  and 90th-percentile return, as DESIGN §4 prescribes for collected datasets), 8 episodes per target in 8 vectorised envs,
+  episodes capped at ``eval_max_episode_steps`` = 400 agent steps, like the collected episodes, to
+  fit the budget and compare with the data (the output says so; set it to 0 for the full-game Atari
+  protocol of up to 108k frames).
+
+Baselines through the same code: ``--preset dt`` (RTG token, no memory, window sampler: Decision
+Transformer) and ``--preset bc`` (no RTG, no memory: behaviour cloning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+__all__ = [
+    "TrainConfig", "PRESETS", "RTG_MODES", "OBJECTIVES", "SAMPLERS", "ENGINES",
+    "parse_args", "load_config_file", "config_from_dict", "config_to_dict", "save_config",
+]
+
+RTG_MODES = ("kv", "embed", "token", "none")
+OBJECTIVES = ("semantic", "mse")
+SAMPLERS = ("auto", "window", "stream")
+ENGINES = ("ring", "recompute", "window")
+
+
+@dataclass
+class TrainConfig:
+    """A more3s training run (and the evaluation it ends with)."""
+
+    # --- run -------------------------------------------------------------------------------------
+    name: str = "more3s"
+    """Run name; the run directory is ``<out_dir>/<name>-<UTC timestamp>`` unless ``run_dir`` is set."""
+    out_dir: Path = Path("runs")
+    run_dir: Path | None = None
+    """Explicit run directory (created; must be empty or absent unless resuming)."""
+    resume: Path | None = None
+    """Continue the run in this directory from its newest intact checkpoint."""
+    preset: Literal["more3s", "dt", "bc"] = "more3s"
+    """Baseline settings applied before other overrides: dt = RTG token + no memory, bc = no RTG."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
+
+    # --- data ------------------------------------------------------------------------------------
+    env: str = "breakout"
+    """Task (more3s.envs.TASKS): breakout, pong, qbert, seaquest, halfcheetah, hopper, walker2d."""
+    dataset: str = "more3s/breakout/mixed-v0"
+    """Local Minari id or path, remote Minari id (online only) or D4RL hdf5 path."""
+    collect_if_missing: bool = True
+    """Collect ``dataset`` with more3s.data.collect_dataset when it is a missing local Minari id."""
+    collect_policy: str = "mixed"
+    collect_episodes: int = 40
+    collect_max_episode_steps: int = 400
+    """Cap on agent steps per collected episode: keeps the default collection to ~1-2 minutes."""
+    max_episodes: int | None = None
+    """Use only the first N episodes of the dataset."""
+
+    # --- encoder -----------------------------------------------------------------------------------
+    encoder: str = "auto"
+    """'auto' = unc-nlp/lxmert-base-uncased when present locally, else lxmert-tiny (loud notice)."""
+    prompt_set: Literal["original", "synonym", "contextual"] = "original"
+    cache_dir: Path | None = None
+    """Embedding cache root (None: more3s.encoder.cache's default)."""
+
+    # --- model -------------------------------------------------------------------------------------
+    backbone: str = "auto"
+    """'auto' = pretrained gpt2 (6 layers) when present and on GPU, else dt-small (loud notice)."""
+    n_layer: int | None = None
+    """Override the backbone's geometry (None = the backbone's: dt-small 6/1/128, gpt2 6/12/768)."""
+    n_head: int | None = None
+    n_embd: int | None = None
+    rtg_mode: Literal["kv", "embed", "token", "none"] = "kv"
+    objective: Literal["semantic", "mse"] = "semantic"
+    window: int = 20
+    """Steps per training window (each step = 2 tokens [a_{t-1}, s_t])."""
+    memory_steps: int = 20
+    """Steps of detached K/V memory carried across windows of the same episode (0 = off)."""
+    sampler: Literal["auto", "window", "stream"] = "auto"
+    """'auto' = stream when memory_steps > 0 (required), else window (random windows as DT)."""
+    dropout: float = 0.1
+    state_loss_weight: float = 1.0
+    """lambda: weight of the state-embedding MSE (a mean over d_enc components, O(1) like the CE)."""
+    rtg_features: int = 1
+    """F, the size of the RTG feature phi(R): 1 = R / rtg_scale; odd F > 1 adds sin/cos pairs."""
+    attention_backend: Literal["auto", "reference", "triton"] = "auto"
+
+    # --- optimisation ------------------------------------------------------------------------------
+    batch_size: int = 32
+    """Sequences per optimizer step per process (global batch = batch_size x world size)."""
+    max_steps: int = 1000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    warmup_steps: int | None = None
+    """Linear warm-up steps; None = 10 % of max_steps."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Max global grad norm (0 = no clipping)."""
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU, where training runs in fp32)."""
+
+    # --- logging / checkpoints ---------------------------------------------------------------------
+    log_every: int = 10
+    """Write a metrics.csv row (and TensorBoard scalars) every N optimizer steps."""
+    ckpt_every: int = 250
+    keep_checkpoints: int = 3
+    progress: bool = True
+    tensorboard: bool = True
+
+    # --- evaluation (run at the end of training; python -m more3s.evaluate runs it alone) ---------
+    eval_at_end: bool = True
+    """Evaluate the final checkpoint and print the table + write report.png when training ends."""
+    eval_episodes: int = 8
+    eval_targets: tuple[float, ...] = ()
+    """RTG targets (clipped-reward units for Atari). Empty: DT's published targets for published
+    datasets (Minari atari/, mujoco/, D4RL/ ids, D4RL hdf5 files), else the data's best and
+    90th-percentile episode returns (DESIGN §4)."""
+    eval_num_envs: int = 8
+    eval_max_episode_steps: int = 400
+    """Cap on agent steps per evaluation episode (0 = the full-game protocol). The default equals
+    the collection cap, so scores compare with the dataset's (equally capped) behaviour returns."""
+    eval_seed: int = 1000
+    eval_engine: Literal["ring", "recompute", "window"] = "ring"
+    """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
+
+    # -----------------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first bad field; return self so calls chain."""
+        from more3s.envs import get_task
+
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"config: {name}={getattr(self, name)!r} is invalid: {why}")
+
+        get_task(self.env)  # ValueError "unknown env ..." with the list of tasks
+        choices = {"rtg_mode": RTG_MODES, "objective": OBJECTIVES, "sampler": SAMPLERS,
+                   "eval_engine": ENGINES, "preset": tuple(PRESETS),
+                   "prompt_set": ("original", "synonym", "contextual"),
+                   "attention_backend": ("auto", "reference", "triton")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"must be one of {', '.join(allowed)}")
+        positive_ints = ("window", "batch_size", "max_steps", "log_every", "ckpt_every",
+                         "keep_checkpoints", "eval_episodes", "eval_num_envs", "rtg_features",
+                         "collect_episodes", "collect_max_episode_steps")
+        for name in positive_ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "must be an integer >= 1")
+        w = self.warmup_steps
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
+            raise bad("warmup_steps", "must be an integer >= 0 (or None for 10 % of max_steps)")
+        for name in ("memory_steps", "eval_max_episode_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad(name, "must be an integer >= 0")
+        if self.max_episodes is not None and self.max_episodes < 1:
+            raise bad("max_episodes", "must be >= 1 (or None for all)")
+        for name in ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "dropout",
+                     "state_loss_weight", "min_lr_ratio"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(name, "must be a finite number")
+        if self.lr <= 0:
+            raise bad("lr", "must be > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.state_loss_weight < 0:
+            raise ValueError("config: weight_decay, grad_clip and state_loss_weight must be >= 0 "
+                             f"(got {self.weight_decay}, {self.grad_clip}, {self.state_loss_weight})")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"config: beta1/beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
+        if not 0 <= self.dropout < 1:
+            raise bad("dropout", "must be in [0, 1)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise bad("min_lr_ratio", "must be in [0, 1]")
+        if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
+            raise bad("warmup_steps", f"must be <= max_steps ({self.max_steps})")
+        if self.memory_steps > 0 and self.sampler == "window":
+            raise bad("sampler", "memory_steps > 0 needs the stream sampler (memory is carried "
+                      "across consecutive windows of an episode); use sampler=stream or auto")
+        if self.memory_steps > 0 and self.rtg_mode == "token":
+            raise bad("memory_steps", "rtg_mode=token (DT baseline) runs without memory; "
+                      "set memory_steps=0 (--preset dt does)")
+        if self.rtg_features % 2 == 0:
+            raise bad("rtg_features", "must be 1 or odd (R plus sin/cos pairs)")
+        for name in ("n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise bad(name, "must be an integer >= 1 (or None for the backbone's)")
+        if self.n_embd is not None and self.n_head is not None and self.n_embd % self.n_head:
+            raise bad("n_embd", f"must be divisible by n_head={self.n_head}")
+        if any(not math.isfinite(t) for t in self.eval_targets):
+            raise bad("eval_targets", "targets must be finite numbers")
+        if self.resume is not None and self.run_dir is not None and \
+                Path(self.resume).resolve() != Path(self.run_dir).resolve():
+            raise ValueError(f"config: resume={self.resume} and run_dir={self.run_dir} disagree")
+        return self
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps actually used."""
+        return self.max_steps // 10 if self.warmup_steps is None else self.warmup_steps
+
+    @property
+    def sampler_kind(self) -> str:
+        """The sampler actually used ('window' or 'stream')."""
+        if self.sampler != "auto":
+            return self.sampler
+        return "stream" if self.memory_steps > 0 else "window"
+
+
+# Baseline presets: applied to the defaults (or the --config file) before command-line overrides.
+PRESETS: dict[str, dict[str, Any]] = {
+    "more3s": {},
+    "dt": {"rtg_mode": "token", "memory_steps": 0, "sampler": "window", "name": "dt"},
+    "bc": {"rtg_mode": "none", "memory_steps": 0, "sampler": "window", "name": "bc"},
+}
+
+
+# --- (de)serialisation -------------------------------------------------------------------------------
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Convert a json/yaml value to the field's declared type (Path, tuple, Optional...)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise TypeError(f"config: {name} may not be null")
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, inner[0], value)
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise TypeError(f"config: {name} must be a path string, got {type(value).__name__}")
+        return Path(value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"config: {name} must be a list, got {type(value).__name__}")
+        (elem, *_rest) = typing.get_args(tp) or (Any,)
+        return tuple(_coerce(name, elem, v) for v in value)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"config: {name}={value!r} must be one of {typing.get_args(tp)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"config: {name} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"config: {name} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"config: {name} must be true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"config: {name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from a dict (unknown keys are an error), starting from ``base``."""
+    if not isinstance(data, dict):
+        raise TypeError(f"config: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    values = {k: _coerce(k, hints[k], v) for k, v in data.items()}
+    return dataclasses.replace(base or TrainConfig(), **values)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def load_config_file(path: str | Path, base: TrainConfig | None = None) -> TrainConfig:
+    """Load a saved config (.json, .yaml or .yml)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"config file {path} could not be parsed: {e}") from e
+    return config_from_dict(data, base)
+
+
+def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    """Write config.json and config.yaml into the run directory (atomically)."""
+    import yaml
+
+    from more3s.atomic import atomic_write_text
+
+    d = config_to_dict(cfg)
+    atomic_write_text(run_dir / "config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(d, sort_keys=True))
+
+
+# --- command line ----------------------------------------------------------------------------------
+def _pop_flag(argv: list[str], flag: str) -> str | None:
+    """Remove ``--flag VALUE`` / ``--flag=VALUE`` from argv; return VALUE (last one wins)."""
+    value = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == flag:
+            if i + 1 >= len(argv):
+                raise SystemExit(f"error: {flag} needs a value")
+            value = argv[i + 1]
+            del argv[i:i + 2]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+            del argv[i]
+        else:
+            i += 1
+    return value
+
+
+def _peek_flag(argv: Sequence[str], flag: str) -> str | None:
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """Defaults <- --resume DIR's config.json | --config FILE <- --preset <- flags; validated."""
+    import tyro
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file = _pop_flag(argv, "--config")
+    resume = _peek_flag(argv, "--resume")
+    base = TrainConfig()
+    if resume is not None:
+        saved = Path(resume) / "config.json"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no config.json there (not a run directory?)")
+        base = load_config_file(saved)
+    if config_file is not None:
+        base = load_config_file(config_file, base)
+    preset = _peek_flag(argv, "--preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        base = dataclasses.replace(base, preset=preset, **PRESETS[preset])
+    cfg = tyro.cli(TrainConfig, default=base, args=argv,
+                   description="Train a MORE-3S (or DT / BC baseline) model; see more3s.config.")
+    if cfg.resume is not None:
+        cfg = dataclasses.replace(cfg, run_dir=Path(cfg.resume))
+    return cfg.validate()

@@ -1,0 +1,181 @@
+"""``python -m more3s.evaluate --run DIR``: evaluate a run's checkpoint in vectorised environments.
+
+Loads the run's model config and its newest intact checkpoint (or ``--checkpoint``), the encoder the
+run was trained with (run.json), and plays greedy RTG-conditioned episodes with the rollout engine
+(more3s.rollout.engine; the ring-buffer engine by default, ``--engine recompute`` for the reference
+path, ``--engine window`` for the cache-less DT-style baseline). For each RTG target it reports the
+normalized score (more3s.envs.normalized_score on RAW returns) as mean ± std over episodes, next to
+the dataset's behaviour returns, and which checkpoint was evaluated.
+
+Protocol: Atari full games (up to 108k frames, 30 no-op starts) by default; ``--max-episode-steps``
+caps episodes (the embedded training default uses a cap to fit its time budget; the output says so).
+Targets default to the run's (run.json: DT's published targets, or for collected datasets the data's
+best and 90th-percentile returns). Writes eval.json and report.png into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["EvalConfig", "load_run_model", "evaluate_run", "finish_report", "main"]
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a training run."""
+
+    run: Path
+    """The run directory (holds config.json, run.json, checkpoints/)."""
+    episodes: int = 10
+    """Episodes per RTG target and seed (DT: 10 for Atari)."""
+    targets: tuple[float, ...] = ()
+    """RTG targets; empty = the run's (run.json)."""
+    seeds: tuple[int, ...] = (1000,)
+    """Environment seeds (env i of the vector gets seed + i); episodes run per seed and target."""
+    engine: Literal["ring", "recompute", "window"] = "ring"
+    """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
+    max_episode_steps: int | None = None
+    """Cap on agent steps per episode; None = the full-game protocol."""
+    num_envs: int = 8
+    """Vectorised environments (at most --episodes are used)."""
+    device: str = "auto"
+    """'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
+    checkpoint: Path | None = None
+    """A specific checkpoint directory; default: the run's newest intact one."""
+    plot: bool = True
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (is {path.parent} a more3s run directory?)")
+    return json.loads(path.read_text())
+
+
+def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu",
+                   checkpoint: str | Path | None = None):
+    """(model in eval mode, run.json dict, Checkpoint) of a run's newest intact (or given) checkpoint."""
+    from more3s.checkpoint import load_checkpoint, load_latest
+    from more3s.model import ModelConfig, MoreModel
+
+    run_dir = Path(run_dir)
+    info = _read_json(run_dir / "run.json")
+    mcfg = ModelConfig.from_dict(info["model_config"])
+    rows = mcfg.act_dim if mcfg.discrete else mcfg.act_dim + 1
+    model = MoreModel(mcfg, torch.zeros(rows, mcfg.d_enc))  # the action table comes from the checkpoint
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint, model)
+    else:
+        ckpt = load_latest(run_dir / "checkpoints", model, log=lambda m: print(m, file=sys.stderr))
+        if ckpt is None:
+            raise FileNotFoundError(f"run {run_dir} has no checkpoint yet (checkpoints/ is empty)")
+    return model.to(device).eval(), info, ckpt
+
+
+def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[float] = (),
+                 seeds: Sequence[int] = (1000,), engine: str = "ring", max_episode_steps: int | None = None,
+                 num_envs: int = 8, device: torch.device | str = "auto",
+                 checkpoint: str | Path | None = None, encoder=None):
+    """Evaluate a run; returns a more3s.report.EvalReport (not yet saved)."""
+    from more3s.encoder import load_encoder
+    from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
+    from more3s.report import BehaviourStats, EvalReport, TargetResult
+    from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
+    from more3s.train import resolve_device
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if engine not in ENGINE_MODES:
+        raise ValueError(f"engine {engine!r}: expected one of {ENGINE_MODES}")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be >= 1 (or None for full games), got {max_episode_steps}")
+    if not seeds:
+        raise ValueError("seeds: give at least one evaluation seed")
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    model, info, ckpt = load_run_model(run_dir, dev, checkpoint)
+    task = get_task(info["task"])
+    given = tuple(float(t) for t in targets)
+    targets = given or tuple(float(t) for t in info["targets"])
+    targets_source = (info.get("targets_source", "") if not given or given == tuple(info["targets"])
+                      else "given on the command line")
+    if encoder is None:
+        encoder = load_encoder(info["encoder"], device=dev)
+    want = info.get("encoder_fingerprint")
+    if want and encoder.fingerprint != want:
+        raise ValueError(f"encoder {encoder.name!r} has weights fingerprint {encoder.fingerprint[:12]}..., "
+                         f"but run {run_dir} was trained on embeddings of {want[:12]}... (different weights)")
+    eng = RolloutEngine(model, encoder, task, mode=engine)
+    n_envs = min(num_envs, episodes)
+    results, t0, env_steps = [], time.perf_counter(), 0
+    for target in targets:
+        rets, trains, lens = [], [], []
+        for seed in seeds:
+            venv = make_vector_env(task, n_envs, max_episode_steps=max_episode_steps)
+            try:
+                res = eng.run(venv, target, episodes, seed=int(seed))
+            finally:
+                venv.close()
+            rets += res.returns
+            trains += res.train_returns
+            lens += res.lengths
+            env_steps += res.env_steps
+        norm = np.asarray(normalized_score(task.name, rets), dtype=np.float64).reshape(-1)
+        results.append(TargetResult(target=target, returns=rets, normalized=norm.tolist(),
+                                    lengths=lens, train_returns=trains))
+        print(f"target {target:g}: normalized {np.mean(norm):.1f} ± {np.std(norm):.1f} "
+              f"(raw {np.mean(rets):.1f}) over {len(rets)} episodes", file=sys.stderr)
+    wall = time.perf_counter() - t0
+    behaviour = BehaviourStats(**info["behaviour"]) if info.get("behaviour") else None
+    return EvalReport(
+        task=task.name, checkpoint=str(ckpt.path), step=ckpt.step, engine=engine,
+        episodes_per_target=episodes * len(seeds), max_episode_steps=max_episode_steps,
+        seeds=[int(s) for s in seeds], targets=results, behaviour=behaviour,
+        score_source=SCORE_REFS[task.name].source,
+        targets_source=targets_source,
+        wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0,
+    )
+
+
+def finish_report(run_dir: str | Path, report, plot: bool = True) -> str:
+    """Save eval.json, print the table (stdout) and write report.png; returns the table."""
+    from more3s.report import format_table, plot_report, read_metrics, save_report
+
+    run_dir = Path(run_dir)
+    save_report(report, run_dir / "eval.json")
+    table = format_table(report)
+    print(table, flush=True)
+    if plot:
+        png = plot_report(run_dir / "report.png", read_metrics(run_dir / "metrics.csv"), report,
+                          title=run_dir.name)
+        print(f"plot: {png}", flush=True)
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import tyro
+
+    from more3s.checkpoint import CorruptCheckpointError
+
+    cfg = tyro.cli(EvalConfig, args=list(sys.argv[1:] if argv is None else argv))
+    try:
+        report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
+                              engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
+                              num_envs=cfg.num_envs, device=cfg.device, checkpoint=cfg.checkpoint)
+    except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finish_report(cfg.run, report, plot=cfg.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

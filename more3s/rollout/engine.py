@@ -1,0 +1,282 @@
+"""The rollout engine: greedy, RTG-conditioned episodes of N vectorised environments at once.
+
+Per step, for all N environments together: regions of the current and previous frame -> frozen
+encoder (``encoder.embed_states``, batched) -> one model step -> greedy action -> ``venv.step``.
+Environments reset independently (gymnasium's same-step autoreset): a finished environment starts
+its next episode in the same step, with a fresh RTG, timestep 0 and a start token, while the others
+carry on. The RTG is decremented by the reward as in training (clipped to [-1, 1] for Atari, whose
+RTG is built from clipped rewards); returns are reported raw.
+
+Three ways to get the model's decision (``mode``), all over the same tokens:
+
+* ``ring`` (default): ``model.step`` appends the block ``[a_{t-1}, s_t]`` to a ring-buffer KV cache
+  per layer (more3s.rollout.kv_cache) and attends once — O(S) per step. On CUDA the model step is
+  captured once as a CUDA graph (static shapes, no host synchronisation inside) and replayed;
+  the frozen encoder replays its own CUDA graphs (FrozenLxmert captures its state path per batch
+  bucket), so a GPU step is region extraction on the host, one encoder graph replay, one model
+  graph replay and a single device-to-host copy of the N actions.
+* ``recompute``: the reference path. It keeps each environment's recent history and re-runs
+  ``model.forward_banded`` (the step-banded causal mask of DESIGN §3) over it every step. With S
+  context steps and L layers, the last token's output depends on the last L*(S-1)+1 steps only, so
+  that much history makes it exactly what the ring computes (the equality test relies on this) at
+  O((L*S)^2) per step.
+* ``window``: the cache-less DT-style baseline: a plain forward over the last S steps
+  (``model.recompute``), as a cache-less implementation must do to give each decision the same
+  horizon. Not step-for-step equal to the ring (early tokens of the window see less context).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from more3s.envs import TaskSpec, get_task
+
+__all__ = ["RolloutEngine", "RolloutResult", "ENGINE_MODES"]
+
+ENGINE_MODES = ("ring", "recompute", "window")
+
+
+@dataclass
+class RolloutResult:
+    """Finished episodes, in order of completion per environment."""
+
+    returns: list[float]  # raw episode returns
+    train_returns: list[float]  # returns in RTG units (clipped rewards for Atari)
+    lengths: list[int]  # agent steps per episode
+    env_index: list[int]  # which environment played it
+    env_steps: int = 0  # vector steps x N (including environments past their quota)
+    wall_s: float = 0.0
+    logits: list[np.ndarray] = field(default_factory=list)  # [N, A] per step, when recorded
+    actions: list[np.ndarray] = field(default_factory=list)  # [N] or [N, A] per step, when recorded
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.env_steps / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class _History:
+    """The last ``H`` steps of each environment's current episode, right-aligned (left padding)."""
+
+    def __init__(self, N: int, H: int, d_enc: int, act_shape: tuple[int, ...], act_dtype: torch.dtype,
+                 device: torch.device, dtype: torch.dtype):
+        self.H = H
+        self.states = torch.zeros(N, H, d_enc, device=device, dtype=dtype)  # [N, H, d_enc]
+        self.prev_actions = torch.zeros(N, H, *act_shape, device=device, dtype=act_dtype)  # [N, H(, A)]
+        self.rtg = torch.zeros(N, H, device=device)  # [N, H]
+        self.timesteps = torch.zeros(N, H, dtype=torch.long, device=device)  # [N, H]
+        self.length = torch.zeros(N, dtype=torch.long, device=device)  # [N] valid steps
+        self.cols = torch.arange(H, device=device)  # [H]
+
+    def push(self, state, prev_action, rtg, timestep, first) -> None:
+        """Append one step per environment; ``first [N]`` drops the previous episode's history."""
+        def shift(buf, new):
+            return torch.cat([buf[:, 1:], new[:, None].to(buf.dtype)], dim=1)
+
+        self.states = shift(self.states, state)
+        self.prev_actions = shift(self.prev_actions, prev_action)
+        self.rtg = shift(self.rtg, rtg)
+        self.timesteps = shift(self.timesteps, timestep)
+        self.length = torch.where(first, torch.ones_like(self.length), (self.length + 1).clamp(max=self.H))
+
+    def view(self) -> tuple[torch.Tensor, ...]:
+        mask = self.cols[None, :] >= (self.H - self.length)[:, None]  # [N, H] True = real (left padding)
+        first = mask & (self.timesteps == 0)  # an episode's step 0 (only ever the oldest real column)
+        return self.states, self.prev_actions, self.rtg, self.timesteps, first, mask
+
+
+class RolloutEngine:
+    """Batched greedy rollouts of ``model`` with ``encoder`` on ``task`` (see the module docstring).
+
+    ``model``: a more3s.model.MoreModel (eval mode is set here); ``encoder``: a FrozenLxmert-like
+    object with ``embed_states(task, observations, prev_observations) -> [N, d_enc]``.
+    """
+
+    def __init__(self, model, encoder, task: str | TaskSpec, *,
+                 mode: Literal["ring", "recompute", "window"] = "ring", cache_backend: str = "auto",
+                 cuda_graph: bool | None = None, history_steps: int | None = None):
+        if mode not in ENGINE_MODES:
+            raise ValueError(f"engine mode {mode!r}: expected one of {ENGINE_MODES}")
+        self.model = model.eval()
+        self.encoder = encoder
+        self.task = task if isinstance(task, TaskSpec) else get_task(task)
+        self.mode = mode
+        self.cache_backend = cache_backend
+        cfg = model.config
+        self.device = model.action_table.device
+        self.dtype = model.embed_state.weight.dtype
+        self.discrete = cfg.discrete
+        if self.discrete != (self.task.action_kind == "discrete"):
+            raise ValueError(f"model is {'discrete' if cfg.discrete else 'continuous'} but task "
+                             f"{self.task.name!r} has {self.task.action_kind} actions")
+        if cfg.act_dim != self.task.action_dim:
+            raise ValueError(f"model has act_dim={cfg.act_dim}, task {self.task.name!r} has "
+                             f"{self.task.action_dim} actions")
+        self.context = cfg.context_steps  # S
+        # recompute: L*(S-1)+1 steps make the last token exact (module docstring); more is allowed.
+        self.history_steps = {"recompute": cfg.n_layer * (self.context - 1) + 1,
+                              "window": self.context}.get(mode, 0)
+        if history_steps is not None:
+            if mode != "recompute" or history_steps < self.history_steps:
+                raise ValueError(f"history_steps={history_steps}: only for mode='recompute', and at least "
+                                 f"{self.history_steps} (= n_layer * (S - 1) + 1) for exact decisions")
+            self.history_steps = int(history_steps)
+        self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else bool(cuda_graph)
+        if self.cuda_graph and self.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs the model on a CUDA device")
+        self._graph: Any = None
+
+    # ---- one decision for all N environments --------------------------------------------------
+    def _decide(self, state, prev_action, rtg, timestep, first) -> torch.Tensor:
+        """[N, A] logits (or continuous actions) for this step's inputs (all [N, ...] on device)."""
+        if self.mode == "ring":
+            if self._graph is not None:
+                return self._graph.replay(state, prev_action, rtg, timestep, first)
+            return self.model.step(self._cache, state, prev_action, rtg, timestep, first)
+        self._hist.push(state, prev_action, rtg, timestep, first)
+        states, prev_actions, rtgs, ts, firsts, mask = self._hist.view()
+        with torch.no_grad():
+            if self.mode == "recompute":
+                out = self.model.forward_banded(states, prev_actions, rtgs, ts, first=firsts, mask=mask,
+                                                band_steps=self.context)
+                return out.logits[:, -1]  # [N, A] the current step's state token
+            return self.model.recompute(states, prev_actions, rtgs, ts, first=firsts, mask=mask)
+
+    def _setup(self, N: int) -> None:
+        cfg = self.model.config
+        act_shape = () if self.discrete else (cfg.act_dim,)
+        act_dtype = torch.long if self.discrete else torch.float32
+        self._graph = None
+        if self.mode == "ring":
+            self._cache = self.model.new_rollout_cache(N, backend=self.cache_backend, device=self.device)
+            if self.cuda_graph:
+                self._graph = _CudaGraphStep.try_capture(self.model, self._cache, N, cfg.d_enc, act_shape,
+                                                         act_dtype, self.device, self.dtype)
+        else:
+            self._hist = _History(N, self.history_steps, cfg.d_enc, act_shape, act_dtype, self.device,
+                                  self.dtype)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, venv, target: float, num_episodes: int, *, seed: int | None = None,
+            record: bool = False) -> RolloutResult:
+        """Play ``num_episodes`` episodes at RTG ``target`` on ``venv`` (a gymnasium VectorEnv with
+        same-step autoreset, e.g. more3s.envs.make_vector_env); returns per-episode results.
+
+        Episodes are spread evenly over the environments (env i plays ceil/floor of n/N), so the
+        result does not favour short episodes; environments past their quota keep stepping (static
+        shapes) but are not counted.
+        """
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+        if not np.isfinite(target):
+            raise ValueError(f"RTG target must be finite, got {target}")
+        N = int(venv.num_envs)
+        quota = np.full(N, num_episodes // N) + (np.arange(N) < num_episodes % N)  # [N]
+        self._setup(N)
+        clip = self.task.clip_rewards
+        dev = self.device
+        t0 = time.perf_counter()
+        obs, _ = venv.reset(seed=None if seed is None else [seed + i for i in range(N)])
+        prev_obs = obs.copy()
+        rtg = np.full(N, float(target), dtype=np.float64)  # [N] RTG units
+        timestep = np.zeros(N, dtype=np.int64)
+        first = np.ones(N, dtype=bool)
+        if self.discrete:
+            prev_action: np.ndarray = np.zeros(N, dtype=np.int64)
+        else:
+            prev_action = np.zeros((N, self.task.action_dim), dtype=np.float32)
+        ep_ret = np.zeros(N)
+        ep_train = np.zeros(N)
+        done_count = np.zeros(N, dtype=np.int64)
+        res = RolloutResult([], [], [], [])
+        while np.any(done_count < quota):
+            state = self.encoder.embed_states(self.task.name, obs, prev_obs)  # [N, d_enc]
+            # Rounded through fp16 as the embedding cache stores it: the model sees the values it trained on.
+            state = torch.as_tensor(state).to(dev, torch.float16).to(self.dtype)
+            logits = self._decide(
+                state, torch.as_tensor(prev_action, device=dev),
+                torch.as_tensor(rtg, dtype=torch.float32, device=dev),
+                torch.as_tensor(timestep, device=dev), torch.as_tensor(first, device=dev))
+            action = self.model.predict_action(logits).cpu().numpy()  # the one host sync per step
+            if record:
+                res.logits.append(logits.float().cpu().numpy())
+                res.actions.append(action.copy())
+            next_obs, reward, term, trunc, _ = venv.step(action)
+            reward = np.asarray(reward, dtype=np.float64)
+            r_train = np.clip(reward, -1.0, 1.0) if clip else reward
+            ep_ret += reward
+            ep_train += r_train
+            rtg -= r_train
+            timestep += 1
+            res.env_steps += N
+            done = np.asarray(term) | np.asarray(trunc)
+            for i in np.flatnonzero(done):
+                if done_count[i] < quota[i]:
+                    res.returns.append(float(ep_ret[i]))
+                    res.train_returns.append(float(ep_train[i]))
+                    res.lengths.append(int(timestep[i]))
+                    res.env_index.append(int(i))
+                done_count[i] += 1
+            # Same-step autoreset: next_obs of a finished env is already its next episode's first frame.
+            prev_obs = np.where(done.reshape(-1, *([1] * (obs.ndim - 1))), next_obs, obs)
+            obs = next_obs
+            prev_action = np.where(done.reshape(-1, *([1] * (prev_action.ndim - 1))),
+                                   np.zeros_like(prev_action), action.astype(prev_action.dtype))
+            rtg = np.where(done, float(target), rtg)
+            timestep = np.where(done, 0, timestep)
+            ep_ret = np.where(done, 0.0, ep_ret)
+            ep_train = np.where(done, 0.0, ep_train)
+            first = done
+        res.wall_s = time.perf_counter() - t0
+        return res
+
+
+class _CudaGraphStep:
+    """``model.step`` captured as one CUDA graph over static input buffers (CUDA only).
+
+    The ring cache's state lives in device tensors, the step has no host synchronisation, and all
+    shapes are static, so replaying the graph after copying the inputs into the static buffers is
+    the same computation as an eager step. Captured once per rollout batch size.
+    """
+
+    def __init__(self, model, cache, N, d_enc, act_shape, act_dtype, device, dtype):
+        self.model, self.cache = model, cache
+        self.state = torch.zeros(N, d_enc, device=device, dtype=dtype)
+        self.prev = torch.zeros(N, *act_shape, device=device, dtype=act_dtype)
+        self.rtg = torch.zeros(N, device=device)
+        self.t = torch.zeros(N, dtype=torch.long, device=device)
+        self.first = torch.ones(N, dtype=torch.bool, device=device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(3):  # warm-up: lazy init, autotuning, allocator pools
+                model.step(cache, self.state, self.prev, self.rtg, self.t, self.first)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.out = model.step(cache, self.state, self.prev, self.rtg, self.t, self.first)
+        cache.reset(torch.ones(N, dtype=torch.bool, device=device))  # forget warm-up / capture tokens
+
+    @classmethod
+    def try_capture(cls, *args) -> "_CudaGraphStep | None":
+        try:
+            return cls(*args)
+        except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager steps
+            warnings.warn(f"CUDA graph capture of the model step failed ({e}); running eager steps",
+                          RuntimeWarning, stacklevel=3)
+            return None
+
+    def replay(self, state, prev_action, rtg, timestep, first) -> torch.Tensor:
+        self.state.copy_(state)
+        self.prev.copy_(prev_action)
+        self.rtg.copy_(rtg)
+        self.t.copy_(timestep)
+        self.first.copy_(first)
+        self.graph.replay()
+        return self.out

@@ -1,0 +1,144 @@
+"""Rollout engine: ring-cache decisions equal the recompute reference over multi-episode rollouts."""
+
+import numpy as np
+import pytest
+import torch
+
+from more3s.encoder.lxmert import load_encoder
+from more3s.envs import get_task, make_vector_env, normalized_score
+from more3s.model import ModelConfig, MoreModel
+from more3s.rollout.engine import RolloutEngine
+
+N_ENVS, MAX_STEPS, EPISODES = 2, 20, 5  # 5 episodes over 2 envs: env 0 plays 3, env 1 plays 2
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_encoder("lxmert-tiny", device="cpu")
+
+
+def _model(encoder, rtg_mode, memory_steps, seed):
+    torch.manual_seed(seed)
+    task = get_task("breakout")
+    cfg = ModelConfig(d_enc=encoder.d_enc, act_dim=task.action_dim, n_layer=2, n_head=2, n_embd=32,
+                      window=3, memory_steps=memory_steps, max_timestep=64, rtg_mode=rtg_mode, dropout=0.0)
+    model = MoreModel(cfg, torch.randn(task.action_dim, encoder.d_enc))
+    # At GPT-2's init scale every step scores the actions alike; large random weights make the
+    # greedy action change along the episode, so rollouts exercise FIRE, moves and rewards.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:  # weights (std 0.02 -> 0.5); biases stay 0, norms stay 1
+                p.mul_(25.0)
+    return model.eval()
+
+
+def _play(model, encoder, mode, target=5.0, **kw):
+    venv = make_vector_env("breakout", N_ENVS, max_episode_steps=MAX_STEPS)
+    try:
+        return RolloutEngine(model, encoder, "breakout", mode=mode, **kw).run(
+            venv, target, EPISODES, seed=123, record=True)
+    finally:
+        venv.close()
+
+
+# seeds picked so that the greedy actions of the random model vary along the rollouts
+@pytest.mark.parametrize("rtg_mode, memory_steps, seed", [("kv", 2, 4), ("token", 0, 2)])
+def test_ring_equals_recompute_over_resets(encoder, rtg_mode, memory_steps, seed):
+    model = _model(encoder, rtg_mode, memory_steps, seed)
+    ring = _play(model, encoder, "ring")
+    ref = _play(model, encoder, "recompute")
+    # the whole-episode oracle: history longer than any episode, so nothing is cut
+    full = _play(model, encoder, "recompute", history_steps=MAX_STEPS + 1)
+    assert len(ring.logits) == len(ref.logits) == len(full.logits) >= 2 * MAX_STEPS  # resets happened
+    for r, a, f in zip(ring.logits, ref.logits, full.logits):
+        np.testing.assert_allclose(r, a, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a, f, rtol=1e-4, atol=1e-4)
+    assert [a.tolist() for a in ring.actions] == [a.tolist() for a in ref.actions]
+    assert len({tuple(a.tolist()) for a in ring.actions}) > 1  # decisions actually vary
+    assert ring.returns == ref.returns and ring.lengths == ref.lengths
+
+
+def test_bookkeeping(encoder):
+    model = _model(encoder, "kv", 2, seed=4)
+    res = _play(model, encoder, "ring")
+    assert len(res.returns) == EPISODES
+    assert sorted(res.env_index) == [0, 0, 0, 1, 1]
+    assert all(1 <= n <= MAX_STEPS for n in res.lengths)
+    # RTG units are clipped rewards for Atari; raw returns are never smaller for Breakout (rewards >= 0)
+    assert all(r >= t >= 0 for r, t in zip(res.returns, res.train_returns))
+    assert np.all(np.isfinite(normalized_score("breakout", res.returns)))
+    win = _play(model, encoder, "window")  # the cache-less DT-style baseline runs too
+    assert len(win.returns) == EPISODES and win.logits[0].shape == (N_ENVS, 4)
+
+
+def test_bad_arguments(encoder):
+    model = _model(encoder, "kv", 2, seed=0)
+    with pytest.raises(ValueError, match="engine mode"):
+        RolloutEngine(model, encoder, "breakout", mode="beam")
+    with pytest.raises(ValueError, match="act_dim|actions"):
+        RolloutEngine(model, encoder, "pong")
+    with pytest.raises(ValueError, match="history_steps"):
+        RolloutEngine(model, encoder, "breakout", mode="recompute", history_steps=2)
+    eng = RolloutEngine(model, encoder, "breakout")
+    venv = make_vector_env("breakout", 1, max_episode_steps=5)
+    with pytest.raises(ValueError, match="num_episodes"):
+        eng.run(venv, 1.0, 0)
+    venv.close()
+
+
+class _FakeVecEnv:
+    """Two envs with scripted rewards; env i ends its episodes after ``ends[i]`` steps (same-step reset)."""
+
+    num_envs = 2
+    ends = (3, 2)
+    rewards = (4.0, 0.0, 7.0)  # raw Breakout-like rewards: clipped to 1, 0, 1 for the RTG
+
+    def reset(self, seed=None):
+        self.t = np.zeros(2, dtype=int)
+        return np.zeros((2, 8, 8, 3), np.uint8), {}
+
+    def step(self, action):
+        r = np.array([self.rewards[self.t[i] % 3] for i in range(2)])
+        self.t += 1
+        term = self.t >= np.array(self.ends)
+        self.t[term] = 0
+        obs = np.full((2, 8, 8, 3), 1, np.uint8)
+        return obs, r, term, np.zeros(2, bool), {}
+
+
+class _ZeroEncoder:
+    def __init__(self, d):
+        self.d = d
+
+    def embed_states(self, task, obs, prev):
+        return torch.zeros(len(obs), self.d)
+
+
+def test_rtg_timestep_and_first_bookkeeping(encoder, monkeypatch):
+    model = _model(encoder, "kv", 2, seed=0)
+    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout", mode="recompute")
+    seen = []
+    real = eng._decide
+    monkeypatch.setattr(eng, "_decide", lambda s, a, r, t, f: (seen.append((r.tolist(), t.tolist(), f.tolist())),
+                                                             real(s, a, r, t, f))[1])
+    res = eng.run(_FakeVecEnv(), 10.0, 3)  # env 0 plays 2 episodes, env 1 plays 1
+    rtg0 = [s[0][0] for s in seen[:4]]
+    assert rtg0 == [10.0, 9.0, 9.0, 10.0]  # 10 - clip(4) - clip(0), then a new episode resets it
+    assert [s[1][0] for s in seen[:4]] == [0, 1, 2, 0]
+    assert [s[2][0] for s in seen[:4]] == [True, False, False, True]
+    assert [s[0][1] for s in seen[:3]] == [10.0, 9.0, 10.0]  # env 1: episodes of 2 steps
+    assert sorted(zip(res.env_index, res.returns, res.train_returns, res.lengths)) == [
+        (0, 11.0, 2.0, 3), (0, 11.0, 2.0, 3), (1, 4.0, 1.0, 2)]
+
+
+@pytest.mark.gpu
+def test_cuda_graph_ring_equals_eager_recompute_on_gpu():
+    enc = load_encoder("lxmert-tiny", device="cuda", dtype=torch.float32)
+    model = _model(enc, "kv", 2, seed=4).cuda()
+    graph = _play(model, enc, "ring", cuda_graph=True)
+    eager = _play(model, enc, "ring", cuda_graph=False)
+    ref = _play(model, enc, "recompute")
+    for g, e, r in zip(graph.logits, eager.logits, ref.logits):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3)
+    assert graph.returns == ref.returns

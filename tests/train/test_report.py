@@ -1,0 +1,53 @@
+"""Report: behaviour statistics, data-derived targets, the table and the PNG."""
+
+import numpy as np
+import pytest
+
+from more3s.envs import normalized_score
+from more3s.report import (EvalReport, TargetResult, behaviour_stats, data_targets, format_table,
+                           load_report, plot_report, read_metrics, save_report)
+
+
+def test_behaviour_stats_and_targets():
+    raw = [1.0, 4.0, 11.0, 30.0]
+    train = [1.0, 2.0, 5.0, 9.0]
+    b = behaviour_stats("breakout", raw, train)
+    assert b.episodes == 4 and b.mean_return == pytest.approx(11.5)
+    assert b.mean_normalized == pytest.approx(np.mean(normalized_score("breakout", raw)))
+    assert b.best_train_return == 9.0 and b.p90_train_return == pytest.approx(np.percentile(train, 90))
+    assert data_targets(b) == (9.0, pytest.approx(np.percentile(train, 90)))
+    same = behaviour_stats("breakout", [2.0, 2.0], [2.0, 2.0])
+    assert data_targets(same) == (2.0,)
+    with pytest.raises(ValueError, match="no episodes"):
+        behaviour_stats("breakout", [], [])
+
+
+def _report(behaviour):
+    t = TargetResult(target=9.0, returns=[3.0, 5.0], normalized=list(normalized_score("breakout", [3.0, 5.0])),
+                     lengths=[100, 120])
+    return EvalReport(task="breakout", checkpoint="runs/x/checkpoints/step_00000010", step=10, engine="ring",
+                      episodes_per_target=2, max_episode_steps=500, seeds=[1], targets=[t],
+                      behaviour=behaviour, score_source="DT table", targets_source="from the data")
+
+
+def test_table_names_checkpoint_cap_and_scores(tmp_path):
+    rep = _report(behaviour_stats("breakout", [1.0, 4.0], [1.0, 3.0]))
+    text = format_table(rep)
+    assert "step_00000010" in text and "capped at 500" in text and "NOT the full-game" in text
+    mean = np.mean(normalized_score("breakout", [3.0, 5.0]))
+    assert f"{mean:.1f}" in text and "dataset" in text and "DT table" in text
+    rep.max_episode_steps = None
+    assert "full game" in format_table(rep)
+    save_report(rep, tmp_path / "eval.json")
+    back = load_report(tmp_path / "eval.json")
+    assert back.targets[0].mean == pytest.approx(rep.targets[0].mean)
+    assert back.behaviour == rep.behaviour
+
+
+def test_plot_writes_png(tmp_path):
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("step,loss,action_loss,state_loss\n1,2.0,1.5,0.5\n2,1.5,1.0,0.5\n3,1.2,,0.4\n")
+    m = read_metrics(csv)
+    assert list(m["step"]) == [1, 2, 3] and np.isnan(m["action_loss"][2])
+    out = plot_report(tmp_path / "r.png", m, _report(None), title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
