@@ -6,9 +6,9 @@ the defaults below are the embedded default run; ``--config`` loads a saved conf
 e.g. a run's ``config.json``), ``--preset`` applies a baseline's settings, ``--resume`` continues a
 run from its own saved config; flags given after that override any of them.
 
-The embedded default (no arguments) is sized for a 2-core CPU in <= 15 minutes end to end (measured
-budget on one thread, quiet machine: collect ~20 s, encode ~13k states ~60 s, train ~250 s,
-evaluate ~30 s; a run on a heavily shared machine took 16 min with 1200 steps, hence 1000):
+The embedded default (no arguments) is sized for a 2-core CPU in <= 15 minutes end to end
+(measured on a quiet machine, one thread: collect ~15 s, encode ~13k states ~40 s, train ~280 s,
+evaluate ~50 s; README.md records the latest full run):
 
 * data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v0`` is collected if
   it is missing (40 episodes from the ``mixed`` behaviour policy — the scripted tracker with a
@@ -20,14 +20,17 @@ evaluate ~30 s; a run on a heavily shared machine took 16 min with 1200 steps, h
   on CPU ``dt-small`` (width 128, 1 head, 6 layers) because that is what fits 15 minutes;
   a loud notice says which and why;
 * MORE-3S proper: RTG in K/V (``rtg_mode=kv``, phi(R) = R), semantic objective with the
-  state-embedding MSE at weight 1.0, window 20 steps plus 20 steps of detached memory (stream
+  state-embedding MSE at weight 1.0, state embeddings standardized per dimension with the dataset's
+  mean/std, window 20 steps plus 20 steps of detached memory (stream
   sampler), dropout 0.1, seed 0;
 * optimisation: AdamW (0.9, 0.95), lr 3e-4 (paper), weight decay 0.1, linear warm-up then cosine
-  decay to 10 % of lr, grad clip 1.0 (DT Atari), batch 32, 1000 steps (~0.25 s each on one
+  decay to 10 % of lr, grad clip 1.0 (DT Atari), batch 32, 1500 steps (~0.19 s each on one
   core, compute-bound matmuls; the paper's 10k warm-up is for 100k-step runs, here warm-up is
   10 % of the steps); metrics every 10 steps, checkpoints every 250 (the newest 3 kept);
-* evaluation (ring engine, seed 1000): 2 RTG targets taken from the data (best episode return
-  and 90th-percentile return, as DESIGN §4 prescribes for collected datasets), 8 episodes per target in 8 vectorised envs,
+* evaluation (ring engine, seed 1000, discrete actions sampled from the policy's softmax as in DT's
+  Atari evaluation — greedy play makes every episode of a deterministic game identical): 2 RTG targets taken from the data (best episode return
+  and 90th-percentile return, as DESIGN §4 prescribes for collected datasets), 16 episodes per target in 8
+  vectorised envs,
   episodes capped at ``eval_max_episode_steps`` = 400 agent steps, like the collected episodes, to
   fit the budget and compare with the data (the output says so; set it to 0 for the full-game Atari
   protocol of up to 108k frames).
@@ -116,6 +119,8 @@ class TrainConfig:
     dropout: float = 0.1
     state_loss_weight: float = 1.0
     """lambda: weight of the state-embedding MSE (a mean over d_enc components, O(1) like the CE)."""
+    normalize_states: bool = True
+    """Standardize state embeddings per dimension with the dataset's mean/std (saved with the model)."""
     rtg_features: int = 1
     """F, the size of the RTG feature phi(R): 1 = R / rtg_scale; odd F > 1 adds sin/cos pairs."""
     attention_backend: Literal["auto", "reference", "triton"] = "auto"
@@ -123,7 +128,7 @@ class TrainConfig:
     # --- optimisation ------------------------------------------------------------------------------
     batch_size: int = 32
     """Sequences per optimizer step per process (global batch = batch_size x world size)."""
-    max_steps: int = 1000
+    max_steps: int = 1500
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr * min_lr_ratio."""
@@ -148,7 +153,7 @@ class TrainConfig:
     # --- evaluation (run at the end of training; python -m more3s.evaluate runs it alone) ---------
     eval_at_end: bool = True
     """Evaluate the final checkpoint and print the table + write report.png when training ends."""
-    eval_episodes: int = 8
+    eval_episodes: int = 16
     eval_targets: tuple[float, ...] = ()
     """RTG targets (clipped-reward units for Atari). Empty: DT's published targets for published
     datasets (Minari atari/, mujoco/, D4RL/ ids, D4RL hdf5 files), else the data's best and
@@ -158,6 +163,8 @@ class TrainConfig:
     """Cap on agent steps per evaluation episode (0 = the full-game protocol). The default equals
     the collection cap, so scores compare with the dataset's (equally capped) behaviour returns."""
     eval_seed: int = 1000
+    eval_greedy: bool = False
+    """Greedy discrete actions; by default they are sampled from the policy's softmax (DT's Atari protocol)."""
     eval_engine: Literal["ring", "recompute", "window"] = "ring"
     """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
 

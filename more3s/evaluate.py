@@ -51,6 +51,8 @@ class EvalConfig:
     checkpoint: Path | None = None
     """A specific checkpoint directory; default: the run's newest intact one."""
     plot: bool = True
+    greedy: bool = False
+    """Greedy (argmax) discrete actions instead of sampling from the policy's softmax (DT's Atari protocol)."""
 
 
 def _read_json(path: Path) -> dict:
@@ -82,8 +84,11 @@ def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu",
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[float] = (),
                  seeds: Sequence[int] = (1000,), engine: str = "ring", max_episode_steps: int | None = None,
                  num_envs: int = 8, device: torch.device | str = "auto",
-                 checkpoint: str | Path | None = None, encoder=None):
-    """Evaluate a run; returns a more3s.report.EvalReport (not yet saved)."""
+                 checkpoint: str | Path | None = None, encoder=None, sample: bool = True):
+    """Evaluate a run; returns a more3s.report.EvalReport (not yet saved).
+
+    ``sample``: discrete actions are drawn from the policy's softmax (DT's Atari protocol; seeded), else greedy.
+    """
     from more3s.encoder import load_encoder
     from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
     from more3s.report import BehaviourStats, EvalReport, TargetResult
@@ -113,7 +118,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     if want and encoder.fingerprint != want:
         raise ValueError(f"encoder {encoder.name!r} has weights fingerprint {encoder.fingerprint[:12]}..., "
                          f"but run {run_dir} was trained on embeddings of {want[:12]}... (different weights)")
-    eng = RolloutEngine(model, encoder, task, mode=engine)
+    eng = RolloutEngine(model, encoder, task, mode=engine, sample=sample)
     n_envs = min(num_envs, episodes)
     results, t0, env_steps = [], time.perf_counter(), 0
     for target in targets:
@@ -138,6 +143,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     return EvalReport(
         task=task.name, checkpoint=str(ckpt.path), step=ckpt.step, engine=engine,
         episodes_per_target=episodes * len(seeds), max_episode_steps=max_episode_steps,
+        actions="sampled" if sample and task.action_kind == "discrete" else "greedy",
         seeds=[int(s) for s in seeds], targets=results, behaviour=behaviour,
         score_source=SCORE_REFS[task.name].source,
         targets_source=targets_source,
@@ -169,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
-                              num_envs=cfg.num_envs, device=cfg.device, checkpoint=cfg.checkpoint)
+                              num_envs=cfg.num_envs, device=cfg.device, checkpoint=cfg.checkpoint,
+                              sample=not cfg.greedy)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

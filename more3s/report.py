@@ -71,6 +71,7 @@ class EvalReport:
     targets_source: str = ""
     wall_s: float = 0.0
     steps_per_s: float = 0.0
+    actions: str = "greedy"  # "sampled" (softmax, DT's Atari protocol) or "greedy"
 
 
 def behaviour_stats(task: str, raw_returns: Sequence[float],
@@ -104,7 +105,8 @@ def format_table(report: EvalReport) -> str:
            else f"capped at {report.max_episode_steps} agent steps per episode (NOT the full-game protocol)")
     lines = [
         f"Evaluation of {report.checkpoint} (step {report.step}) on {report.task}: "
-        f"{report.episodes_per_target} episodes per target, engine={report.engine}, seeds={report.seeds}",
+        f"{report.episodes_per_target} episodes per target, engine={report.engine}, seeds={report.seeds}, "
+        f"{report.actions} actions",
         f"Episodes {cap}.",
         "",
         f"{'RTG target':>12} | {'normalized score':>20} | {'raw return':>18} | {'length':>8}",

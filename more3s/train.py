@@ -274,6 +274,17 @@ class TrainData:
         self.actions = torch.from_numpy(acts).to(device)
         self.rtg = torch.from_numpy(np.concatenate([ep.rtg for ep in episodes]).astype(np.float32)).to(device)
 
+    def state_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and std of every cached state ([d_enc] float32 each).
+
+        The std is floored at its median over dimensions: the cache is fp16, and dimensions that barely
+        vary would otherwise blow fp16 rounding noise up into the model's inputs.
+        """
+        x = self.states.double()  # [N_obs, d]
+        mean, std = x.mean(0), x.std(0, correction=0)
+        std = std.clamp(min=max(float(std.median()), 1e-6))
+        return mean.float(), std.float()
+
     def gather(self, batch) -> dict[str, torch.Tensor]:
         """A sampler's WindowBatch -> model inputs (all [B, K, ...] on device)."""
         ep = batch.episode[:, None]  # [B, 1]
@@ -503,6 +514,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     action_table = torch.as_tensor(np.asarray(cache.action_table), dtype=torch.float32)
     model = build_model(mcfg, action_table).to(device)
+    if cfg.normalize_states:
+        mean, std = data.state_stats()
+        model.set_state_normalization(mean, std)
     seed_everything(cfg.seed + dist.rank)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = make_optimizer(model, cfg, device)
@@ -651,7 +665,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         report = evaluate_run(run_dir, episodes=cfg.eval_episodes, targets=targets,
                               seeds=[cfg.eval_seed], engine=cfg.eval_engine,
                               max_episode_steps=cfg.eval_max_episode_steps or None,
-                              num_envs=cfg.eval_num_envs, device=device)
+                              num_envs=cfg.eval_num_envs, device=device, sample=not cfg.eval_greedy)
         finish_report(run_dir, report)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -89,7 +89,7 @@ class Memory:
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # [B, K, A]: discrete action scores | continuous: tanh action in [-1, 1]
-    state_pred: torch.Tensor  # [B, K, d_enc]: the action token of step t predicts E_s(s_t)
+    state_pred: torch.Tensor  # [B, K, d_enc]: the action token of step t predicts E_s(s_t) (standardized)
     memory: Memory | None = None  # the next window's memory (stream training)
     loss: torch.Tensor | None = None  # scalar, when targets were given
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # 0-dim, detached
@@ -238,6 +238,12 @@ class MoreModel(nn.Module):
         self.config = cfg
         C = cfg.n_embd
         self.register_buffer("action_table", action_table.detach().float().clone())  # frozen E_a, saved with the model
+        # Per-dimension standardization of E_s (identity until set_state_normalization): a frozen encoder's state
+        # embeddings share a large common vector, and the differences between states that decide the action are a
+        # few percent of it (random-init LXMERT: |mean| 10.5 vs 0.45 per state). Saved with the weights, so training,
+        # the ring engine and recompute all see the same inputs; also the space of the next-state prediction target.
+        self.register_buffer("state_mean", torch.zeros(cfg.d_enc))
+        self.register_buffer("state_std", torch.ones(cfg.d_enc))
         self.embed_state = nn.Linear(cfg.d_enc, C)  # P_s
         self.embed_action = nn.Linear(cfg.d_enc, C)  # P_a
         self.start_token = nn.Parameter(torch.empty(C))  # stands in for P_a(E_a(a_{-1}))
@@ -266,6 +272,21 @@ class MoreModel(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
+    @torch.no_grad()
+    def set_state_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardize state embeddings with dataset statistics ``mean, std [d_enc]`` (std must be > 0)."""
+        d = self.config.d_enc
+        for name, t in (("mean", mean), ("std", std)):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (d,) or not torch.isfinite(t).all():
+                raise ValueError(f"state normalization {name}: expected a finite tensor of shape ({d},)")
+        if not (std > 0).all():
+            raise ValueError("state normalization std: every entry must be > 0")
+        self.state_mean.copy_(mean)
+        self.state_std.copy_(std)
+
+    def _norm_states(self, states: torch.Tensor) -> torch.Tensor:
+        return (states.float() - self.state_mean) / self.state_std  # [..., d_enc] float32
+
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -276,7 +297,7 @@ class MoreModel(nn.Module):
         cfg = self.config
         B, K = states.shape[:2]
         dtype = self.embed_state.weight.dtype
-        s = self.embed_state(states.to(dtype))  # [B, K, C]
+        s = self.embed_state(self._norm_states(states).to(dtype))  # [B, K, C]
         if cfg.discrete:  # P_a(E_a(a)) = row a of P_a(E_a): project the A table rows, not the B*K tokens
             idx = torch.where(first | ~mask, torch.zeros_like(prev_actions), prev_actions)  # unused slots -> row 0
             a = F.embedding(idx, self.embed_action(self.action_table.to(dtype)))  # [B, K, C]
@@ -359,7 +380,7 @@ class MoreModel(nn.Module):
             per = (logits.float() - actions.float()).pow(2).mean(-1)  # [B, K]
         action_loss = (per * w).sum() / n_act
         ws = (mask & ~first).to(logits.dtype)  # the start token follows no action: no state target
-        per_s = (state_pred.float() - states.float()).pow(2).mean(-1)  # [B, K]
+        per_s = (state_pred.float() - self._norm_states(states)).pow(2).mean(-1)  # [B, K], standardized space
         state_loss = (per_s * ws).sum() / ws.sum().clamp(min=1.0)
         loss = action_loss + cfg.state_loss_weight * state_loss
         metrics.update(loss=loss.detach(), action_loss=action_loss.detach(), state_loss=state_loss.detach())

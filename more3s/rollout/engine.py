@@ -99,13 +99,16 @@ class RolloutEngine:
 
     def __init__(self, model, encoder, task: str | TaskSpec, *,
                  mode: Literal["ring", "recompute", "window"] = "ring", cache_backend: str = "auto",
-                 cuda_graph: bool | None = None, history_steps: int | None = None):
+                 cuda_graph: bool | None = None, history_steps: int | None = None, sample: bool = False):
         if mode not in ENGINE_MODES:
             raise ValueError(f"engine mode {mode!r}: expected one of {ENGINE_MODES}")
         self.model = model.eval()
         self.encoder = encoder
         self.task = task if isinstance(task, TaskSpec) else get_task(task)
         self.mode = mode
+        # sample=True draws discrete actions from softmax(logits), as DT's Atari evaluation does (greedy
+        # argmax makes every episode of a deterministic game identical); continuous actions stay greedy.
+        self.sample = bool(sample)
         self.cache_backend = cache_backend
         cfg = model.config
         self.device = model.action_table.device
@@ -183,6 +186,8 @@ class RolloutEngine:
         dev = self.device
         t0 = time.perf_counter()
         obs, _ = venv.reset(seed=None if seed is None else [seed + i for i in range(N)])
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(0 if seed is None else int(seed))  # sampled actions are reproducible per seed
         prev_obs = obs.copy()
         rtg = np.full(N, float(target), dtype=np.float64)  # [N] RTG units
         timestep = np.zeros(N, dtype=np.int64)
@@ -203,7 +208,12 @@ class RolloutEngine:
                 state, torch.as_tensor(prev_action, device=dev),
                 torch.as_tensor(rtg, dtype=torch.float32, device=dev),
                 torch.as_tensor(timestep, device=dev), torch.as_tensor(first, device=dev))
-            action = self.model.predict_action(logits).cpu().numpy()  # the one host sync per step
+            if self.sample and self.discrete:
+                probs = torch.softmax(logits.float(), dim=-1)  # [N, A]
+                action_t = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [N]
+            else:
+                action_t = self.model.predict_action(logits)
+            action = action_t.cpu().numpy()  # the one host sync per step
             if record:
                 res.logits.append(logits.float().cpu().numpy())
                 res.actions.append(action.copy())

@@ -142,3 +142,24 @@ def test_cuda_graph_ring_equals_eager_recompute_on_gpu():
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3)
     assert graph.returns == ref.returns
+
+
+def test_sampled_actions_follow_the_softmax_and_are_reproducible(encoder):
+    """DT's Atari protocol samples actions: seeded runs repeat exactly, other seeds differ, and the
+    sampled actions are not simply the argmax (a near-uniform policy makes that overwhelmingly likely)."""
+    torch.manual_seed(0)
+    task = get_task("breakout")
+    cfg = ModelConfig(d_enc=encoder.d_enc, act_dim=task.action_dim, n_layer=1, n_head=1, n_embd=16,
+                      window=3, max_timestep=64, dropout=0.0)
+    model = MoreModel(cfg, torch.randn(task.action_dim, encoder.d_enc)).eval()  # init scale: near uniform
+    a = _play(model, encoder, "ring", sample=True)
+    b = _play(model, encoder, "ring", sample=True)
+    greedy = [lg.argmax(-1).tolist() for lg in a.logits]
+    assert [x.tolist() for x in a.actions] == [x.tolist() for x in b.actions]
+    assert [x.tolist() for x in a.actions] != greedy
+    venv = make_vector_env("breakout", N_ENVS, max_episode_steps=MAX_STEPS)
+    try:
+        c = RolloutEngine(model, encoder, "breakout", sample=True).run(venv, 5.0, EPISODES, seed=7, record=True)
+    finally:
+        venv.close()
+    assert [x.tolist() for x in c.actions] != [x.tolist() for x in a.actions]
