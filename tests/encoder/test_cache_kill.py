@@ -44,7 +44,7 @@ def _encode_cmd(cache_dir: Path) -> list[str]:
 
 
 def _start(cache_dir: Path, log: Path) -> subprocess.Popen:
-    # The env passes through whole: MINARI_DATASETS_PATH is this test's temp root (tests/conftest.py).
+    # The env passes through whole: MINARI_DATASETS_PATH is this test's temp root (the root conftest.py).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as f:  # a file, not a pipe: a full pipe would stall the child
         return subprocess.Popen(_encode_cmd(cache_dir), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,

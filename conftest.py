@@ -1,4 +1,4 @@
-"""Benchmark setup: one thread (unless a benchmark sets its own), offline hub, interpreter Triton on CPU."""
+"""Shared setup for tests/ and bench/: one thread, offline hub, interpreter Triton on CPU, temp Minari root."""
 
 import os
 
@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _minari_root(tmp_path_factory, monkeypatch):
+    """Every test writes Minari datasets under its own temp root, never ~/.minari."""
     root = tmp_path_factory.mktemp("minari")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     yield root
