@@ -27,8 +27,10 @@ evaluate ~50 s; README.md records the latest full run):
   decay to 10 % of lr, grad clip 1.0 (DT Atari), batch 32, 1500 steps (~0.19 s each on one
   core, compute-bound matmuls; the paper's 10k warm-up is for 100k-step runs, here warm-up is
   10 % of the steps); metrics every 10 steps, checkpoints every 250 (the newest 3 kept);
-* evaluation (ring engine, seed 1000, discrete actions sampled from the policy's softmax as in DT's
-  Atari evaluation — greedy play makes every episode of a deterministic game identical): 2 RTG targets taken from the data (best episode return
+* evaluation (ring engine, seed 1000, greedy actions — ``--eval-sample`` samples from the softmax as
+  DT's Atari evaluation does; on ε-mixed data the learned policy is spread out and sampling replays the
+  behaviour noise; greedy Breakout episodes coincide, since no-op starts do not move the ball before
+  FIRE): 2 RTG targets taken from the data (best episode return
   and 90th-percentile return, as DESIGN §4 prescribes for collected datasets), 16 episodes per target in 8
   vectorised envs,
   episodes capped at ``eval_max_episode_steps`` = 400 agent steps, like the collected episodes, to
@@ -163,8 +165,8 @@ class TrainConfig:
     """Cap on agent steps per evaluation episode (0 = the full-game protocol). The default equals
     the collection cap, so scores compare with the dataset's (equally capped) behaviour returns."""
     eval_seed: int = 1000
-    eval_greedy: bool = False
-    """Greedy discrete actions; by default they are sampled from the policy's softmax (DT's Atari protocol)."""
+    eval_sample: bool = False
+    """Sample discrete actions from the policy's softmax (DT's Atari evaluation) instead of greedy argmax."""
     eval_engine: Literal["ring", "recompute", "window"] = "ring"
     """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
 

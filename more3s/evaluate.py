@@ -51,8 +51,8 @@ class EvalConfig:
     checkpoint: Path | None = None
     """A specific checkpoint directory; default: the run's newest intact one."""
     plot: bool = True
-    greedy: bool = False
-    """Greedy (argmax) discrete actions instead of sampling from the policy's softmax (DT's Atari protocol)."""
+    sample: bool = False
+    """Sample discrete actions from the policy's softmax (DT's Atari protocol) instead of greedy argmax."""
 
 
 def _read_json(path: Path) -> dict:
@@ -84,10 +84,10 @@ def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu",
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[float] = (),
                  seeds: Sequence[int] = (1000,), engine: str = "ring", max_episode_steps: int | None = None,
                  num_envs: int = 8, device: torch.device | str = "auto",
-                 checkpoint: str | Path | None = None, encoder=None, sample: bool = True):
+                 checkpoint: str | Path | None = None, encoder=None, sample: bool = False):
     """Evaluate a run; returns a more3s.report.EvalReport (not yet saved).
 
-    ``sample``: discrete actions are drawn from the policy's softmax (DT's Atari protocol; seeded), else greedy.
+    ``sample``: draw discrete actions from the policy's softmax (DT's Atari protocol; seeded); default greedy.
     """
     from more3s.encoder import load_encoder
     from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
                               num_envs=cfg.num_envs, device=cfg.device, checkpoint=cfg.checkpoint,
-                              sample=not cfg.greedy)
+                              sample=cfg.sample)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

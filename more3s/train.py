@@ -665,7 +665,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         report = evaluate_run(run_dir, episodes=cfg.eval_episodes, targets=targets,
                               seeds=[cfg.eval_seed], engine=cfg.eval_engine,
                               max_episode_steps=cfg.eval_max_episode_steps or None,
-                              num_envs=cfg.eval_num_envs, device=device, sample=not cfg.eval_greedy)
+                              num_envs=cfg.eval_num_envs, device=device, sample=cfg.eval_sample)
         finish_report(run_dir, report)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
