@@ -207,9 +207,11 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
         fig.suptitle(title)
     fig.tight_layout()
     out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return out_png
 
 

@@ -10,9 +10,14 @@ max_episode_steps).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
+
 import numpy as np
 
 from more3s.envs import get_task, make_env
@@ -31,6 +36,35 @@ def _recreatable_spec(spec):
         return None
     keep = tuple(w for w in spec.additional_wrappers if w.kwargs is not None)
     return dataclasses.replace(spec, additional_wrappers=keep)
+
+
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[list[bool]]:
+    """Make Ctrl-C / SIGTERM reliably stop the collection loop.
+
+    CPython raises KeyboardInterrupt at the next bytecode, which can be inside a weakref callback or a
+    ``__del__`` run by the garbage collector; there the exception is printed and dropped, and the loop
+    would run on. The handler therefore also sets a flag that the step loop polls. Outside the main
+    thread (no signal handlers there) the flag simply stays False.
+    """
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag[0] = True
+        raise KeyboardInterrupt(f"collection interrupted by {signal.Signals(signum).name}")
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, prev in old.items():
+        if prev is not signal.SIG_IGN:  # respect a shell that ignores the signal (nohup, background jobs)
+            signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, prev in old.items():
+            signal.signal(sig, prev)
 
 
 def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed: int = 0,
@@ -53,7 +87,11 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
         raise FileExistsError(f"Minari dataset {dataset_id!r} already exists at {dest}; "
                               f"choose another id or pass overwrite=True (--overwrite)")
     gym_env = make_env(spec, max_episode_steps=max_episode_steps, noop_max=noop_max)
-    pol = make_policy(spec, policy, gym_env)  # unknown policy -> ValueError listing the choices
+    try:
+        pol = make_policy(spec, policy, gym_env)  # unknown policy -> ValueError listing the choices
+    except BaseException:
+        gym_env.close()
+        raise
     seeds = np.random.SeedSequence(seed).generate_state(episodes, dtype=np.uint32)
     returns, lengths = [], []
     meta = {
@@ -68,14 +106,18 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
                    "max_episode_steps": max_episode_steps, "noop_max": noop_max,
                    "rewards": "raw; clipped = clip(rewards, -1, 1)"},
     }
-    writer = MinariWriter(dataset_id, gym_env.observation_space, gym_env.action_space,
-                          env_spec=_recreatable_spec(gym_env.spec), metadata=meta, overwrite=overwrite)
+    try:
+        writer = MinariWriter(dataset_id, gym_env.observation_space, gym_env.action_space,
+                              env_spec=_recreatable_spec(gym_env.spec), metadata=meta, overwrite=overwrite)
+    except BaseException:
+        gym_env.close()
+        raise
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     bar = tqdm(total=episodes, desc=f"collect {spec.name}/{policy}", unit="ep", disable=not progress)
     try:
-        with writer:
+        with _interrupt_flag() as interrupted, writer:
             for i in range(episodes):
                 ep_seed = int(seeds[i])
                 obs, _ = gym_env.reset(seed=ep_seed)
@@ -83,6 +125,8 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
                 writer.begin_episode(obs, seed=ep_seed)
                 done = False
                 while not done:
+                    if interrupted[0]:  # a KeyboardInterrupt swallowed by a GC callback still stops us
+                        raise KeyboardInterrupt("collection interrupted")
                     action = pol.act(obs, gym_env)
                     obs, reward, term, trunc, _ = gym_env.step(action)
                     writer.add_step(action, obs, float(reward), bool(term), bool(trunc))

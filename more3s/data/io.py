@@ -125,12 +125,17 @@ class MinariWriter:
         # atomic_dir builds in a hidden sibling (".<name>.XXXX.partial": Minari's listing skips
         # dot-directories) and renames it onto the id's directory only in close().
         self._stack = contextlib.ExitStack()
-        self._tmp = self._stack.enter_context(atomic_dir(self.dest, overwrite=self.overwrite))
-        data = self._tmp / "data"
-        MinariStorage.new(data, observation_space=self.observation_space,
-                          action_space=self.action_space, env_spec=self.env_spec,
-                          jpeg_encoding=False)
-        self._file = h5py.File(data / "main_data.hdf5", "a", track_order=True)
+        try:
+            self._tmp = self._stack.enter_context(atomic_dir(self.dest, overwrite=self.overwrite))
+            data = self._tmp / "data"
+            MinariStorage.new(data, observation_space=self.observation_space,
+                              action_space=self.action_space, env_spec=self.env_spec,
+                              jpeg_encoding=False)
+            self._file = h5py.File(data / "main_data.hdf5", "a", track_order=True)
+        except BaseException:
+            # ``with`` never calls __exit__ when __enter__ raises: drop the temp directory now.
+            self.abort()
+            raise
         return self
 
     def __enter__(self) -> "MinariWriter":

@@ -209,13 +209,9 @@ class _Layout:
         self.plan = root / "plan.json"
         self.offsets = root / "offsets.npy"
         self.table = root / "action_table.npy"
-        self.table_sum = root / "action_table.json"
 
     def chunk(self, i: int) -> Path:
         return self.chunks / f"states_{i:05d}.npy"
-
-    def chunk_sum(self, i: int) -> Path:
-        return self.chunks / f"states_{i:05d}.json"
 
     def lock(self, name: str) -> FileLock:
         self.locks.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
 
 from .tasks import ATARI_FRAMESKIP, ATARI_MAX_FRAMES, ATARI_NOOP_MAX, TaskSpec, get_task
 

@@ -118,7 +118,7 @@ def test_existing_dataset_and_bad_counts():
         collect_dataset("halfcheetah", "random", 1, "noversion", progress=False)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_collection_leaves_no_dataset(sig, _minari_root):
     env = dict(os.environ, MINARI_DATASETS_PATH=str(_minari_root))
     log = open(_minari_root / "collect.log", "wb")
@@ -126,7 +126,10 @@ def test_interrupted_collection_leaves_no_dataset(sig, _minari_root):
         [sys.executable, "-m", "more3s.collect", "--env", "halfcheetah", "--policy", "random",
          "--episodes", "100000", "--dataset-id", "hc/interrupted-v0", "--no-progress"],
         # Output to a file, not a pipe: an unread pipe that fills up would block the child.
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        # A parent that ignores SIGINT (pytest-xdist workers, background jobs of a script) passes SIG_IGN on, and
+        # Python keeps an inherited SIG_IGN: restore the default so the child sees Ctrl-C as a user would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ns = _minari_root / "hc"
     deadline = time.time() + 60
     # wait until episodes are being written into the hidden partial directory
@@ -149,7 +152,7 @@ def test_interrupted_collection_leaves_no_dataset(sig, _minari_root):
     with pytest.raises(FileNotFoundError):
         minari.load_dataset("hc/interrupted-v0")
     leftovers = list(ns.glob(".interrupted-v0.*"))
-    if sig == signal.SIGINT:
-        assert leftovers == []  # cleaned up on KeyboardInterrupt
+    if sig in (signal.SIGINT, signal.SIGTERM):
+        assert leftovers == []  # cleaned up: both stop the loop through KeyboardInterrupt
     else:
         assert all(p.name.startswith(".") for p in leftovers)  # only hidden, ignored debris
