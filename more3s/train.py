@@ -316,9 +316,12 @@ class MetricsLog:
     def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None):
         self.path = run_dir / "metrics.csv"
         if resume_step is not None and self.path.is_file():
-            # Rows written after the checkpoint by the killed run are replayed by this one.
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            # Rows written after the checkpoint by the killed run are replayed by this one; a row the kill
+            # cut short (no newline yet, or missing fields) is dropped, not parsed.
+            text = self.path.read_text()
+            whole = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+            rows = [r for r in csv.DictReader(whole.splitlines())
+                    if (r.get("step") or "").isdigit() and None not in r.values() and int(r["step"]) <= resume_step]
             self._rewrite(rows)
         elif not self.path.is_file():
             self._rewrite([])
@@ -347,11 +350,6 @@ class MetricsLog:
             for k, v in row.items():
                 if k != "step" and v is not None and math.isfinite(float(v)):
                     self.tb.add_scalar(f"train/{k}", float(v), global_step=int(row["step"]))
-
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.tb is not None:
-            for k, v in values.items():
-                self.tb.add_scalar(k, float(v), global_step=step)
 
     def close(self) -> None:
         self._f.close()
