@@ -11,12 +11,11 @@ the chunks across processes (gloo on CPU, nccl on GPU); the result equals a one-
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["EncodeConfig", "main", "init_distributed"]
+__all__ = ["EncodeConfig", "main"]
 
 
 @dataclass
@@ -34,38 +33,23 @@ class EncodeConfig:
     progress: bool = True
 
 
-def init_distributed():
-    """Initialize torch.distributed when launched by torchrun (WORLD_SIZE > 1): nccl on GPU, gloo on CPU.
-
-    Returns (rank, world, device or None).
-    """
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
-    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
     cfg = tyro.cli(EncodeConfig, args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    rank, world, dist_device = init_distributed()
+    from .distributed import setup_distributed
+
+    try:
+        dist_info, device = setup_distributed(cfg.device or "auto")
+    except ValueError as e:
+        print(f"error: --device: {e}", file=sys.stderr)
+        return 2
+    rank, world = dist_info.rank, dist_info.world_size
     from .encoder import CacheConfig, build_or_load_cache, load_encoder
 
     try:
-        encoder = load_encoder(cfg.encoder, device=cfg.device or dist_device, fallback=cfg.fallback)
+        encoder = load_encoder(cfg.encoder, device=str(device), fallback=cfg.fallback)
         cache = build_or_load_cache(
             cfg.dataset, encoder, task=cfg.task, prompt_set=cfg.prompt_set, cache_dir=cfg.cache_dir,
             max_episodes=cfg.max_episodes,
