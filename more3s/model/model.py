@@ -160,8 +160,12 @@ class SelfAttention(nn.Module):
         """K' = K + phi W_k, V' = V + phi W_v (identity without kv-mode RTG); phi [B, T, F]."""
         if self.w_k is None:
             return k, v
-        phi = phi.to(k.dtype)[:, None]  # [B, 1, T, F]; phi @ W: [B, 1, T, F] @ [H, F, D] -> [B, H, T, D]
-        return k + phi @ self.w_k.to(k.dtype), v + phi @ self.w_v.to(v.dtype)
+        B, H, T, D = k.shape
+        # Both terms from one [B*T, F] @ [F, 2*H*D] matmul: a broadcast [B, 1, T, F] @ [H, F, D] runs as B*H tiny
+        # batched products, a visible share of a rollout step.
+        w = torch.stack((self.w_k, self.w_v)).to(k.dtype).permute(2, 0, 1, 3).reshape(-1, 2 * H * D)  # [F, 2HD]
+        term = (phi.to(k.dtype).reshape(B * T, -1) @ w).view(B, T, 2, H, D).permute(2, 0, 3, 1, 4)  # [2, B, H, T, D]
+        return k + term[0], v + term[1]
 
     def forward(self, x, phi, key_padding_mask=None, k_mem=None, v_mem=None, mem_len=None, attn_mask=None,
                 cache=None, layer=None):
@@ -469,7 +473,7 @@ class MoreModel(nn.Module):
                            dtype=dtype or self.embed_state.weight.dtype, device=device or self.action_table.device,
                            backend=backend)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all: a few % of a ring step
     def step(self, cache, state_emb, prev_action, rtg, timestep, first) -> torch.Tensor:
         """Append one block per environment and return the state token's prediction: ``[N, A]`` (discrete logits or
         continuous action). Resets the ring of the environments where ``first [N]`` (idempotent). No host syncs."""
@@ -493,7 +497,7 @@ class MoreModel(nn.Module):
             x, _, _ = block(x, phi, cache=cache, layer=layer)
         return self._action_head(self.ln_f(x[:, -1]))[1]  # the state token is the block's last
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def recompute(self, states, prev_actions, rtg, timesteps, first=None, mask=None) -> torch.Tensor:
         """Cache-less baseline: a plain forward over the last S steps [N, S, ...] -> the last state token's [N, A]."""
         return self.forward(states, prev_actions, rtg, timesteps, first, mask).logits[:, -1]

@@ -133,6 +133,7 @@ class RingKVCache:
         L, B, H, C, D = num_layers, batch_size, num_heads, capacity, head_dim
         self.k = torch.zeros(L, B, H, C, D, dtype=dtype, device=self.device)  # [L, B, H, C, D]
         self.v = torch.zeros(L, B, H, C, D, dtype=dtype, device=self.device)  # [L, B, H, C, D]
+        self._k_layers, self._v_layers = self.k.unbind(0), self.v.unbind(0)  # per-layer [B, H, C, D] views
         # Tokens appended per environment since its last reset, as of the start of the step.
         self._tokens = torch.zeros(B, dtype=torch.int64, device=self.device)  # [B]
         self._next_layer = 0  # the layer the current step expects next
@@ -193,8 +194,10 @@ class RingKVCache:
         held tokens up to and including its own, i.e. causal among the n new tokens.
         """
         self._check_layer(layer)
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            self._check_tokens(name, t)
+        self._check_tokens("q", q)
+        for name, t in (("k", k), ("v", v)):  # full checks only when k / v differ from the valid q
+            if not isinstance(t, torch.Tensor) or t.dtype != q.dtype or t.device != q.device:
+                self._check_tokens(name, t)
         if not (q.shape == k.shape == v.shape):
             raise ValueError(
                 f"RingKVCache.attend: q, k, v must have the same shape [B, H, n, D], got "
@@ -207,8 +210,9 @@ class RingKVCache:
                 f"layers got n={self._step_n}; every layer of a step appends the same tokens"
             )
         # The ring never carries autograd history (it would grow with every step).
-        self._append(self.k[layer], self.v[layer], k.detach(), v.detach(), self._tokens)
-        out = self._attention(q, self.k[layer], self.v[layer], self._tokens, self.scale)
+        k_ring, v_ring = self._k_layers[layer], self._v_layers[layer]
+        self._append(k_ring, v_ring, k.detach(), v.detach(), self._tokens)
+        out = self._attention(q, k_ring, v_ring, self._tokens, self.scale)
         if layer == self.num_layers - 1:
             self._tokens += n  # in place: no host sync, stable address for CUDA graphs
             self._next_layer, self._step_n = 0, None
