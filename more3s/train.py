@@ -426,7 +426,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
 
     # --- data + embedding cache ---------------------------------------------------------------------
     ensure_dataset(cfg, dist)
-    episodes = load_episodes(cfg.dataset, task=task.name, max_episodes=cfg.max_episodes)
+    # Lazy: hdf5 frames stay on disk (a full Atari dataset is tens of GB); the cache reads them only to encode.
+    episodes = load_episodes(cfg.dataset, task=task.name, max_episodes=cfg.max_episodes, lazy=True)
     episodes = [ep for ep in episodes if len(ep) > 0]
     if not episodes:
         raise ValueError(f"dataset {cfg.dataset!r} has no non-empty episodes")

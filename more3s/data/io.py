@@ -286,9 +286,14 @@ class H5Frames:
         import h5py
 
         k = (os.getpid(), self.path)
-        f = H5Frames._handles.get(k)
-        if f is None or not f.id.valid:
-            f = H5Frames._handles[k] = h5py.File(self.path, "r")
+        st = os.stat(self.path)
+        ident = (st.st_ino, st.st_size, st.st_mtime_ns)  # a dataset rewritten in place (atomic rename) is a new file
+        f, f_ident = H5Frames._handles.get(k, (None, None))
+        if f is None or not f.id.valid or f_ident != ident:
+            if f is not None and f.id.valid:
+                f.close()
+            f = h5py.File(self.path, "r")
+            H5Frames._handles[k] = (f, ident)
         return f[self.key]
 
     def __getitem__(self, idx) -> np.ndarray:

@@ -11,6 +11,8 @@ config with its projection seed, task, prompt set, state caption, format version
     action_table.npy/.json    fp32 [A (or A+1), d_enc] and its sha256
     meta.json                 written last: the cache is complete
 
+``<cache_dir>/fingerprints.json`` memoizes the content digests of file-backed datasets (``dataset_fingerprint``).
+
 Resumable: a chunk counts only when its .json exists and its checksum matches, so an interrupted run
 continues at the first missing chunk; a corrupt or truncated chunk found on load is rebuilt when the
 episodes and encoder are at hand (``build_or_load_cache``), else ``open_cache`` raises
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+FINGERPRINT_MEMO = "fingerprints.json"  # in the cache root, beside the <key> folders (see dataset_fingerprint)
 
 
 class CacheCorruptError(RuntimeError):
@@ -70,15 +73,70 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "more3s" / "embeddings"
 
 
-def dataset_fingerprint(episodes: Sequence) -> str:
-    """blake2b over every episode's observations (dtype, shape, bytes): what the states are made of."""
+def dataset_fingerprint(episodes: Sequence, memo_file: str | os.PathLike | None = None) -> str:
+    """blake2b over every episode's observations (dtype, shape, content digest): what the states are made of.
+
+    Hashing reads every frame (about 1 GB/s, plus hdf5 decompression: minutes for a full Atari dataset).
+    ``memo_file`` remembers the digests of file-backed episodes (``load_episodes(lazy=True)``) by the file's
+    identity (inode, size, mtime_ns), as DVC and ccache do, so a cache hit on an unchanged dataset reads no
+    frame; any write to the file re-hashes it. Lazy and in-memory episodes give the same fingerprint."""
+    memo = _DigestMemo(Path(memo_file) if memo_file is not None else None)
     h = hashlib.blake2b(digest_size=20)
     h.update(f"episodes={len(episodes)}".encode())
     for ep in episodes:
-        obs = np.ascontiguousarray(ep.observations)
-        h.update(f"|{obs.dtype.str}|{obs.shape}|".encode())
-        h.update(obs.reshape(-1).view(np.uint8).data)
+        obs = ep.observations
+        h.update(f"|{np.dtype(obs.dtype).str}|{tuple(obs.shape)}|".encode())
+        h.update(memo.digest(obs))
+    memo.save()
     return h.hexdigest()
+
+
+def _content_digest(obs, rows_per_read: int = 256) -> bytes:
+    """blake2b of an episode's observation bytes, read in slices (a lazy episode never sits in memory whole)."""
+    h = hashlib.blake2b(digest_size=20)
+    for a in range(0, len(obs), rows_per_read):
+        h.update(np.ascontiguousarray(obs[a:a + rows_per_read]).reshape(-1).view(np.uint8).data)
+    return h.digest()
+
+
+class _DigestMemo:
+    """Content digests of file-backed episodes, keyed by (file, hdf5 key) and trusted while the file's
+    (inode, size, mtime_ns) are unchanged. A damaged memo is ignored and rewritten; writes are atomic."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.entries, self.dirty = path, {}, False
+        if path is not None and path.exists():
+            try:
+                self.entries = dict(json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                self.entries = {}  # a memo is only a shortcut: re-hash rather than fail
+
+    def digest(self, obs) -> bytes:
+        src = getattr(obs, "path", None) if getattr(obs, "is_lazy_array", False) else None
+        if self.path is None or src is None:
+            return _content_digest(obs)
+        st = os.stat(src)
+        ident, name = [st.st_ino, st.st_size, st.st_mtime_ns], f"{os.path.realpath(src)}|{obs.key}"
+        entry = self.entries.get(name)
+        if isinstance(entry, dict) and entry.get("file") == ident:
+            try:
+                return bytes.fromhex(entry["digest"])
+            except (KeyError, TypeError, ValueError):
+                pass
+        d = _content_digest(obs)
+        self.entries[name], self.dirty = {"file": ident, "digest": d.hex()}, True
+        return d
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):  # merge with what other processes wrote meanwhile
+            merged = _DigestMemo(self.path).entries
+            merged.update(self.entries)
+            merged = {k: v for k, v in merged.items() if os.path.exists(k.rsplit("|", 1)[0])}  # drop deleted files
+            atomic_write_text(self.path, json.dumps(merged, indent=0, sort_keys=True))
+        self.dirty = False
 
 
 def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str, prompt_set: str) -> tuple[str, dict]:
@@ -278,7 +336,7 @@ def _resolve_episodes(source, task: str | None, max_episodes: int | None) -> lis
     if isinstance(source, (str, os.PathLike)):
         from more3s.data import load_episodes
 
-        episodes = load_episodes(source, task=task, max_episodes=max_episodes)
+        episodes = load_episodes(source, task=task, max_episodes=max_episodes, lazy=True)  # frames read on demand
     else:
         episodes = list(source)
         if max_episodes is not None:
@@ -344,8 +402,8 @@ def build_or_load_cache(source, encoder: FrozenLxmert, task: str | None = None,
     lengths = np.array([len(ep.observations) for ep in episodes], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [E+1]
     n_rows = int(offsets[-1])
-    key, parts = cache_key(dataset_fingerprint(episodes), encoder, task, prompt_set)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    key, parts = cache_key(dataset_fingerprint(episodes, root / FINGERPRINT_MEMO), encoder, task, prompt_set)
     lay = _Layout(root / key)
     rank, world, dist = _dist()
     was_complete = lay.meta.exists()

@@ -158,3 +158,59 @@ def test_bad_sources(tiny, atari_eps, tmp_path):
         build_or_load_cache(mixed, tiny, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="chunk_rows"):
         CacheConfig(chunk_rows=0)
+
+
+def _write_frames_dataset(dataset_id: str, frames: np.ndarray, splits: list[int], overwrite: bool = False) -> None:
+    import gymnasium as gym
+
+    from more3s.data import MinariWriter
+
+    with MinariWriter(dataset_id, gym.spaces.Box(0, 255, frames.shape[1:], np.uint8), gym.spaces.Discrete(4),
+                      metadata={"more3s": {"task": "breakout"}}, overwrite=overwrite) as w:
+        for obs in np.split(frames, splits):
+            w.begin_episode(obs[0], seed=0)
+            for t in range(1, len(obs)):
+                w.add_step(0, obs[t], 0.0, t == len(obs) - 1, False)
+            w.end_episode({"policy": "test"})
+
+
+def test_fingerprint_memo_skips_unchanged_files_and_rehashes_changed_ones(breakout_frames, tmp_path,
+                                                                          monkeypatch):
+    import more3s.encoder.cache as cache_mod
+    from more3s.data import dataset_path, load_episodes
+
+    _write_frames_dataset("tst/memo-v0", breakout_frames[:30], [11, 19])
+    eager = load_episodes("tst/memo-v0")
+    reads = []
+    real = cache_mod._content_digest
+    monkeypatch.setattr(cache_mod, "_content_digest", lambda obs, *a: reads.append(1) or real(obs, *a))
+    memo = tmp_path / "fingerprints.json"
+    fp = dataset_fingerprint(eager, memo)  # in-memory episodes: hashed, nothing memoized
+    assert len(reads) == 3 and not memo.exists()
+    assert dataset_fingerprint(load_episodes("tst/memo-v0", lazy=True), memo) == fp  # lazy == eager
+    assert len(reads) == 6 and memo.exists()
+    assert dataset_fingerprint(load_episodes("tst/memo-v0", lazy=True), memo) == fp  # memo hit: no frame read
+    assert len(reads) == 6
+    assert dataset_fingerprint(load_episodes("tst/memo-v0", lazy=True, max_episodes=2), memo) != fp
+    assert len(reads) == 6  # a subset reuses the per-episode digests
+    # rewriting the dataset with other frames changes the file's identity: re-hashed, new fingerprint
+    _write_frames_dataset("tst/memo-v0", breakout_frames[10:40], [11, 19], overwrite=True)
+    fp2 = dataset_fingerprint(load_episodes("tst/memo-v0", lazy=True), memo)
+    assert len(reads) == 9 and fp2 != fp
+    assert fp2 == dataset_fingerprint(load_episodes("tst/memo-v0"))
+    # a damaged memo is ignored (re-hashed and rewritten), never an error
+    memo.write_text("{not json")
+    assert dataset_fingerprint(load_episodes("tst/memo-v0", lazy=True), memo) == fp2
+    assert len(reads) == 15 and json.loads(memo.read_text())  # 9 + 3 (eager check above) + 3
+    assert str(dataset_path("tst/memo-v0").resolve()) in next(iter(json.loads(memo.read_text())))
+
+
+def test_cache_from_a_dataset_id_uses_the_memo(tiny, breakout_frames, tmp_path):
+    from more3s.encoder.cache import FINGERPRINT_MEMO
+
+    _write_frames_dataset("tst/memo-cache-v0", breakout_frames[:30], [11, 19])
+    first = build_or_load_cache("tst/memo-cache-v0", tiny, cache_dir=tmp_path, config=CFG)
+    assert (tmp_path / FINGERPRINT_MEMO).exists() and not first.hit
+    again = build_or_load_cache("tst/memo-cache-v0", tiny, cache_dir=tmp_path, config=CFG)
+    assert again.hit and again.path == first.path
+    np.testing.assert_array_equal(again.states[:], first.states[:])
