@@ -122,6 +122,14 @@ class _GraphRunner:
         feats = torch.zeros(b, self.R, self.F, device=dev, dtype=dt)  # [b, R, F]
         boxes = torch.zeros(b, self.R, 4, device=dev, dtype=dt)  # [b, R, 4]
         mask = torch.ones(b, self.R, device=dev, dtype=torch.bool)  # [b, R]
+        replay, out = self._record(feats, boxes, mask)
+        self.graphs[b] = (replay, feats, boxes, mask, out)
+        return self.graphs[b]
+
+    def _record(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor):
+        """Capture the state path over these static input buffers -> (replay(), static output [b, d_enc]).
+        (Tests replace this with an eager twin to check the bucketing and padding on a CPU.)"""
+        enc = self.enc
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
@@ -131,8 +139,7 @@ class _GraphRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.inference_mode():
             out = enc._state_core(self.spec, feats, boxes, mask)  # [b, d_enc]
-        self.graphs[b] = (graph, feats, boxes, mask, out)
-        return self.graphs[b]
+        return graph.replay, out
 
     def __call__(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         N = feats.shape[0]
@@ -141,7 +148,7 @@ class _GraphRunner:
         for s in range(0, N, buckets[-1]):
             n = min(buckets[-1], N - s)
             b = next(x for x in buckets if x >= n)
-            graph, f, bx, m, o = self.graphs.get(b) or self._capture(b)
+            replay, f, bx, m, o = self.graphs.get(b) or self._capture(b)
             f[:n].copy_(feats[s:s + n], non_blocking=True)
             bx[:n].copy_(boxes[s:s + n], non_blocking=True)
             m[:n].copy_(mask[s:s + n], non_blocking=True)
@@ -150,7 +157,7 @@ class _GraphRunner:
                 bx[n:].zero_()
                 m[n:].fill_(False)
                 m[n:, 0] = True
-            graph.replay()
+            replay()
             out[s:s + n] = o[:n].float()
         return out
 
