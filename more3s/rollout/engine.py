@@ -262,16 +262,25 @@ class _CudaGraphStep:
         self.rtg = torch.zeros(N, device=device)
         self.t = torch.zeros(N, dtype=torch.long, device=device)
         self.first = torch.ones(N, dtype=torch.bool, device=device)
+        self._replay, self.out = self._record()
+        cache.reset(torch.ones(N, dtype=torch.bool, device=device))  # forget warm-up / capture tokens
+
+    def _step(self) -> torch.Tensor:
+        return self.model.step(self.cache, self.state, self.prev, self.rtg, self.t, self.first)
+
+    def _record(self):
+        """Capture one step over the static buffers -> (replay(), static output). (Tests replace this with an
+        eager twin to check the buffer and reset bookkeeping on a CPU.)"""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(3):  # warm-up: lazy init, autotuning, allocator pools
-                model.step(cache, self.state, self.prev, self.rtg, self.t, self.first)
+                self._step()
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.out = model.step(cache, self.state, self.prev, self.rtg, self.t, self.first)
-        cache.reset(torch.ones(N, dtype=torch.bool, device=device))  # forget warm-up / capture tokens
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            out = self._step()
+        return graph.replay, out
 
     @classmethod
     def try_capture(cls, *args) -> "_CudaGraphStep | None":
@@ -288,5 +297,5 @@ class _CudaGraphStep:
         self.rtg.copy_(rtg)
         self.t.copy_(timestep)
         self.first.copy_(first)
-        self.graph.replay()
+        self._replay()
         return self.out

@@ -131,6 +131,36 @@ def test_rtg_timestep_and_first_bookkeeping(encoder, monkeypatch):
         (0, 11.0, 2.0, 3), (0, 11.0, 2.0, 3), (1, 4.0, 1.0, 2)]
 
 
+def test_graph_step_bookkeeping_matches_eager_steps(encoder, monkeypatch):
+    """The CUDA-graph step's bookkeeping on this CPU (static input buffers, warm-up and capture tokens forgotten,
+    ring state carried between replays, resets), with an eager twin standing in for capture and replay."""
+    from more3s.rollout.engine import _CudaGraphStep
+
+    def eager_record(self):
+        for _ in range(3):  # the warm-up and capture steps write tokens into the ring, as on a GPU
+            self._step()
+        out = torch.empty(self.state.shape[0], self.model.config.act_dim)
+        return (lambda: out.copy_(self._step())), out
+
+    monkeypatch.setattr(_CudaGraphStep, "_record", eager_record)
+    model = _model(encoder, "kv", 2, seed=4)
+    N, A = 3, model.config.act_dim
+    twin = _CudaGraphStep(model, model.new_rollout_cache(N), N, encoder.d_enc, (), torch.long, "cpu",
+                          torch.float32)
+    eager_cache = model.new_rollout_cache(N)
+    g = torch.Generator().manual_seed(0)
+    first = torch.tensor([True, False, False])  # envs 1, 2 start without a reset: the ring must be empty already
+    for t in range(12):
+        state = torch.randn(N, encoder.d_enc, generator=g)
+        prev, rtg = torch.randint(0, A, (N,), generator=g), torch.rand(N, generator=g) * 5
+        ts = torch.full((N,), t)
+        got = twin.replay(state, prev, rtg, ts, first).clone()
+        want = model.step(eager_cache, state, prev, rtg, ts, first)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        first = torch.rand(N, generator=g) < 0.2  # random resets
+    torch.testing.assert_close(twin.cache.tokens_seen, eager_cache.tokens_seen, atol=0, rtol=0)
+
+
 @pytest.mark.gpu
 def test_cuda_graph_ring_equals_eager_recompute_on_gpu():
     enc = load_encoder("lxmert-tiny", device="cuda", dtype=torch.float32)
