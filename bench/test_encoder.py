@@ -6,6 +6,7 @@ every ratio's baseline is measured in the same test run.
 
 from __future__ import annotations
 
+import os
 import time
 import types
 
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from more3s.encoder import CacheConfig, atari_regions, build_or_load_cache, grid_regions, load_encoder, mujoco_regions
+from more3s.encoder import (
+    CacheConfig, atari_regions, build_or_load_cache, extract_regions, grid_regions, load_encoder, mujoco_regions,
+)
 
 
 def _best_of(fn, reps: int) -> float:
@@ -67,6 +70,19 @@ def test_region_extraction(benchmark, frames, cheetah, kind):
         fn, n = (lambda: mujoco_regions("halfcheetah", cheetah)), len(cheetah)
     benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     benchmark.extra_info.update(batch=n, frames_per_s=n / benchmark.stats.stats.mean)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_region_extraction_threads(benchmark, frames, workers):
+    """Atari objects for 64 frame pairs split over threads, against one thread in the same run (this machine
+    has 2 cores; a GPU machine's 16 cores are where it matters: regions are the step's CPU cost there)."""
+    one = _best_of(lambda: extract_regions("breakout", frames[1:], frames[:-1], workers=1), 3)
+    benchmark.pedantic(lambda: extract_regions("breakout", frames[1:], frames[:-1], workers=workers), rounds=5,
+                       warmup_rounds=1)
+    n = len(frames) - 1
+    benchmark.extra_info.update(batch=n, workers=workers, cpu_count=os.cpu_count(),
+                                frames_per_s=n / benchmark.stats.stats.median,
+                                speedup_vs_one_thread=one / benchmark.stats.stats.min)
 
 
 @pytest.mark.parametrize("name,batch,rounds", [("lxmert-tiny", 64, 5), ("lxmert-base-random", 16, 2)])

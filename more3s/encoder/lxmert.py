@@ -259,7 +259,9 @@ class FrozenLxmert(nn.Module):
 
     # -- public API ------------------------------------------------------------------------------
     def regions(self, task: str | TaskSpec, observations, prev_observations=None) -> Regions:
-        return extract_regions(task, observations, prev_observations, self.config.regions)
+        # As many threads as torch's intra-op pool: the caller's CPU budget for the encoder.
+        return extract_regions(task, observations, prev_observations, self.config.regions,
+                               workers=torch.get_num_threads())
 
     @torch.inference_mode()
     def embed_regions(self, task: str | TaskSpec, regions: Regions) -> torch.Tensor:

@@ -18,7 +18,8 @@ from ``RegionConfig.projection_seed``; the seed is part of the embedding cache k
 Everything is vectorized over a batch of frames: for each colour present in the batch, one
 ``scipy.ndimage.label`` call labels all frames at once (the structuring element does not connect
 frames; labelling per colour keeps touching objects of different colours apart); per-region
-statistics come from ``ndimage.find_objects`` and ``np.bincount`` over the label image.
+statistics come from ``ndimage.find_objects`` and ``np.bincount`` over the label image. Large batches
+can also be split over threads (``extract_regions(..., workers=k)``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,7 +38,7 @@ from more3s.envs import TaskSpec, get_task
 
 __all__ = [
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
-    "region_projection", "image_feature_dim", "mujoco_feature_dim", "MAX_BODIES",
+    "region_projection", "image_feature_dim", "mujoco_feature_dim", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
 ]
 
 MAX_BODIES = 16  # width of the body one-hot in MuJoCo features (gymnasium's robots have <= 13 bodies)
@@ -395,9 +397,12 @@ def mujoco_regions(task: str | TaskSpec, observations: np.ndarray, cfg: RegionCo
 # Dispatch
 # ---------------------------------------------------------------------------------------------
 
+MIN_FRAMES_PER_WORKER = 4  # below this a thread hand-off costs more than it saves
+
+
 def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
                     prev_observations: np.ndarray | None = None,
-                    cfg: RegionConfig | None = None) -> Regions:
+                    cfg: RegionConfig | None = None, workers: int = 1) -> Regions:
     """Regions of a batch of states.
 
     ``observations`` [N, ...]: with ``prev_observations`` [N, ...] (same shape) the pairs are taken
@@ -405,14 +410,27 @@ def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
     as one sequence, the previous frame of row t is row t-1 and row 0 is its own previous frame.
     ``task`` None means an unknown image env (grid regions). MuJoCo ignores ``prev_observations``:
     velocities are in the observation.
+
+    ``workers`` > 1 splits image batches over threads (numpy and scipy.ndimage release the GIL, and every
+    frame's regions depend on that frame pair alone, so the result is identical): on a GPU machine the
+    regions, not LXMERT's graph replay, are a rollout step's CPU cost.
     """
     cfg = cfg or RegionConfig()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     spec = None if task is None else (task if isinstance(task, TaskSpec) else get_task(task))
     if spec is not None and spec.family == "mujoco":
         return mujoco_regions(spec, observations, cfg)
     mode = cfg.image_mode
     if mode == "auto":
         mode = "objects" if spec is not None and spec.family == "atari" else "grid"
-    if mode == "objects":
-        return atari_regions(observations, prev_observations, cfg)
-    return grid_regions(observations, prev_observations, cfg)
+    fn = atari_regions if mode == "objects" else grid_regions
+    obs, prev = _pair_frames(observations, prev_observations)
+    k = min(int(workers), len(obs) // MIN_FRAMES_PER_WORKER)
+    if k <= 1:
+        return fn(obs, prev, cfg)
+    bounds = np.linspace(0, len(obs), k + 1).round().astype(int)
+    with ThreadPoolExecutor(k, thread_name_prefix="more3s-regions") as pool:
+        parts = list(pool.map(lambda a, b: fn(obs[a:b], prev[a:b], cfg), bounds[:-1], bounds[1:]))
+    return Regions(feats=np.concatenate([p.feats for p in parts]), boxes=np.concatenate([p.boxes for p in parts]),
+                   mask=np.concatenate([p.mask for p in parts]), kind=parts[0].kind)

@@ -148,3 +148,20 @@ def test_bad_inputs_raise(breakout_frames):
         extract_regions("nope", breakout_frames[:2])
     with pytest.raises(ValueError, match="image_mode"):
         RegionConfig(image_mode="pixels")
+
+
+@pytest.mark.parametrize("task", ["breakout", None])  # objects, grid
+def test_threaded_extraction_is_identical(breakout_frames, task):
+    """Splitting the batch over threads changes nothing: every frame's regions depend on its own pair alone
+    (also for a sequence, whose previous frames are paired before the split)."""
+    one = extract_regions(task, breakout_frames)
+    paired = extract_regions(task, breakout_frames[1:], breakout_frames[:-1], workers=4)
+    for workers in (2, 3, 16):
+        many = extract_regions(task, breakout_frames, workers=workers)
+        assert many.kind == one.kind
+        for field in ("feats", "boxes", "mask"):
+            np.testing.assert_array_equal(getattr(many, field), getattr(one, field))
+            np.testing.assert_array_equal(getattr(paired, field), getattr(one, field)[1:])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers"):
+            extract_regions(task, breakout_frames[:4], workers=bad)
