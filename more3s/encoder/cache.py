@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,8 @@ __all__ = [
     "FORMAT_VERSION", "CacheConfig", "EmbeddingCache", "ChunkedStates", "CacheCorruptError",
     "build_or_load_cache", "open_cache", "cache_key", "dataset_fingerprint", "default_cache_dir",
 ]
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FINGERPRINT_MEMO = "fingerprints.json"  # in the cache root, beside the <key> folders (see dataset_fingerprint)
@@ -130,12 +133,16 @@ class _DigestMemo:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock"):  # merge with what other processes wrote meanwhile
-            merged = _DigestMemo(self.path).entries
-            merged.update(self.entries)
-            merged = {k: v for k, v in merged.items() if os.path.exists(k.rsplit("|", 1)[0])}  # drop deleted files
-            atomic_write_text(self.path, json.dumps(merged, indent=0, sort_keys=True))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.path) + ".lock"):  # merge with what other processes wrote meanwhile
+                merged = _DigestMemo(self.path).entries
+                merged.update(self.entries)
+                merged = {k: v for k, v in merged.items() if os.path.exists(k.rsplit("|", 1)[0])}  # deleted files go
+                atomic_write_text(self.path, json.dumps(merged, indent=0, sort_keys=True))
+        except OSError as e:  # e.g. a read-only cache root: the next run hashes again, nothing is wrong
+            log.warning("could not save dataset fingerprints to %s (%s); they will be recomputed next time",
+                        self.path, e)
         self.dirty = False
 
 

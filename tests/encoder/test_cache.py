@@ -214,3 +214,17 @@ def test_cache_from_a_dataset_id_uses_the_memo(tiny, breakout_frames, tmp_path):
     again = build_or_load_cache("tst/memo-cache-v0", tiny, cache_dir=tmp_path, config=CFG)
     assert again.hit and again.path == first.path
     np.testing.assert_array_equal(again.states[:], first.states[:])
+
+
+def test_fingerprint_memo_that_cannot_be_saved_only_warns(breakout_frames, tmp_path, caplog):
+    import logging
+
+    from more3s.data import load_episodes
+
+    _write_frames_dataset("tst/memo-ro-v0", breakout_frames[:12], [5])
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache root's folder should be")
+    with caplog.at_level(logging.WARNING, logger="more3s.encoder.cache"):
+        fp = dataset_fingerprint(load_episodes("tst/memo-ro-v0", lazy=True), blocker / "fingerprints.json")
+    assert fp == dataset_fingerprint(load_episodes("tst/memo-ro-v0"))
+    assert "could not save dataset fingerprints" in caplog.text
