@@ -84,12 +84,13 @@ def make_hf_dt():
 PROVIDERS = {"ring": make_ring, "recompute": make_recompute, "hf_dt": make_hf_dt}
 
 
-def _side_by_side_seconds(fns: dict, rounds: int = 8, block_s: float = 0.12) -> dict[str, dict[str, float]]:
+def _side_by_side_seconds(fns: dict, rounds: int = 8, block_s: float = 0.5) -> dict[str, dict[str, float]]:
     """Median and minimum per provider, timed in alternating blocks of back-to-back calls.
 
-    Alternating keeps the host's load drift (this is a shared machine) out of the ratios; whole blocks, with only
-    their second half timed, keep each provider in its steady state: the ring step's 12 MB of K/V falls out of
-    cache during any other ~80 ms of work and takes several steps to come back."""
+    Alternating keeps the host's load drift (this is a shared machine) out of the ratios; long blocks (~0.5 s),
+    with only their second half timed, keep each provider in its steady state: the ring step's 12 MB of K/V falls
+    out of cache during any other ~80 ms of work and takes tens of steps to be fully back. The minimum-based
+    ratio is the steadier one here (host noise only ever adds time)."""
     calls = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()

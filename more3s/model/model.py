@@ -156,33 +156,36 @@ class SelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x [B, T, C]
         return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hs]
 
-    def inject(self, k: torch.Tensor, v: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K' = K + phi W_k, V' = V + phi W_v (identity without kv-mode RTG); phi [B, T, F]."""
-        if self.w_k is None:
-            return k, v
-        B, H, T, D = k.shape
-        # Both terms from one [B*T, F] @ [F, 2*H*D] matmul: a broadcast [B, 1, T, F] @ [H, F, D] runs as B*H tiny
-        # batched products, a visible share of a rollout step.
-        w = torch.stack((self.w_k, self.w_v)).to(k.dtype).permute(2, 0, 1, 3).reshape(-1, 2 * H * D)  # [F, 2HD]
-        term = (phi.to(k.dtype).reshape(B * T, -1) @ w).view(B, T, 2, H, D).permute(2, 0, 3, 1, 4)  # [2, B, H, T, D]
-        return k + term[0], v + term[1]
+    def qkv_injected(self, x: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, K', V') [B, nh, T, hs] with K' = K + phi W_k, V' = V + phi W_v (plain K, V without kv-mode RTG).
+
+        Both RTG terms are one addmm [B*T, F] @ [F, 2C] onto the fused projection's K|V columns: on the rollout
+        path, where a step is many tiny ops, the per-head broadcast products would be a visible share."""
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B * T, 3 * C)
+        kv = qkv[:, C:]  # [B*T, 2C] (a strided view)
+        if self.w_k is not None:
+            dt = qkv.dtype
+            w = torch.stack((self.w_k, self.w_v)).to(dt).permute(2, 0, 1, 3).reshape(-1, 2 * C)  # [F, 2C]
+            kv = torch.addmm(kv, phi.to(dt).reshape(B * T, -1), w)
+        q, k, v = qkv[:, :C], kv[:, :C], kv[:, C:]
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
 
     def forward(self, x, phi, key_padding_mask=None, k_mem=None, v_mem=None, mem_len=None, attn_mask=None,
                 cache=None, layer=None):
         """x [B, T, C], phi [B, T, F] -> (y [B, T, C], k' [B, nh, T, hs] | None, v' | None)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x)
         k_inj = v_inj = None
         if cache is not None:  # rollout: append the new tokens' K'/V' to the ring and attend over it
-            k, v = self.inject(k, v, phi)
-            y = cache.attend(layer, q, k, v)  # [B, nh, T, hs]
+            y = cache.attend(layer, *self.qkv_injected(x, phi))  # [B, nh, T, hs]
         elif attn_mask is not None:  # explicit mask (oracle): plain math, fully masked rows give 0
-            k, v = self.inject(k, v, phi)
+            q, k, v = self.qkv_injected(x, phi)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # [B, nh, T, T]
             att = att.masked_fill(~attn_mask[:, None], float("-inf"))
             att = torch.nan_to_num(torch.softmax(att, dim=-1), nan=0.0)
             y = att @ v  # [B, nh, T, hs]
         else:
+            q, k, v = self.qkv(x)
             w_k, w_v = self.w_k, self.w_v
             if w_k is None:  # the contract always injects: with zero weights it is the identity
                 w_k = w_v = x.new_zeros(self.n_head, phi.shape[-1], self.head_dim)
