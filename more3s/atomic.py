@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -49,12 +52,35 @@ def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(dest, text.encode("utf-8"))
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``): a directory
+    replaced this way is never absent, even for an instant. False where the OS or filesystem lacks it."""
+    if sys.platform != "linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not glibc >= 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # old kernel, or a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temp sibling and rename it onto ``dest`` when the block succeeds.
 
     Readers never see a half-written ``dest``: before the rename it does not exist (or still holds
-    the previous complete version when ``overwrite``).
+    the previous complete version when ``overwrite``). An overwrite swaps the two directories atomically
+    where Linux allows it, so ``dest`` always holds one complete version.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +94,12 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            if not _exchange(tmp, dest):  # no atomic swap here: a crash between the renames leaves .old-PID
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+                os.replace(dest, old)
+                os.replace(tmp, dest)
+                shutil.rmtree(old, ignore_errors=True)
+            # after a swap tmp holds the previous version; the finally below removes it
         else:
             os.replace(tmp, dest)
         _fsync_dir(dest.parent)
