@@ -161,6 +161,7 @@ class TrainConfig:
     datasets (Minari atari/, mujoco/, D4RL/ ids, D4RL hdf5 files), else the data's best and
     90th-percentile episode returns (DESIGN §4)."""
     eval_num_envs: int = 8
+    """Vectorised evaluation environments per process (under torchrun every rank plays its share)."""
     eval_max_episode_steps: int = 400
     """Cap on agent steps per evaluation episode (0 = the full-game protocol). The default equals
     the collection cap, so scores compare with the dataset's (equally capped) behaviour returns."""

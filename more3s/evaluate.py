@@ -11,6 +11,10 @@ Protocol: Atari full games (up to 108k frames, 30 no-op starts) by default; ``--
 caps episodes (the embedded training default uses a cap to fit its time budget; the output says so).
 Targets default to the run's (run.json: DT's published targets, or for collected datasets the data's
 best and 90th-percentile returns). Writes eval.json and report.png into the run directory.
+
+``torchrun --nproc_per_node N -m more3s.evaluate --run-dir DIR ...`` splits the environments over N processes (one GPU each,
+or CPU processes with gloo): the shards play exactly the episodes one process with N x --num-envs environments
+plays (same seeds and per-environment quotas), and rank 0 gathers them and writes the report.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
 import torch
+import tyro
 
 __all__ = ["EvalConfig", "load_run_model", "evaluate_run", "finish_report", "main"]
 
@@ -32,8 +37,9 @@ __all__ = ["EvalConfig", "load_run_model", "evaluate_run", "finish_report", "mai
 class EvalConfig:
     """Evaluate a training run."""
 
-    run: Path
-    """The run directory (holds config.json, run.json, checkpoints/)."""
+    run: Annotated[Path, tyro.conf.arg(aliases=("--run-dir",))]
+    """The run directory (holds config.json, run.json, checkpoints/). Under torchrun spell it --run-dir:
+    torchrun's own parser takes --run for an abbreviation of its --run-path."""
     episodes: int = 10
     """Episodes per RTG target and seed (DT: 10 for Atari)."""
     targets: tuple[float, ...] = ()
@@ -45,7 +51,7 @@ class EvalConfig:
     max_episode_steps: int | None = None
     """Cap on agent steps per episode; None = the full-game protocol."""
     num_envs: int = 8
-    """Vectorised environments (at most --episodes are used)."""
+    """Vectorised environments per process (at most --episodes in all are used)."""
     device: str = "auto"
     """'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     checkpoint: Path | None = None
@@ -119,25 +125,40 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
         raise ValueError(f"encoder {encoder.name!r} has weights fingerprint {encoder.fingerprint[:12]}..., "
                          f"but run {run_dir} was trained on embeddings of {want[:12]}... (different weights)")
     eng = RolloutEngine(model, encoder, task, mode=engine, sample=sample)
-    n_envs = min(num_envs, episodes)
-    results, t0, env_steps = [], time.perf_counter(), 0
-    for target in targets:
-        rets, trains, lens = [], [], []
-        for seed in seeds:
-            venv = make_vector_env(task, n_envs, max_episode_steps=max_episode_steps)
+    rank, world = _rank_world()
+    total_envs = min(num_envs * world, episodes)  # envs over all processes; each plays its quota of episodes
+    lo, hi = (int(x) for x in np.linspace(0, total_envs, world + 1).round().astype(int)[rank:rank + 2])
+    played, t0, env_steps = [], time.perf_counter(), 0  # played: (target#, seed#, env, ordinal, ret, train, len)
+    for ti, target in enumerate(targets):
+        for si, seed in enumerate(seeds):
+            if hi == lo:  # more processes than environments: this one has none
+                continue
+            venv = make_vector_env(task, hi - lo, max_episode_steps=max_episode_steps)
             try:
-                res = eng.run(venv, target, episodes, seed=int(seed))
+                res = eng.run(venv, target, episodes, seed=int(seed), first_env=lo, total_envs=total_envs)
             finally:
                 venv.close()
-            rets += res.returns
-            trains += res.train_returns
-            lens += res.lengths
+            ordinal: dict[int, int] = {}
+            for env, ret, tr, n in zip(res.env_index, res.returns, res.train_returns, res.lengths):
+                ordinal[env] = ordinal.get(env, -1) + 1
+                played.append((ti, si, env, ordinal[env], ret, tr, n))
             env_steps += res.env_steps
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, (played, env_steps))
+        played = [p for part, _ in gathered for p in part]
+        env_steps = sum(steps for _, steps in gathered)
+    played.sort()  # by target, seed, environment, then each environment's episode order: same for any split
+    results = []
+    for ti, target in enumerate(targets):
+        mine = [p for p in played if p[0] == ti]
+        rets, trains, lens = [p[4] for p in mine], [p[5] for p in mine], [p[6] for p in mine]
         norm = np.asarray(normalized_score(task.name, rets), dtype=np.float64).reshape(-1)
         results.append(TargetResult(target=target, returns=rets, normalized=norm.tolist(),
                                     lengths=lens, train_returns=trains))
-        print(f"target {target:g}: normalized {np.mean(norm):.1f} ± {np.std(norm):.1f} "
-              f"(raw {np.mean(rets):.1f}) over {len(rets)} episodes", file=sys.stderr)
+        if rank == 0:
+            print(f"target {target:g}: normalized {np.mean(norm):.1f} ± {np.std(norm):.1f} "
+                  f"(raw {np.mean(rets):.1f}) over {len(rets)} episodes", file=sys.stderr)
     wall = time.perf_counter() - t0
     behaviour = BehaviourStats(**info["behaviour"]) if info.get("behaviour") else None
     return EvalReport(
@@ -147,8 +168,15 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
         seeds=[int(s) for s in seeds], targets=results, behaviour=behaviour,
         score_source=SCORE_REFS[task.name].source,
         targets_source=targets_source,
-        wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0,
+        wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
     )
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of an initialized torch.distributed group (torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def finish_report(run_dir: str | Path, report, plot: bool = True) -> str:
@@ -167,20 +195,29 @@ def finish_report(run_dir: str | Path, report, plot: bool = True) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import tyro
-
     from more3s.checkpoint import CorruptCheckpointError
+
+    from more3s.distributed import setup_distributed
 
     cfg = tyro.cli(EvalConfig, args=list(sys.argv[1:] if argv is None else argv))
     try:
+        dist, device = setup_distributed(cfg.device)  # one process, or one per torchrun rank
+    except ValueError as e:
+        print(f"error: --device: {e}", file=sys.stderr)
+        return 2
+    try:
         report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
-                              num_envs=cfg.num_envs, device=cfg.device, checkpoint=cfg.checkpoint,
+                              num_envs=cfg.num_envs, device=device, checkpoint=cfg.checkpoint,
                               sample=cfg.sample)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finish_report(cfg.run, report, plot=cfg.plot)
+    finally:
+        if dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if dist.main:
+        finish_report(cfg.run, report, plot=cfg.plot)
     return 0
 
 

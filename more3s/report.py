@@ -72,6 +72,7 @@ class EvalReport:
     wall_s: float = 0.0
     steps_per_s: float = 0.0
     actions: str = "greedy"  # "sampled" (softmax, DT's Atari protocol) or "greedy"
+    processes: int = 1  # torchrun processes that shared the episodes
 
 
 def behaviour_stats(task: str, raw_returns: Sequence[float],
@@ -130,7 +131,8 @@ def format_table(report: EvalReport) -> str:
         lines.append(f"Normalized score = 100 * (raw - random) / (reference - random); "
                      f"constants: {report.score_source}.")
     if report.wall_s:
-        lines.append(f"Evaluation took {report.wall_s:.1f} s ({report.steps_per_s:.0f} env steps/s).")
+        procs = f" on {report.processes} processes" if report.processes > 1 else ""
+        lines.append(f"Evaluation took {report.wall_s:.1f} s{procs} ({report.steps_per_s:.0f} env steps/s).")
     return "\n".join(lines)
 
 

@@ -609,14 +609,16 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         log(f"training done: {step} steps in {time.time() - t_loop:.1f} s "
             f"(total so far {time.time() - t_start:.1f} s)")
 
-    # --- evaluation + report (rank 0) -------------------------------------------------------------
-    if cfg.eval_at_end and dist.main:
+    # --- evaluation (every rank plays its share of the environments) + report (rank 0) -------------
+    if cfg.eval_at_end:
         from more3s.evaluate import evaluate_run, finish_report
 
+        dist.barrier()  # rank 0's last checkpoint is on disk before any rank loads it
         report = evaluate_run(run_dir, episodes=cfg.eval_episodes, targets=targets,
                               seeds=[cfg.eval_seed], engine=cfg.eval_engine,
                               max_episode_steps=cfg.eval_max_episode_steps or None,
                               num_envs=cfg.eval_num_envs, device=device, sample=cfg.eval_sample)
+    if cfg.eval_at_end and dist.main:
         finish_report(run_dir, report)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -79,7 +79,8 @@ def _check_action_space(spec: TaskSpec, space: gym.Space) -> None:
 
 def make_vector_env(task: str | TaskSpec, num_envs: int, *, seed: int | None = None,
                     asynchronous: bool = False, **kwargs) -> gym.vector.VectorEnv:
-    """``num_envs`` independent copies with autoreset per sub-env (next-step mode)."""
+    """``num_envs`` independent copies with same-step autoreset per sub-env (a finished env's returned
+    observation is already its next episode's first frame, as the rollout engine expects)."""
     fns = [lambda: make_env(task, **kwargs) for _ in range(num_envs)]
     cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     venv = cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

@@ -167,27 +167,36 @@ class RolloutEngine:
     # ---- the loop ---------------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, venv, target: float, num_episodes: int, *, seed: int | None = None,
-            record: bool = False) -> RolloutResult:
+            record: bool = False, first_env: int = 0, total_envs: int | None = None) -> RolloutResult:
         """Play ``num_episodes`` episodes at RTG ``target`` on ``venv`` (a gymnasium VectorEnv with
         same-step autoreset, e.g. more3s.envs.make_vector_env); returns per-episode results.
 
         Episodes are spread evenly over the environments (env i plays ceil/floor of n/N), so the
         result does not favour short episodes; environments past their quota keep stepping (static
         shapes) but are not counted.
+
+        Split over processes: ``venv``'s envs are envs ``first_env ..`` of ``total_envs`` in all. They take
+        those envs' seeds (seed + global index), episode quotas (of ``num_episodes`` over ``total_envs``)
+        and indices, so the shards together play the episodes one process with ``total_envs`` envs plays.
         """
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
         if not np.isfinite(target):
             raise ValueError(f"RTG target must be finite, got {target}")
         N = int(venv.num_envs)
-        quota = np.full(N, num_episodes // N) + (np.arange(N) < num_episodes % N)  # [N]
+        G = N if total_envs is None else int(total_envs)
+        if first_env < 0 or first_env + N > G:
+            raise ValueError(f"envs {first_env}..{first_env + N - 1} are not inside total_envs={G}")
+        g = first_env + np.arange(N)  # [N] global env indices
+        quota = num_episodes // G + (g < num_episodes % G)  # [N]
         self._setup(N)
         clip = self.task.clip_rewards
         dev = self.device
         t0 = time.perf_counter()
-        obs, _ = venv.reset(seed=None if seed is None else [seed + i for i in range(N)])
+        obs, _ = venv.reset(seed=None if seed is None else [seed + int(i) for i in g])
         gen = torch.Generator(device=dev)
-        gen.manual_seed(0 if seed is None else int(seed))  # sampled actions are reproducible per seed
+        # Sampled actions are reproducible per (seed, shard); shards of one run draw independent streams.
+        gen.manual_seed(int(np.random.SeedSequence([0 if seed is None else int(seed), first_env]).generate_state(1)[0]))
         prev_obs = obs.copy()
         rtg = np.full(N, float(target), dtype=np.float64)  # [N] RTG units
         timestep = np.zeros(N, dtype=np.int64)
@@ -231,7 +240,7 @@ class RolloutEngine:
                     res.returns.append(float(ep_ret[i]))
                     res.train_returns.append(float(ep_train[i]))
                     res.lengths.append(int(timestep[i]))
-                    res.env_index.append(int(i))
+                    res.env_index.append(int(g[i]))
                 done_count[i] += 1
             # Same-step autoreset: next_obs of a finished env is already its next episode's first frame.
             prev_obs = np.where(done.reshape(-1, *([1] * (obs.ndim - 1))), next_obs, obs)

@@ -193,3 +193,49 @@ def test_sampled_actions_follow_the_softmax_and_are_reproducible(encoder):
     finally:
         venv.close()
     assert [x.tolist() for x in c.actions] != [x.tolist() for x in a.actions]
+
+
+class _SeededVecEnv:
+    """N envs whose episode lengths follow their reset seeds (actions do not matter): which env got which seed
+    and played how many episodes is visible in the results, whatever the model computes."""
+
+    rewards = (1.0, 0.0, 3.0)
+
+    def __init__(self, n):
+        self.num_envs = n
+
+    def reset(self, seed=None):
+        self.seeds = np.asarray(seed)
+        self.t = np.zeros(self.num_envs, dtype=int)
+        self.episode = np.zeros(self.num_envs, dtype=int)
+        return np.zeros((self.num_envs, 8, 8, 3), np.uint8), {}
+
+    def step(self, action):
+        r = np.array([self.rewards[(self.t[i] + self.seeds[i]) % 3] for i in range(self.num_envs)])
+        self.t += 1
+        term = self.t >= 2 + (self.seeds + self.episode) % 4  # lengths 2..5, per seed and episode
+        self.t[term] = 0
+        self.episode[term] += 1
+        return np.ones((self.num_envs, 8, 8, 3), np.uint8), r, term, np.zeros(self.num_envs, bool), {}
+
+
+def test_shards_play_the_episodes_of_one_process(encoder):
+    """Envs 0-1 and 2-4 of 5, run as two shards, play what one 5-env run plays: seeds, quotas, indices."""
+    model = _model(encoder, "kv", 2, seed=0)
+    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout", mode="ring")
+
+    def played(res):
+        seen: dict[int, int] = {}
+        out = []
+        for env, ret, n in zip(res.env_index, res.returns, res.lengths):
+            seen[env] = seen.get(env, -1) + 1
+            out.append((env, seen[env], ret, n))
+        return sorted(out)
+
+    whole = played(eng.run(_SeededVecEnv(5), 10.0, 12, seed=40))
+    shards = played(eng.run(_SeededVecEnv(2), 10.0, 12, seed=40, first_env=0, total_envs=5))
+    shards += played(eng.run(_SeededVecEnv(3), 10.0, 12, seed=40, first_env=2, total_envs=5))
+    assert len(whole) == 12 and sorted(shards) == whole
+    assert [sum(1 for p in whole if p[0] == e) for e in range(5)] == [3, 3, 2, 2, 2]  # 12 over 5 envs
+    with pytest.raises(ValueError, match="total_envs"):
+        eng.run(_SeededVecEnv(3), 10.0, 12, seed=40, first_env=3, total_envs=5)

@@ -133,16 +133,57 @@ def test_ddp_two_processes_agree(tiny_config, tmp_path):
            "--encoder", "lxmert-tiny", "--backbone", "dt-small", "--n-layer", "2", "--n-head", "2",
            "--n-embd", "32", "--window", "4", "--memory-steps", "4", "--batch-size", "2",
            "--max-steps", "4", "--ckpt-every", "4", "--log-every", "1", "--no-progress",
-           "--no-tensorboard", "--no-eval-at-end", "--device", "cpu", "--cache-dir", str(cfg.cache_dir),
-           "--run-dir", str(run)]
+           "--no-tensorboard", "--eval-episodes", "3", "--eval-num-envs", "1", "--eval-max-episode-steps", "5",
+           "--device", "cpu", "--cache-dir", str(cfg.cache_dir), "--run-dir", str(run)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((run / "eval.json").read_text())  # the final evaluation, shared by both ranks
+    assert rep["processes"] == 2 and all(len(t["returns"]) == 3 for t in rep["targets"])
+    assert proc.stdout.count("Evaluation of") == 1  # rank 0 alone reports
     dist = json.loads((run / "dist.json").read_text())
     assert dist["world_size"] == 2 and dist["replicas_agree"]
     assert len({r["sha256"] for r in dist["ranks"]}) == 1
     ck = load_checkpoint(run / "checkpoints/step_00000004")
     assert ck.state["world_size"] == 2 and len(ck.state["sampler"]) == 2
     assert ck.state["sampler"][0] != ck.state["sampler"][1]  # ranks draw different data
+
+
+def test_torchrun_evaluation_plays_the_shards_of_one_process(tiny_config):
+    """2 ranks x 2 envs: rank 0 gathers and reports the 5 episodes that the same two shards (envs 0-1 and 2-3
+    of 4, same seeds and quotas) play in this process."""
+    from more3s.encoder import load_encoder
+    from more3s.envs import make_vector_env
+    from more3s.evaluate import load_run_model
+    from more3s.rollout.engine import RolloutEngine
+
+    run = train(tiny_config(name="evaldist", max_steps=2, ckpt_every=2))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "more3s.evaluate", "--run-dir", str(run), "--episodes", "5", "--num-envs", "2", "--targets", "2",
+           "--seeds", "7", "--max-episode-steps", "6", "--device", "cpu", "--no-plot"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Evaluation of") == 1 and "on 2 processes" in proc.stdout
+    rep = json.loads((run / "eval.json").read_text())
+    assert rep["processes"] == 2 and rep["episodes_per_target"] == 5
+
+    model, info, _ = load_run_model(run, "cpu")
+    eng = RolloutEngine(model, load_encoder(info["encoder"], device="cpu"), "breakout")
+    played = []
+    for first in (0, 2):
+        venv = make_vector_env("breakout", 2, max_episode_steps=6)
+        try:
+            res = eng.run(venv, 2.0, 5, seed=7, first_env=first, total_envs=4)
+        finally:
+            venv.close()
+        seen: dict[int, int] = {}
+        for e, r, n in zip(res.env_index, res.returns, res.lengths):
+            seen[e] = seen.get(e, -1) + 1
+            played.append((e, seen[e], r, n))
+    played.sort()
+    assert [e for e, *_ in played] == [0, 0, 1, 2, 3]  # 5 episodes over 4 envs
+    got = rep["targets"][0]
+    assert got["returns"] == [p[2] for p in played] and got["lengths"] == [p[3] for p in played]
 
 
 def test_evaluate_refuses_an_encoder_with_other_weights(tiny_config):
