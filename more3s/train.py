@@ -4,9 +4,9 @@ With no arguments this runs the embedded default of more3s.config (Breakout, col
 mixed-quality data, lxmert-tiny / dt-small on CPU) offline on a 2-core CPU in about 15 minutes:
 collect the dataset if missing -> build or reuse the embedding cache -> train -> evaluate -> print
 the final table and write ``report.png``. ``torchrun --nproc_per_node N -m more3s.train ...`` trains
-with DDP (gloo on CPU, nccl on GPU); rank 0 collects the dataset, logs, checkpoints and evaluates,
-all ranks build the embedding cache together (more3s.encoder.cache shards it) and train on
-differently seeded samplers.
+with DDP (gloo on CPU, nccl on GPU); rank 0 collects the dataset, logs, checkpoints and writes the report,
+all ranks build the embedding cache together (more3s.encoder.cache shards it), train on differently
+seeded samplers and share the final evaluation's environments (more3s.evaluate).
 
 The frozen encoder never runs during training (DESIGN §5): batches are gathered from the
 memory-mapped embedding cache by the samplers' indices. With ``memory_steps > 0`` the stream
