@@ -93,56 +93,58 @@ class _Track:
         self.prev = ball
         return ball + self.lead * v + self.offset - paddle
 
+    def steer(self, ball: int, paddle: int, towards_plus: int, towards_minus: int, hold: int) -> int:
+        """The action that closes the tracking error, or ``hold`` inside the dead zone."""
+        d = self.error(ball, paddle)
+        if d > self.dead_zone:
+            return towards_plus
+        if d < -self.dead_zone:
+            return towards_minus
+        return hold
 
-class BreakoutTracker:
-    """Keeps the paddle under the ball; FIRE when no ball is in play. Scores ~350 on full games."""
+
+class _RamTracker:
+    """A paddle game played from RAM positions with a _Track rule (state reset per episode)."""
 
     name = "tracker"
-    NOOP, FIRE, RIGHT, LEFT = 0, 1, 2, 3
-    PADDLE_X, BALL_X, BALL_Y = 72, 99, 101  # RAM addresses (module docstring)
 
-    def __init__(self, offset: float = -10, dead_zone: float = 6, lead: float = 1):
+    def __init__(self, offset: float, dead_zone: float, lead: float):
         self.track = _Track(offset, dead_zone, lead)
 
     def reset(self, env, rng):
         self.track.prev = None
         return {}
+
+
+class BreakoutTracker(_RamTracker):
+    """Keeps the paddle under the ball; FIRE when no ball is in play. Scores ~350 on full games."""
+
+    NOOP, FIRE, RIGHT, LEFT = 0, 1, 2, 3
+    PADDLE_X, BALL_X, BALL_Y = 72, 99, 101  # RAM addresses (module docstring)
+
+    def __init__(self, offset: float = -10, dead_zone: float = 6, lead: float = 1):
+        super().__init__(offset, dead_zone, lead)
 
     def act(self, obs, env):
         ram = _ram(env)
         if ram[self.BALL_Y] == 0:
             self.track.prev = None
             return self.FIRE
-        d = self.track.error(int(ram[self.BALL_X]), int(ram[self.PADDLE_X]))
-        if d > self.track.dead_zone:
-            return self.RIGHT
-        if d < -self.track.dead_zone:
-            return self.LEFT
-        return self.NOOP
+        return self.track.steer(int(ram[self.BALL_X]), int(ram[self.PADDLE_X]), self.RIGHT, self.LEFT, self.NOOP)
 
 
-class PongTracker:
+class PongTracker(_RamTracker):
     """Keeps its paddle level with the ball (RIGHT = up, LEFT = down). Wins full games ~21-10."""
 
-    name = "tracker"
     NOOP, FIRE, UP, DOWN = 0, 1, 2, 3
     PADDLE_Y, BALL_Y = 51, 54  # RAM addresses (module docstring)
 
     def __init__(self, offset: float = -10, dead_zone: float = 3, lead: float = 1):
-        self.track = _Track(offset, dead_zone, lead)
-
-    def reset(self, env, rng):
-        self.track.prev = None
-        return {}
+        super().__init__(offset, dead_zone, lead)
 
     def act(self, obs, env):
         ram = _ram(env)
-        d = self.track.error(int(ram[self.BALL_Y]), int(ram[self.PADDLE_Y]))
-        if d > self.track.dead_zone:
-            return self.DOWN
-        if d < -self.track.dead_zone:
-            return self.UP
-        return self.NOOP
+        return self.track.steer(int(ram[self.BALL_Y]), int(ram[self.PADDLE_Y]), self.DOWN, self.UP, self.NOOP)
 
 
 # Open-loop gaits a(t) = amp * sin(omega * t + phase_i), each the best of a random search over
