@@ -617,7 +617,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
 
     def evaluate_now(at: int) -> None:
         """--eval-every: the current weights on a few fixed episodes (every rank plays its share); curves only."""
-        from more3s.evaluate import evaluate_model
+        from more3s.evaluate import evaluate_model, resolve_eval_dtype
 
         rng = capture_rng()  # evaluation draws from its own seeded generators; training's RNG stays untouched
         report = evaluate_model(model, run_info, encoder, checkpoint=f"(weights at step {at})", step=at,
