@@ -125,3 +125,29 @@ def test_encoder_dtype_mismatch_warns_once(tiny_config):
     rep = evaluate_model(model, info, enc, checkpoint="x", step=2, episodes=1, num_envs=1, targets=(1.0,),
                          max_episode_steps=3, greedy=False, dtype=torch.bfloat16)
     assert rep.dtype == "bfloat16" and model.embed_state.weight.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_gpu_evaluation_runs_the_step_in_the_asked_dtype(tiny_config):
+    """On a GPU the rollout step runs in bf16 by default (--eval-dtype auto), with the CUDA ring cache, and the
+    fp32 CPU-encoded training cache vs the GPU's fp16 encoder is named in a warning."""
+    from more3s.evaluate import evaluate_run, resolve_eval_dtype
+    from more3s.rollout.engine import RolloutEngine
+
+    assert resolve_eval_dtype("auto", "cuda") == torch.bfloat16
+    run = train(tiny_config(name="gpu", max_steps=2, ckpt_every=2))
+    seen = []
+    real_setup = RolloutEngine._setup
+
+    def spy(self, N):
+        real_setup(self, N)
+        seen.append((self.dtype, self._cache.backend, self._cache.dtype))
+
+    RolloutEngine._setup = spy
+    try:
+        with pytest.warns(RuntimeWarning, match="encoded in float32.*float16"):
+            rep = evaluate_run(run, episodes=2, num_envs=2, targets=(2.0,), max_episode_steps=6, device="cuda")
+    finally:
+        RolloutEngine._setup = real_setup
+    assert rep.dtype == "bfloat16"
+    assert seen and all(s == (torch.bfloat16, "cuda", torch.bfloat16) for s in seen)
