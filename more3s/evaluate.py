@@ -37,10 +37,12 @@ import numpy as np
 import torch
 import tyro
 
+from more3s.config import EVAL_DTYPES
+
 __all__ = ["EvalConfig", "load_run_model", "evaluate_run", "evaluate_model", "resolve_eval_dtype",
            "resolve_cap", "finish_report", "main"]
 
-EVAL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # more3s.config.EVAL_DTYPES
 
 
 @dataclass
@@ -108,15 +110,15 @@ def resolve_eval_dtype(name: str, device: torch.device | str) -> torch.dtype:
     if name == "auto":
         name = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else \
             "fp16" if dev.type == "cuda" else "fp32"
-    if name not in EVAL_DTYPES:
-        raise ValueError(f"eval dtype {name!r}: expected one of auto, {', '.join(EVAL_DTYPES)}")
+    if name not in _TORCH_DTYPES:
+        raise ValueError(f"eval dtype {name!r}: expected one of {', '.join(EVAL_DTYPES)}")
     if dev.type == "cpu" and name == "fp16":
         raise ValueError("eval dtype 'fp16' needs a CUDA device (the CPU rollout runs fp32 or bf16)")
     if dev.type == "cuda" and name == "bf16" and not torch.cuda.is_bf16_supported():
         raise ValueError(f"eval dtype 'bf16' is not supported by {torch.cuda.get_device_name(dev)}; use fp16 or fp32")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"eval dtype: device {dev} is neither cpu nor cuda")
-    return EVAL_DTYPES[name]
+    return _TORCH_DTYPES[name]
 
 
 def resolve_cap(max_episode_steps: int | str | None, info: dict) -> tuple[int | None, str]:

@@ -154,7 +154,7 @@ def format_table(report: EvalReport) -> str:
         lines.append(f"{'dataset':>12} | {'':<7} | {b.mean_normalized:>9.1f} ± {b.std_normalized:<8.1f} | "
                      f"{b.mean_return:>8.1f} ± {b.std_return:<7.1f} | {'':>8} | {b.episodes:>9}")
     lines.append("")
-    lines.append("distinct = distinct action sequences among a row's episodes: a row with 1 is one trajectory "
+    lines.append("distinct = distinct (action, reward) sequences among a row's episodes: 1 is one trajectory "
                  "replayed, not a sample.")
     if report.behaviour is not None:
         b = report.behaviour
