@@ -261,7 +261,7 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
         ax_s.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=4)
         ax_s.set_xticks(range(len(labels)), labels)
         ax_s.axhline(0.0, color="k", lw=0.5)
-        ax_s.set_ylabel(f"normalized score (mean ± std), {report.actions} actions")
+        ax_s.set_ylabel("normalized score (mean ± std)")
         cap = "full game" if not report.max_episode_steps else f"<= {report.max_episode_steps} steps"
         ax_s.set_title(f"{report.task}, step {report.step}, {cap}")
     else:
