@@ -463,8 +463,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
 
 def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
            on_step: Callable[[int], None] | None) -> Path:
-    from more3s.data import StreamSampler, WindowSampler, load_episodes
-    from more3s.data import dataset_provenance
+    from more3s.data import StreamSampler, WindowSampler, dataset_provenance, load_episodes
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
     from more3s.envs import get_task
     from more3s.model import ModelConfig, build_model
