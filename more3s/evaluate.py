@@ -271,8 +271,21 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
         score_source=SCORE_REFS[task.name].source, targets_source=targets_source,
         wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
         greedy=rows["greedy"] if modes[0] != "greedy" and "greedy" in rows else [],
-        cap_source=cap_source, dtype=str(dtype).removeprefix("torch."),
+        cap_source=cap_source, dtype=str(dtype).removeprefix("torch."), dataset=_dataset_line(info),
     )
+
+
+def _dataset_line(info: dict) -> str:
+    """The training dataset and who collected it (run.json's provenance), for the report."""
+    name = info.get("dataset", "?")
+    if "provenance" not in info:
+        return f"{name} (provenance not recorded by this run)"
+    p = info["provenance"]
+    if p is None:
+        return f"{name}, not collected by more3s"
+    cap = f"episodes capped at {p['max_episode_steps']} steps" if p.get("max_episode_steps") else "no episode cap"
+    return (f"{name}, collected by more3s {p.get('version', '(version not recorded)')} (policy "
+            f"{p.get('policy')!r}, seed {p.get('seed')}, {cap})")
 
 
 def _rank_world() -> tuple[int, int]:

@@ -82,6 +82,7 @@ class EvalReport:
     greedy: list[TargetResult] = field(default_factory=list)  # greedy rows beside sampled ones, same seeds
     cap_source: str = ""  # where max_episode_steps came from (the dataset's provenance, or given)
     dtype: str = ""  # dtype of the rollout model step
+    dataset: str = ""  # the training dataset and its provenance (who collected it, how)
 
 
 def behaviour_stats(task: str, raw_returns: Sequence[float],
@@ -161,6 +162,8 @@ def format_table(report: EvalReport) -> str:
         lines.append(f"Dataset behaviour: {b.episodes} episodes; return in RTG units: mean "
                      f"{b.mean_train_return:.1f}, p90 {b.p90_train_return:.1f}, "
                      f"best {b.best_train_return:.1f}.")
+    if report.dataset:
+        lines.append(f"Dataset: {report.dataset}.")
     if report.targets_source:
         lines.append(f"RTG targets: {report.targets_source}.")
     if report.score_source:

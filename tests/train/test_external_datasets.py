@@ -92,6 +92,10 @@ def test_minari_written_dataset_runs_the_full_protocol(cheetah, tiny_config, cac
     rep = evaluate_run(run, episodes=1, num_envs=1, targets=(6000.0,))  # the run's cap: none
     assert rep.max_episode_steps is None and rep.targets[0].lengths == [EPISODE_STEPS]
     assert rep.actions == "greedy" and rep.greedy == []  # MuJoCo: deterministic actions only
+    from more3s.report import format_table
+
+    text = format_table(rep)
+    assert "full game" in text and "not collected by more3s" in text and "did not collect" in text
 
 
 def test_d4rl_layout_file_with_infos_and_metadata(cheetah, tiny_config, tmp_path):

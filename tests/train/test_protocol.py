@@ -20,6 +20,7 @@ def test_sampled_protocol_with_greedy_beside_and_distinct_counts(tiny_config, ca
                             eval_num_envs=2, eval_max_episode_steps=15))
     out = capsys.readouterr().out
     assert "sampled from the policy's softmax" in out and "greedy actions from the same seeds beside" in out
+    assert "collected by more3s" in out and "policy 'mixed', seed 3, episodes capped at 24 steps" in out
     rep = json.loads((run / "eval.json").read_text())
     assert rep["actions"] == "sampled" and len(rep["greedy"]) == len(rep["targets"])
     for s, g in zip(rep["targets"], rep["greedy"]):
