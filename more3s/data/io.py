@@ -48,8 +48,7 @@ _FLUSH_STEPS = 256  # steps buffered in memory before they are appended to the f
 
 # Top-level namespaces of the datasets Farama publishes on the Minari remote (checked case-insensitively, always:
 # offline the remote cannot be listed). A local id under one of them would pass home-made data for published data.
-PUBLISHED_NAMESPACES = ("atari", "mujoco", "d4rl", "minigrid", "babyai", "metaworld", "kitchen", "pointmaze",
-                        "antmaze", "adroit")
+PUBLISHED_NAMESPACES = ("atari", "mujoco", "d4rl", "minigrid")
 _REMOTE_LIST_TIMEOUT_S = 5.0
 
 
