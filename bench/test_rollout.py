@@ -2,12 +2,14 @@
 
 * ``ring``: ``model.step`` with a RingKVCache (backend auto: the C++ op when built, else the reference), one new
   block per environment, K/V computed once per token;
-* ``recompute``: the cache-less baseline, a plain forward over the last S = 60 steps every step (DESIGN §3);
+* ``recompute``: the cache-less baseline, a plain forward over the last S = 60 steps every step (DESIGN §3), lean:
+  only what a decision needs (``model.recompute`` runs the action head on the last token alone);
 * ``hf_dt``: ``transformers.DecisionTransformerModel`` at the same width, depth and window (30 steps = 90 tokens),
   re-run over the window every step as its users do.
 
 All three are also timed side by side (alternating blocks) once per run, so every entry's extra_info carries
-speedups that host-load drift cannot skew (``ring`` target: >= 20x over ``recompute`` on the CPU; reported, not asserted).
+speedups that host-load drift cannot skew (``ring`` goal: >= 20x over the lean ``recompute`` and over ``hf_dt`` on
+one CPU thread; reported, not asserted).
 Run: ``pytest bench/test_rollout.py --benchmark-only``.
 """
 

@@ -27,15 +27,13 @@ evaluate ~50 s; README.md records the latest full run):
   decay to 10 % of lr, grad clip 1.0 (DT Atari), batch 32, 1500 steps (~0.19 s each on one
   core, compute-bound matmuls; the paper's 10k warm-up is for 100k-step runs, here warm-up is
   10 % of the steps); metrics every 10 steps, checkpoints every 250 (the newest 3 kept);
-* evaluation (ring engine, seed 1000, greedy actions — ``--eval-sample`` samples from the softmax as
-  DT's Atari evaluation does; on ε-mixed data the learned policy is spread out and sampling replays the
-  behaviour noise; greedy Breakout episodes coincide, since no-op starts do not move the ball before
-  FIRE): 2 RTG targets taken from the data (best episode return
-  and 90th-percentile return, as DESIGN §4 prescribes for collected datasets), 16 episodes per target in 8
-  vectorised envs,
-  episodes capped at ``eval_max_episode_steps`` = 400 agent steps, like the collected episodes, to
-  fit the budget and compare with the data (the output says so; set it to 0 for the full-game Atari
-  protocol of up to 108k frames).
+* evaluation (ring engine, seed 1000), DT's protocol: Atari actions *sampled* from the policy's softmax with
+  greedy episodes played from the same seeds and reported beside them (``--no-eval-greedy`` skips those),
+  MuJoCo deterministic; 2 RTG targets taken from the data (best episode return and 90th-percentile return,
+  as DESIGN §4 prescribes for datasets more3s collected), 16 episodes per target in 8 vectorised envs;
+  the episode cap comes from the dataset (``eval_max_episode_steps="dataset"``): the recorded collection cap
+  (400 here) for datasets more3s collected, none (the full-game protocol) for any other dataset;
+  ``--eval-every N`` also scores the current weights on a few fixed episodes every N steps (curves only).
 
 Baselines through the same code: ``--preset dt`` (RTG token, no memory, window sampler: Decision
 Transformer) and ``--preset bc`` (no RTG, no memory: behaviour cloning).
@@ -54,7 +52,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 __all__ = [
-    "TrainConfig", "PRESETS", "RTG_MODES", "OBJECTIVES", "SAMPLERS", "ENGINES",
+    "TrainConfig", "PRESETS", "RTG_MODES", "OBJECTIVES", "SAMPLERS", "ENGINES", "EVAL_DTYPES",
     "parse_args", "load_config_file", "config_from_dict", "config_to_dict", "save_config",
 ]
 
@@ -62,6 +60,7 @@ RTG_MODES = ("kv", "embed", "token", "none")
 OBJECTIVES = ("semantic", "mse")
 SAMPLERS = ("auto", "window", "stream")
 ENGINES = ("ring", "recompute", "window")
+EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -157,19 +156,31 @@ class TrainConfig:
     """Evaluate the final checkpoint and print the table + write report.png when training ends."""
     eval_episodes: int = 16
     eval_targets: tuple[float, ...] = ()
-    """RTG targets (clipped-reward units for Atari). Empty: DT's published targets for published
-    datasets (Minari atari/, mujoco/, D4RL/ ids, D4RL hdf5 files), else the data's best and
-    90th-percentile episode returns (DESIGN §4)."""
+    """RTG targets (clipped-reward units for Atari). Empty: for datasets more3s collected (their metadata says
+    so), the data's best and 90th-percentile episode returns; for any other dataset DT's published targets
+    (DESIGN §4). Duplicates are evaluated once."""
     eval_num_envs: int = 8
     """Vectorised evaluation environments per process (under torchrun every rank plays its share)."""
-    eval_max_episode_steps: int = 400
-    """Cap on agent steps per evaluation episode (0 = the full-game protocol). The default equals
-    the collection cap, so scores compare with the dataset's (equally capped) behaviour returns."""
+    eval_max_episode_steps: int | Literal["dataset", "full"] = "dataset"
+    """Cap on agent steps per evaluation episode: 'dataset' = the collection cap recorded by more3s for datasets
+    it collected (so scores compare with the equally capped behaviour returns), none for any other dataset;
+    'full' = the task's full protocol (Atari: up to 108k frames); N >= 1 = a cap of N steps."""
     eval_seed: int = 1000
-    eval_sample: bool = False
-    """Sample discrete actions from the policy's softmax (DT's Atari evaluation) instead of greedy argmax."""
+    eval_sample: bool = True
+    """Sample discrete actions from the policy's softmax (DT's Atari protocol); --no-eval-sample: greedy only.
+    MuJoCo actions are deterministic either way."""
+    eval_greedy: bool = True
+    """When sampling, also play greedy episodes from the same seeds and report them beside the sampled ones."""
     eval_engine: Literal["ring", "recompute", "window"] = "ring"
     """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
+    eval_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """dtype of the rollout model step: auto = bf16 on a GPU, fp32 on the CPU (fp16 needs a GPU)."""
+    eval_every: int | None = None
+    """Every N optimizer steps, score the current weights on ``eval_every_episodes`` fixed episodes per target
+    (protocol actions, seed ``eval_seed``) and log ``eval/`` rows to metrics.csv and TensorBoard (curves only:
+    the final scores are the last checkpoint's). None = off."""
+    eval_every_episodes: int = 4
+    """Episodes per target for each --eval-every evaluation."""
 
     # -----------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -181,7 +192,7 @@ class TrainConfig:
 
         get_task(self.env)  # ValueError "unknown env ..." with the list of tasks
         choices = {"rtg_mode": RTG_MODES, "objective": OBJECTIVES, "sampler": SAMPLERS,
-                   "eval_engine": ENGINES, "preset": tuple(PRESETS),
+                   "eval_engine": ENGINES, "eval_dtype": EVAL_DTYPES, "preset": tuple(PRESETS),
                    "prompt_set": ("original", "synonym", "contextual"),
                    "attention_backend": ("auto", "reference", "triton")}
         for name, allowed in choices.items():
@@ -189,7 +200,7 @@ class TrainConfig:
                 raise bad(name, f"must be one of {', '.join(allowed)}")
         positive_ints = ("window", "batch_size", "max_steps", "log_every", "ckpt_every",
                          "keep_checkpoints", "eval_episodes", "eval_num_envs", "rtg_features",
-                         "collect_episodes", "collect_max_episode_steps")
+                         "collect_episodes", "collect_max_episode_steps", "eval_every_episodes")
         for name in positive_ints:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -197,10 +208,16 @@ class TrainConfig:
         w = self.warmup_steps
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
             raise bad("warmup_steps", "must be an integer >= 0 (or None for 10 % of max_steps)")
-        for name in ("memory_steps", "eval_max_episode_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad(name, "must be an integer >= 0")
+        v = self.memory_steps
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad("memory_steps", "must be an integer >= 0")
+        v = self.eval_max_episode_steps
+        if v not in ("dataset", "full") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise bad("eval_max_episode_steps", "must be an integer >= 1 (a cap in agent steps), 'dataset' "
+                      "(the collection cap more3s recorded; none for other datasets) or 'full' (the full protocol)")
+        v = self.eval_every
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise bad("eval_every", "must be a positive number of optimizer steps (or None for off)")
         if self.max_episodes is not None and self.max_episodes < 1:
             raise bad("max_episodes", "must be >= 1 (or None for all)")
         for name in ("lr", "beta1", "beta2", "weight_decay", "grad_clip", "dropout",
@@ -274,7 +291,13 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
                 return None
             raise TypeError(f"config: {name} may not be null")
         inner = [a for a in args if a is not type(None)]
-        return _coerce(name, inner[0], value)
+        errors = []
+        for member in inner:  # e.g. int | Literal["dataset", "full"]: the first member that accepts the value
+            try:
+                return _coerce(name, member, value)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise TypeError(f"config: {name}={value!r} matches none of its types ({'; '.join(errors)})")
     if tp is Path:
         if not isinstance(value, (str, Path)):
             raise TypeError(f"config: {name} must be a path string, got {type(value).__name__}")

@@ -1,16 +1,21 @@
 """``python -m more3s.evaluate --run DIR``: evaluate a run's checkpoint in vectorised environments.
 
 Loads the run's model config and its newest intact checkpoint (or ``--checkpoint``), the encoder the
-run was trained with (run.json), and plays greedy RTG-conditioned episodes with the rollout engine
+run was trained with (run.json), and plays RTG-conditioned episodes with the rollout engine
 (more3s.rollout.engine; the ring-buffer engine by default, ``--engine recompute`` for the reference
 path, ``--engine window`` for the cache-less DT-style baseline). For each RTG target it reports the
-normalized score (more3s.envs.normalized_score on RAW returns) as mean ± std over episodes, next to
-the dataset's behaviour returns, and which checkpoint was evaluated.
+normalized score (more3s.envs.normalized_score on RAW returns) as mean ± std over episodes, how many
+distinct trajectories those episodes are, next to the dataset's behaviour returns, and which checkpoint was
+evaluated.
 
-Protocol: Atari full games (up to 108k frames, 30 no-op starts) by default; ``--max-episode-steps``
-caps episodes (the embedded training default uses a cap to fit its time budget; the output says so).
-Targets default to the run's (run.json: DT's published targets, or for collected datasets the data's
-best and 90th-percentile returns). Writes eval.json and report.png into the run directory.
+Protocol (DESIGN §4, as Decision Transformer): Atari actions are *sampled* from the policy's softmax (seeded),
+up to 30 random no-ops, full games unless a cap applies; greedy episodes from the same seeds are reported beside
+(``--no-greedy`` skips them). MuJoCo actions are deterministic. The episode cap follows the run's dataset
+(run.json): the collection cap more3s recorded for datasets it collected, none for any other dataset;
+``--max-episode-steps N`` or ``full`` overrides it. Targets default to the run's (run.json), each evaluated once.
+The model step runs in ``--dtype`` (auto: bf16 on a GPU, fp32 on the CPU); an encoder whose dtype differs from
+the one the training cache was encoded with is used with a warning naming both. Writes eval.json and report.png
+into the run directory.
 
 ``torchrun --nproc_per_node N -m more3s.evaluate --run-dir DIR ...`` splits the environments over N processes (one GPU each,
 or CPU processes with gloo): the shards play exactly the episodes one process with N x --num-envs environments
@@ -19,9 +24,11 @@ plays (same seeds and per-environment quotas), and rank 0 gathers them and write
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
@@ -30,7 +37,12 @@ import numpy as np
 import torch
 import tyro
 
-__all__ = ["EvalConfig", "load_run_model", "evaluate_run", "finish_report", "main"]
+from more3s.config import EVAL_DTYPES
+
+__all__ = ["EvalConfig", "load_run_model", "evaluate_run", "evaluate_model", "resolve_eval_dtype",
+           "resolve_cap", "finish_report", "main"]
+
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # more3s.config.EVAL_DTYPES
 
 
 @dataclass
@@ -43,22 +55,27 @@ class EvalConfig:
     episodes: int = 10
     """Episodes per RTG target and seed (DT: 10 for Atari)."""
     targets: tuple[float, ...] = ()
-    """RTG targets; empty = the run's (run.json)."""
+    """RTG targets; empty = the run's (run.json). Each distinct target is evaluated once."""
     seeds: tuple[int, ...] = (1000,)
     """Environment seeds (env i of the vector gets seed + i); episodes run per seed and target."""
     engine: Literal["ring", "recompute", "window"] = "ring"
     """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
-    max_episode_steps: int | None = None
-    """Cap on agent steps per episode; None = the full-game protocol."""
+    max_episode_steps: int | Literal["run", "full"] = "run"
+    """Cap on agent steps per episode: run = the run's (from its dataset: the recorded collection cap for datasets
+    more3s collected, none for others); full = the task's full protocol; N >= 1 = a cap of N steps."""
     num_envs: int = 8
     """Vectorised environments per process (at most --episodes in all are used)."""
     device: str = "auto"
     """'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """dtype of the rollout model step: auto = bf16 on a GPU, fp32 on the CPU (fp16 needs a GPU)."""
     checkpoint: Path | None = None
     """A specific checkpoint directory; default: the run's newest intact one."""
     plot: bool = True
-    sample: bool = False
-    """Sample discrete actions from the policy's softmax (DT's Atari protocol) instead of greedy argmax."""
+    sample: bool = True
+    """Sample discrete actions from the policy's softmax (DT's Atari protocol); --no-sample: greedy only."""
+    greedy: bool = True
+    """When sampling, also play greedy episodes from the same seeds and report them beside."""
 
 
 def _read_json(path: Path) -> dict:
@@ -87,19 +104,100 @@ def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu",
     return model.to(device).eval(), info, ckpt
 
 
-def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[float] = (),
-                 seeds: Sequence[int] = (1000,), engine: str = "ring", max_episode_steps: int | None = None,
-                 num_envs: int = 8, device: torch.device | str = "auto",
-                 checkpoint: str | Path | None = None, encoder=None, sample: bool = False):
-    """Evaluate a run; returns a more3s.report.EvalReport (not yet saved).
+def resolve_eval_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """The rollout step's dtype: auto = bf16 on CUDA, fp32 on the CPU; ValueError for one the device cannot run."""
+    dev = torch.device(device)
+    if name == "auto":
+        name = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else \
+            "fp16" if dev.type == "cuda" else "fp32"
+    if name not in _TORCH_DTYPES:
+        raise ValueError(f"eval dtype {name!r}: expected one of {', '.join(EVAL_DTYPES)}")
+    if dev.type == "cpu" and name == "fp16":
+        raise ValueError("eval dtype 'fp16' needs a CUDA device (the CPU rollout runs fp32 or bf16)")
+    if dev.type == "cuda" and name == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"eval dtype 'bf16' is not supported by {torch.cuda.get_device_name(dev)}; use fp16 or fp32")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"eval dtype: device {dev} is neither cpu nor cuda")
+    return _TORCH_DTYPES[name]
 
-    ``sample``: draw discrete actions from the policy's softmax (DT's Atari protocol; seeded); default greedy.
-    """
+
+def resolve_cap(max_episode_steps: int | str | None, info: dict) -> tuple[int | None, str]:
+    """(cap in agent steps or None for the full protocol, where it came from) for ``max_episode_steps`` =
+    'run' (run.json's, which follows the dataset's provenance), 'full' / None, or a cap N >= 1."""
+    if max_episode_steps == "run":
+        if "eval_max_episode_steps" not in info:
+            return None, "the run records no evaluation cap: the task's full protocol"
+        return info["eval_max_episode_steps"], info.get("eval_cap_source", "the run's evaluation cap")
+    if max_episode_steps in ("full", None):
+        return None, "the full protocol was asked for"
+    if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be an integer >= 1, 'run' or 'full', got {max_episode_steps!r}")
+    return int(max_episode_steps), "the cap was given on the command line / config"
+
+
+_WARNED_DTYPES: set[tuple[str, str]] = set()
+
+
+def _check_encoder_dtype(encoder, info: dict) -> None:
+    """Warn once per (cache dtype, evaluation dtype) pair when the evaluation encoder computes in another dtype
+    than the one the training cache was encoded with (e.g. an fp32 CPU cache evaluated with fp16 on a GPU)."""
+    want = info.get("encoder_dtype")
+    have = str(encoder.dtype).removeprefix("torch.")
+    if want and want != have and (want, have) not in _WARNED_DTYPES:
+        _WARNED_DTYPES.add((want, have))
+        warnings.warn(f"the training embedding cache was encoded in {want}, this evaluation encodes states in "
+                      f"{have}: the model sees slightly different inputs than it trained on", RuntimeWarning,
+                      stacklevel=3)
+
+
+def _cast(model, dtype: torch.dtype):
+    """The model for rollouts in ``dtype`` (a copy when that differs: the caller's model is left as it is); the
+    action table and state statistics stay fp32, as the model reads them in fp32."""
+    if model.embed_state.weight.dtype == dtype:
+        return model
+    out = copy.deepcopy(model).to(dtype)
+    for name in ("action_table", "state_mean", "state_std"):
+        setattr(out, name, getattr(model, name).detach().float().clone())
+    return out.eval()
+
+
+def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[float] = (),
+                 seeds: Sequence[int] = (1000,), engine: str = "ring",
+                 max_episode_steps: int | str | None = "run", num_envs: int = 8,
+                 device: torch.device | str = "auto", checkpoint: str | Path | None = None, encoder=None,
+                 sample: bool = True, greedy: bool = True, dtype: str = "auto"):
+    """Evaluate a run's checkpoint; returns a more3s.report.EvalReport (not yet saved). See evaluate_model."""
     from more3s.encoder import load_encoder
-    from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
-    from more3s.report import BehaviourStats, EvalReport, TargetResult
-    from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
     from more3s.train import resolve_device
+
+    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    step_dtype = resolve_eval_dtype(dtype, dev)  # bad dtype: an error before anything loads
+    model, info, ckpt = load_run_model(run_dir, dev, checkpoint)
+    if encoder is None:
+        encoder = load_encoder(info["encoder"], device=dev)
+    want = info.get("encoder_fingerprint")
+    if want and encoder.fingerprint != want:
+        raise ValueError(f"encoder {encoder.name!r} has weights fingerprint {encoder.fingerprint[:12]}..., "
+                         f"but run {run_dir} was trained on embeddings of {want[:12]}... (different weights)")
+    return evaluate_model(model, info, encoder, checkpoint=str(ckpt.path), step=ckpt.step, episodes=episodes,
+                          targets=targets, seeds=seeds, engine=engine, max_episode_steps=max_episode_steps,
+                          num_envs=num_envs, sample=sample, greedy=greedy, dtype=step_dtype)
+
+
+def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, episodes: int = 10,
+                   targets: Sequence[float] = (), seeds: Sequence[int] = (1000,), engine: str = "ring",
+                   max_episode_steps: int | str | None = "run", num_envs: int = 8, sample: bool = True,
+                   greedy: bool = True, dtype: torch.dtype | None = None):
+    """Play the episodes of every (target, seed) with ``model`` (its weights as they are: the trainer's
+    --eval-every passes its live model) and return an EvalReport.
+
+    ``info``: the run's run.json dict (task, targets, behaviour, evaluation cap). ``sample``: discrete actions
+    drawn from the softmax (seeded) and, with ``greedy``, greedy episodes from the same seeds beside them;
+    continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``.
+    """
+    from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
+    from more3s.report import BehaviourStats, EvalReport, TargetResult, unique_targets
+    from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -107,69 +205,87 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if engine not in ENGINE_MODES:
         raise ValueError(f"engine {engine!r}: expected one of {ENGINE_MODES}")
-    if max_episode_steps is not None and max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps must be >= 1 (or None for full games), got {max_episode_steps}")
+    cap, cap_source = resolve_cap(max_episode_steps, info)
     if not seeds:
         raise ValueError("seeds: give at least one evaluation seed")
-    dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    model, info, ckpt = load_run_model(run_dir, dev, checkpoint)
     task = get_task(info["task"])
-    given = tuple(float(t) for t in targets)
-    targets = given or tuple(float(t) for t in info["targets"])
-    targets_source = (info.get("targets_source", "") if not given or given == tuple(info["targets"])
+    given = unique_targets(targets)
+    run_targets = unique_targets(info["targets"])
+    targets = given or run_targets
+    targets_source = (info.get("targets_source", "") if not given or given == run_targets
                       else "given on the command line")
-    if encoder is None:
-        encoder = load_encoder(info["encoder"], device=dev)
-    want = info.get("encoder_fingerprint")
-    if want and encoder.fingerprint != want:
-        raise ValueError(f"encoder {encoder.name!r} has weights fingerprint {encoder.fingerprint[:12]}..., "
-                         f"but run {run_dir} was trained on embeddings of {want[:12]}... (different weights)")
-    eng = RolloutEngine(model, encoder, task, mode=engine, sample=sample)
+    _check_encoder_dtype(encoder, info)
+    dtype = dtype or model.embed_state.weight.dtype
+    was_training = model.training
+    step_model = _cast(model, dtype)
+    discrete = task.action_kind == "discrete"
+    modes = (["sampled", "greedy"] if greedy else ["sampled"]) if sample and discrete else ["greedy"]
+    engines = {m: RolloutEngine(step_model, encoder, task, mode=engine, sample=m == "sampled") for m in modes}
     rank, world = _rank_world()
     total_envs = min(num_envs * world, episodes)  # envs over all processes; each plays its quota of episodes
     lo, hi = (int(x) for x in np.linspace(0, total_envs, world + 1).round().astype(int)[rank:rank + 2])
-    played, t0, env_steps = [], time.perf_counter(), 0  # played: (target#, seed#, env, ordinal, ret, train, len)
-    for ti, target in enumerate(targets):
-        for si, seed in enumerate(seeds):
-            if hi == lo:  # more processes than environments: this one has none
-                continue
-            venv = make_vector_env(task, hi - lo, max_episode_steps=max_episode_steps)
-            try:
-                res = eng.run(venv, target, episodes, seed=int(seed), first_env=lo, total_envs=total_envs)
-            finally:
-                venv.close()
-            ordinal: dict[int, int] = {}
-            for env, ret, tr, n in zip(res.env_index, res.returns, res.train_returns, res.lengths):
-                ordinal[env] = ordinal.get(env, -1) + 1
-                played.append((ti, si, env, ordinal[env], ret, tr, n))
-            env_steps += res.env_steps
+    played, t0, env_steps = [], time.perf_counter(), 0  # (mode#, target#, seed#, env, ordinal, ret, train, len, digest)
+    for mi, mode in enumerate(modes):
+        for ti, target in enumerate(targets):
+            for si, seed in enumerate(seeds):
+                if hi == lo:  # more processes than environments: this one has none
+                    continue
+                venv = make_vector_env(task, hi - lo, max_episode_steps=cap)
+                try:
+                    res = engines[mode].run(venv, target, episodes, seed=int(seed), first_env=lo,
+                                            total_envs=total_envs)
+                finally:
+                    venv.close()
+                ordinal: dict[int, int] = {}
+                for env, ret, tr, n, dg in zip(res.env_index, res.returns, res.train_returns, res.lengths,
+                                               res.digests):
+                    ordinal[env] = ordinal.get(env, -1) + 1
+                    played.append((mi, ti, si, env, ordinal[env], ret, tr, n, dg))
+                env_steps += res.env_steps
+    model.train(was_training)  # the engine set eval mode; the trainer's model goes back to training
     if world > 1:
         gathered: list = [None] * world
         torch.distributed.all_gather_object(gathered, (played, env_steps))
         played = [p for part, _ in gathered for p in part]
         env_steps = sum(steps for _, steps in gathered)
-    played.sort()  # by target, seed, environment, then each environment's episode order: same for any split
-    results = []
-    for ti, target in enumerate(targets):
-        mine = [p for p in played if p[0] == ti]
-        rets, trains, lens = [p[4] for p in mine], [p[5] for p in mine], [p[6] for p in mine]
-        norm = np.asarray(normalized_score(task.name, rets), dtype=np.float64).reshape(-1)
-        results.append(TargetResult(target=target, returns=rets, normalized=norm.tolist(),
-                                    lengths=lens, train_returns=trains))
-        if rank == 0:
-            print(f"target {target:g}: normalized {np.mean(norm):.1f} ± {np.std(norm):.1f} "
-                  f"(raw {np.mean(rets):.1f}) over {len(rets)} episodes", file=sys.stderr)
+    played.sort()  # by mode, target, seed, environment, then each environment's episode order: same for any split
+    rows: dict[str, list] = {m: [] for m in modes}
+    for mi, mode in enumerate(modes):
+        for ti, target in enumerate(targets):
+            mine = [p for p in played if p[0] == mi and p[1] == ti]
+            rets, trains, lens, digests = ([p[k] for p in mine] for k in (5, 6, 7, 8))
+            norm = np.asarray(normalized_score(task.name, rets), dtype=np.float64).reshape(-1)
+            rows[mode].append(TargetResult(target=target, returns=rets, normalized=norm.tolist(), lengths=lens,
+                                           train_returns=trains, actions=mode, trajectory_digests=digests,
+                                           distinct_trajectories=len(set(digests))))
+            if rank == 0:
+                print(f"target {target:g} ({mode}): normalized {np.mean(norm):.1f} ± {np.std(norm):.1f} "
+                      f"(raw {np.mean(rets):.1f}) over {len(rets)} episodes, {len(set(digests))} distinct",
+                      file=sys.stderr)
     wall = time.perf_counter() - t0
     behaviour = BehaviourStats(**info["behaviour"]) if info.get("behaviour") else None
     return EvalReport(
-        task=task.name, checkpoint=str(ckpt.path), step=ckpt.step, engine=engine,
-        episodes_per_target=episodes * len(seeds), max_episode_steps=max_episode_steps,
-        actions="sampled" if sample and task.action_kind == "discrete" else "greedy",
-        seeds=[int(s) for s in seeds], targets=results, behaviour=behaviour,
-        score_source=SCORE_REFS[task.name].source,
-        targets_source=targets_source,
+        task=task.name, checkpoint=checkpoint, step=int(step), engine=engine,
+        episodes_per_target=episodes * len(seeds), max_episode_steps=cap, actions=modes[0],
+        seeds=[int(s) for s in seeds], targets=rows[modes[0]], behaviour=behaviour,
+        score_source=SCORE_REFS[task.name].source, targets_source=targets_source,
         wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
+        greedy=rows["greedy"] if modes[0] != "greedy" and "greedy" in rows else [],
+        cap_source=cap_source, dtype=str(dtype).removeprefix("torch."), dataset=_dataset_line(info),
     )
+
+
+def _dataset_line(info: dict) -> str:
+    """The training dataset and who collected it (run.json's provenance), for the report."""
+    name = info.get("dataset", "?")
+    if "provenance" not in info:
+        return f"{name} (provenance not recorded by this run)"
+    p = info["provenance"]
+    if p is None:
+        return f"{name}, not collected by more3s"
+    cap = f"episodes capped at {p['max_episode_steps']} steps" if p.get("max_episode_steps") else "no episode cap"
+    return (f"{name}, collected by more3s {p.get('version', '(version not recorded)')} (policy "
+            f"{p.get('policy')!r}, seed {p.get('seed')}, {cap})")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -209,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
                               num_envs=cfg.num_envs, device=device, checkpoint=cfg.checkpoint,
-                              sample=cfg.sample)
+                              sample=cfg.sample, greedy=cfg.greedy, dtype=cfg.dtype)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

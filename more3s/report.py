@@ -1,9 +1,12 @@
 """The final report of a run: a score table (stdout) and one PNG (learning curve + scores).
 
-Scores are reported honestly (DESIGN §6, what users of DT-style code ask for): the normalized
+Scores are reported honestly (DESIGN §4, §6, what users of DT-style code ask for): the normalized
 score of every RTG target as mean ± std over evaluation episodes, computed from RAW returns with
 the constants table of more3s.envs (its source printed under the table), next to the dataset's own
-behaviour returns; the checkpoint evaluated and any episode-length cap are part of the output.
+behaviour returns; the checkpoint evaluated, any episode-length cap and where it came from, how the
+actions were chosen (sampled rows with greedy rows from the same seeds beside them) and how many
+*distinct* trajectories each row averages (a deterministic game played greedily replays one) are part of
+the output. ``eval/`` rows logged during training (--eval-every) are drawn as a score-vs-step curve.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import numpy as np
 from more3s.atomic import atomic_path, atomic_write_text
 
 __all__ = [
-    "TargetResult", "EvalReport", "BehaviourStats", "behaviour_stats", "data_targets",
-    "format_table", "read_metrics", "plot_report", "save_report", "load_report", "summary_dict",
+    "TargetResult", "EvalReport", "BehaviourStats", "behaviour_stats", "data_targets", "unique_targets",
+    "format_table", "read_metrics", "plot_report", "save_report", "load_report", "summary_dict", "EVAL_FIELDS",
 ]
 
 
@@ -46,6 +49,9 @@ class TargetResult:
     normalized: list[float]  # normalized score per episode
     lengths: list[int]  # agent steps per episode
     train_returns: list[float] = field(default_factory=list)  # returns in RTG units
+    actions: str = "greedy"  # how this row's actions were chosen: "sampled" (softmax) or "greedy"
+    trajectory_digests: list[str] = field(default_factory=list)  # per episode: digest of its action sequence
+    distinct_trajectories: int = 0  # distinct action sequences among the episodes (1 = one sample, whatever N)
 
     @property
     def mean(self) -> float:
@@ -71,8 +77,12 @@ class EvalReport:
     targets_source: str = ""
     wall_s: float = 0.0
     steps_per_s: float = 0.0
-    actions: str = "greedy"  # "sampled" (softmax, DT's Atari protocol) or "greedy"
+    actions: str = "greedy"  # of ``targets``: "sampled" (softmax, DT's Atari protocol) or "greedy"
     processes: int = 1  # torchrun processes that shared the episodes
+    greedy: list[TargetResult] = field(default_factory=list)  # greedy rows beside sampled ones, same seeds
+    cap_source: str = ""  # where max_episode_steps came from (the dataset's provenance, or given)
+    dtype: str = ""  # dtype of the rollout model step
+    dataset: str = ""  # the training dataset and its provenance (who collected it, how)
 
 
 def behaviour_stats(task: str, raw_returns: Sequence[float],
@@ -95,36 +105,65 @@ def behaviour_stats(task: str, raw_returns: Sequence[float],
 
 def data_targets(stats: BehaviourStats) -> tuple[float, ...]:
     """DESIGN §4: for datasets without published targets, the best and 90th-percentile returns."""
-    best, p90 = stats.best_train_return, stats.p90_train_return
-    return (best,) if math.isclose(best, p90) else (best, p90)
+    return unique_targets((stats.best_train_return, stats.p90_train_return))
+
+
+def unique_targets(targets: Sequence[float]) -> tuple[float, ...]:
+    """Targets in order, each once (equal up to float rounding counts as equal): every target is evaluated once."""
+    out: list[float] = []
+    for t in targets:
+        if not any(math.isclose(float(t), u, rel_tol=1e-9, abs_tol=1e-9) for u in out):
+            out.append(float(t))
+    return tuple(out)
 
 
 # --- table ---------------------------------------------------------------------------------------------
 def format_table(report: EvalReport) -> str:
     """A plain-text table (fixed width; readable in logs and CI output)."""
-    cap = ("full game (ALE protocol)" if not report.max_episode_steps
-           else f"capped at {report.max_episode_steps} agent steps per episode (NOT the full-game protocol)")
+    if not report.max_episode_steps:
+        cap = "full game (the task's full protocol)"
+    else:
+        cap = f"capped at {report.max_episode_steps} agent steps per episode (NOT the full-game protocol)"
+    if report.cap_source:
+        cap += f"; {report.cap_source}"
+    how = {"sampled": "actions sampled from the policy's softmax (DT's Atari protocol)",
+           "greedy": "greedy actions"}.get(report.actions, f"{report.actions} actions")
+    if report.greedy:
+        how += ", greedy actions from the same seeds beside"
     lines = [
         f"Evaluation of {report.checkpoint} (step {report.step}) on {report.task}: "
-        f"{report.episodes_per_target} episodes per target, engine={report.engine}, seeds={report.seeds}, "
-        f"{report.actions} actions",
+        f"{report.episodes_per_target} episodes per target, engine={report.engine}, seeds={report.seeds}"
+        + (f", model step in {report.dtype}" if report.dtype else ""),
+        f"{how[0].upper()}{how[1:]}.",
         f"Episodes {cap}.",
         "",
-        f"{'RTG target':>12} | {'normalized score':>20} | {'raw return':>18} | {'length':>8}",
-        f"{'-' * 12}-+-{'-' * 20}-+-{'-' * 18}-+-{'-' * 8}",
+        f"{'RTG target':>12} | {'actions':<7} | {'normalized score':>20} | {'raw return':>18} | {'length':>8} | "
+        f"{'distinct':>9}",
+        f"{'-' * 12}-+-{'-' * 7}-+-{'-' * 20}-+-{'-' * 18}-+-{'-' * 8}-+-{'-' * 9}",
     ]
+    greedy = {g.target: g for g in report.greedy}
     for t in report.targets:
-        raw = np.asarray(t.returns, dtype=np.float64)
-        lines.append(f"{t.target:>12.1f} | {t.mean:>9.1f} ± {t.std:<8.1f} | "
-                     f"{raw.mean():>8.1f} ± {raw.std():<7.1f} | {np.mean(t.lengths):>8.0f}")
+        for row in (t, greedy.get(t.target)):
+            if row is None:
+                continue
+            raw = np.asarray(row.returns, dtype=np.float64)
+            lines.append(f"{row.target:>12.1f} | {row.actions:<7} | {row.mean:>9.1f} ± {row.std:<8.1f} | "
+                         f"{raw.mean():>8.1f} ± {raw.std():<7.1f} | {np.mean(row.lengths):>8.0f} | "
+                         f"{f'{row.distinct_trajectories} / {len(row.returns)}':>9}")
     if report.behaviour is not None:
         b = report.behaviour
-        lines.append(f"{'dataset':>12} | {b.mean_normalized:>9.1f} ± {b.std_normalized:<8.1f} | "
-                     f"{b.mean_return:>8.1f} ± {b.std_return:<7.1f} | {'':>8}")
-        lines.append("")
+        lines.append(f"{'dataset':>12} | {'':<7} | {b.mean_normalized:>9.1f} ± {b.std_normalized:<8.1f} | "
+                     f"{b.mean_return:>8.1f} ± {b.std_return:<7.1f} | {'':>8} | {b.episodes:>9}")
+    lines.append("")
+    lines.append("distinct = distinct (action, reward) sequences among a row's episodes: 1 is one trajectory "
+                 "replayed, not a sample.")
+    if report.behaviour is not None:
+        b = report.behaviour
         lines.append(f"Dataset behaviour: {b.episodes} episodes; return in RTG units: mean "
                      f"{b.mean_train_return:.1f}, p90 {b.p90_train_return:.1f}, "
                      f"best {b.best_train_return:.1f}.")
+    if report.dataset:
+        lines.append(f"Dataset: {report.dataset}.")
     if report.targets_source:
         lines.append(f"RTG targets: {report.targets_source}.")
     if report.score_source:
@@ -143,6 +182,7 @@ def save_report(report: EvalReport, path: str | Path) -> None:
 def load_report(path: str | Path) -> EvalReport:
     d = json.loads(Path(path).read_text())
     d["targets"] = [TargetResult(**t) for t in d["targets"]]
+    d["greedy"] = [TargetResult(**t) for t in d.get("greedy", [])]
     if d.get("behaviour") is not None:
         d["behaviour"] = BehaviourStats(**d["behaviour"])
     return EvalReport(**d)
@@ -170,33 +210,57 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
     return cols
 
 
+EVAL_FIELDS = ("eval/target", "eval/normalized_mean", "eval/normalized_std", "eval/return_mean",
+               "eval/distinct", "eval/episodes")  # metrics.csv columns of the --eval-every rows
+
+
 def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: EvalReport | None,
                 title: str = "") -> Path:
-    """Learning curve (loss terms vs step) on the left, scores per target vs dataset on the right."""
+    """Learning curve (loss terms vs step), score vs step when ``eval/`` rows were logged, final scores per target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
+    evals = metrics.get("eval/target") if metrics else None
+    has_curve = evals is not None and np.isfinite(evals).any()
+    fig, axes = plt.subplots(1, 3 if has_curve else 2, figsize=(16 if has_curve else 11, 4))
+    ax_l, ax_s = axes[0], axes[-1]
     if metrics and "step" in metrics:
         for key, style in (("loss", "-"), ("action_loss", "--"), ("state_loss", ":")):
             if key in metrics and np.isfinite(metrics[key]).any():
-                ax_l.plot(metrics["step"], metrics[key], style, label=key)
+                ok = np.isfinite(metrics[key])  # eval rows leave the loss cells empty
+                ax_l.plot(metrics["step"][ok], metrics[key][ok], style, label=key)
         ax_l.set_xlabel("optimizer step")
         ax_l.set_ylabel("training loss")
         ax_l.set_yscale("log")
         ax_l.legend()
     ax_l.set_title("learning curve")
+    if has_curve:
+        ax_c = axes[1]
+        for target in np.unique(evals[np.isfinite(evals)]):
+            rows = evals == target
+            ax_c.errorbar(metrics["step"][rows], metrics["eval/normalized_mean"][rows],
+                          yerr=metrics["eval/normalized_std"][rows], marker="o", capsize=3, label=f"RTG {target:g}")
+        ax_c.set_xlabel("optimizer step")
+        ax_c.set_ylabel("normalized score (mean ± std)")
+        ax_c.set_title("score during training (--eval-every; curves only)")
+        ax_c.legend()
     if report is not None and report.targets:
         labels = [f"RTG {t.target:g}" for t in report.targets]
         means = [t.mean for t in report.targets]
         stds = [t.std for t in report.targets]
+        colors = ["tab:blue"] * len(report.targets)
+        for g in report.greedy:
+            labels.append(f"RTG {g.target:g}\ngreedy")
+            means.append(g.mean)
+            stds.append(g.std)
+            colors.append("tab:orange")
         if report.behaviour is not None:
             labels.append("dataset")
             means.append(report.behaviour.mean_normalized)
             stds.append(report.behaviour.std_normalized)
-        colors = ["tab:blue"] * len(report.targets) + (["tab:gray"] if report.behaviour else [])
+            colors.append("tab:gray")
         ax_s.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=4)
         ax_s.set_xticks(range(len(labels)), labels)
         ax_s.axhline(0.0, color="k", lw=0.5)
@@ -218,10 +282,12 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
 
 
 def summary_dict(report: EvalReport) -> dict[str, Any]:
-    """Compact numbers for logs / TensorBoard: eval/<target>/normalized_mean etc."""
+    """Compact numbers for logs / TensorBoard: eval/<target>/normalized_mean etc. (greedy rows: greedy_*)."""
     out: dict[str, Any] = {}
-    for t in report.targets:
-        out[f"eval/target_{t.target:g}/normalized_mean"] = t.mean
-        out[f"eval/target_{t.target:g}/normalized_std"] = t.std
-        out[f"eval/target_{t.target:g}/return_mean"] = float(np.mean(t.returns))
+    for prefix, rows in (("", report.targets), ("greedy_", report.greedy)):
+        for t in rows:
+            out[f"eval/target_{t.target:g}/{prefix}normalized_mean"] = t.mean
+            out[f"eval/target_{t.target:g}/{prefix}normalized_std"] = t.std
+            out[f"eval/target_{t.target:g}/{prefix}return_mean"] = float(np.mean(t.returns))
+            out[f"eval/target_{t.target:g}/{prefix}distinct_trajectories"] = t.distinct_trajectories
     return out

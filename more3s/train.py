@@ -15,8 +15,14 @@ batch to the next (cleared by the model where a window starts an episode); it is
 the sampler so that a resumed run continues exactly.
 
 Run directory (default ``runs/<name>-<UTC timestamp>``): config.json/.yaml, run.json (what was
-resolved: encoder, backbone, dataset, model config, RTG targets), metrics.csv, tb/ (TensorBoard),
-checkpoints/step_*/ (atomic; see more3s.checkpoint), eval.json, report.png.
+resolved: encoder and the dtype its cache was encoded in, backbone, dataset and its provenance, model config,
+the timestep table and where its size came from, RTG targets, the evaluation cap and where it came from),
+metrics.csv (with ``eval/`` rows when --eval-every is set), tb/ (TensorBoard), checkpoints/step_*/ (atomic; see
+more3s.checkpoint), eval.json, report.png.
+
+Timesteps: the learned timestep table has one row per timestep that training sees (0 .. the longest training
+episode's last step, or the task's episode limit when the data reaches it); evaluation timesteps past it map to
+the last row (DT clamps to ``max_ep_len`` alike), so no untrained row is ever read.
 
 Resume: ``python -m more3s.train --resume DIR [overrides]`` loads DIR/config.json and the newest
 intact checkpoint; on CPU the resumed run's losses equal an uninterrupted run's exactly (same
@@ -46,16 +52,17 @@ from more3s.atomic import atomic_write_text
 from more3s.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from more3s.config import TrainConfig, config_to_dict, parse_args, save_config
 from more3s.distributed import DistInfo, resolve_device, setup_distributed
+from more3s.report import EVAL_FIELDS
 
 __all__ = [
     "NonFiniteLossError", "DistInfo", "TrainData", "MetricsLog", "train", "main",
     "resolve_device", "resolve_encoder", "resolve_backbone", "ensure_dataset", "default_targets",
-    "seed_everything",
+    "eval_cap", "timestep_table", "seed_everything",
     "capture_rng", "restore_rng", "lr_factor", "train_step", "log",
 ]
 
 METRIC_FIELDS = ("step", "loss", "action_loss", "state_loss", "action_acc", "temperature", "lr",
-                 "grad_norm", "samples_per_s", "elapsed_s")
+                 "grad_norm", "samples_per_s", "elapsed_s", *EVAL_FIELDS)
 PRETRAINED_LXMERT = "unc-nlp/lxmert-base-uncased"
 FALLBACK_LXMERT = "lxmert-tiny"
 
@@ -145,22 +152,47 @@ def resolve_backbone(name: str, device: torch.device) -> str:
     return "dt-small"
 
 
-PUBLISHED_PREFIXES = ("atari/", "mujoco/", "d4rl/")
-
-
-def default_targets(cfg: TrainConfig, task, stats) -> tuple[tuple[float, ...], str]:
-    """(RTG targets, where they come from): given > DT's published (published datasets) > the data's."""
-    from more3s.report import data_targets
+def default_targets(cfg: TrainConfig, task, stats, provenance: dict | None = None) -> tuple[tuple[float, ...], str]:
+    """(RTG targets, where they come from): given > the data's (datasets more3s collected, by their metadata)
+    > DT's published ones (any other dataset). ``provenance``: more3s.data.dataset_provenance's answer."""
+    from more3s.report import data_targets, unique_targets
 
     if cfg.eval_targets:
-        return tuple(float(t) for t in cfg.eval_targets), "given on the command line / config"
-    ds = cfg.dataset.lower()
-    if ds.startswith(PUBLISHED_PREFIXES) or ds.endswith((".hdf5", ".h5")):
-        return tuple(float(t) for t in task.rtg_targets), "Decision Transformer's published targets"
+        return unique_targets(cfg.eval_targets), "given on the command line / config"
+    if provenance is None:
+        return unique_targets(task.rtg_targets), ("Decision Transformer's published targets (a dataset more3s did "
+                                                  "not collect)")
     pub = ", ".join(f"{t:g}" for t in task.rtg_targets)
-    return data_targets(stats), ("from the data (DESIGN §4, a collected dataset): its best episode "
+    return data_targets(stats), ("from the data (DESIGN §4, a dataset more3s collected): its best episode "
                                  f"return and 90th percentile (DT's published target(s) for "
                                  f"{task.name}: {pub})")
+
+
+def eval_cap(provenance: dict | None) -> tuple[int | None, str]:
+    """The evaluation cap a dataset implies (None = the task's full protocol) and why (DESIGN §4)."""
+    if provenance is None:
+        return None, "a dataset more3s did not collect: the task's full protocol"
+    cap = provenance.get("max_episode_steps")
+    if not cap:
+        return None, "more3s collected this dataset without an episode cap: the task's full protocol"
+    return int(cap), f"the collection cap more3s recorded for this dataset ({cap} agent steps)"
+
+
+def timestep_table(lengths, task) -> tuple[int, str]:
+    """(largest timestep with a trained embedding row, where the table's size comes from).
+
+    Training sees timesteps 0 .. T-1 of an episode of T steps, so rows up to the longest episode's T-1 are
+    trained; an episode limit the data reaches (MuJoCo's 1000 steps) sizes the table the same way."""
+    longest = int(max(lengths))
+    limit = int(task.max_episode_steps)
+    if longest >= limit:
+        return limit - 1, f"the task's episode limit ({limit} steps, reached by the data)"
+    return longest - 1, f"the data (longest training episode: {longest} steps; the task allows {limit})"
+
+
+def _eval_cap_arg(cfg: TrainConfig) -> int | str:
+    """TrainConfig.eval_max_episode_steps in more3s.evaluate's terms ('run' holds the dataset's cap)."""
+    return {"dataset": "run", "full": "full"}.get(cfg.eval_max_episode_steps, cfg.eval_max_episode_steps)
 
 
 def _local_dataset_exists(dataset: str) -> bool:
@@ -176,14 +208,22 @@ def _local_dataset_exists(dataset: str) -> bool:
 
 
 def ensure_dataset(cfg: TrainConfig, dist: DistInfo) -> None:
-    """Collect ``cfg.dataset`` (rank 0) when it is a missing local Minari id and collection is on."""
+    """Collect ``cfg.dataset`` (rank 0) when it is a missing local Minari id and collection is on.
+
+    Never under a published id (more3s.data.published_reason): that one must be downloaded, and loading it
+    fails with the download instructions, as with --no-collect-if-missing."""
     if _local_dataset_exists(cfg.dataset) or not cfg.collect_if_missing:
         return
     if Path(cfg.dataset).suffix or os.sep in cfg.dataset.strip("/").split("/", 1)[0]:
         return  # a path, not an id: load_episodes reports it missing
     if dist.main:
-        from more3s.data import collect_dataset
+        from more3s.data import collect_dataset, published_reason
 
+        why = published_reason(cfg.dataset)
+        if why:
+            log(f"dataset {cfg.dataset!r} is not here and more3s does not collect it: {why}")
+            dist.barrier()
+            return
         log(f"dataset {cfg.dataset!r} not found locally: collecting {cfg.collect_episodes} "
             f"{cfg.env} episodes with the {cfg.collect_policy!r} policy "
             f"(<= {cfg.collect_max_episode_steps} steps each)")
@@ -303,6 +343,20 @@ class MetricsLog:
                 if k != "step" and v is not None and math.isfinite(float(v)):
                     self.tb.add_scalar(f"train/{k}", float(v), global_step=int(row["step"]))
 
+    def write_eval(self, report) -> None:
+        """One ``eval/`` row per target of an --eval-every evaluation (TensorBoard: eval/target_<R>/...)."""
+        for t in report.targets:
+            self._w.writerow({"step": int(report.step), "eval/target": repr(float(t.target)),
+                              "eval/normalized_mean": repr(t.mean), "eval/normalized_std": repr(t.std),
+                              "eval/return_mean": repr(float(np.mean(t.returns))),
+                              "eval/distinct": t.distinct_trajectories, "eval/episodes": len(t.returns)})
+        self._f.flush()
+        if self.tb is not None:
+            from more3s.report import summary_dict
+
+            for k, v in summary_dict(report).items():
+                self.tb.add_scalar(k, float(v), global_step=int(report.step))
+
     def close(self) -> None:
         self._f.close()
         if self.tb is not None:
@@ -390,8 +444,16 @@ def _check_replicas(model: torch.nn.Module, dist: DistInfo, run_dir: Path) -> No
 # ==================================================================================================
 def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> Path:
     """Run ``cfg`` end to end; returns the run directory. ``on_step(step)`` runs after each step."""
+    from more3s.evaluate import resolve_eval_dtype
+
     cfg.validate()
     dist, device = setup_distributed(cfg.device)
+    try:
+        resolve_eval_dtype(cfg.eval_dtype, device)  # a dtype the device cannot run: an error before training
+    except ValueError:
+        if dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
     try:
         return _train(cfg, dist, device, on_step)
     finally:
@@ -401,7 +463,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[int], None] | None = None) -> 
 
 def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
            on_step: Callable[[int], None] | None) -> Path:
-    from more3s.data import StreamSampler, WindowSampler, load_episodes
+    from more3s.data import StreamSampler, WindowSampler, dataset_provenance, load_episodes
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
     from more3s.envs import get_task
     from more3s.model import ModelConfig, build_model
@@ -445,10 +507,16 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
     encoder_fp = encoder.fingerprint
     stats = behaviour_stats(task.name, [ep.raw_return for ep in episodes],
                             [ep.train_return for ep in episodes])
-    targets, targets_source = default_targets(cfg, task, stats)
+    provenance = dataset_provenance(cfg.dataset)
+    targets, targets_source = default_targets(cfg, task, stats, provenance)
+    cap, cap_source = eval_cap(provenance)
+    max_timestep, timestep_source = timestep_table(data.lengths, task)
     n_episodes = len(episodes)
-    # Training never needs the encoder or the raw frames again (DESIGN §5): free them (GBs for Atari).
-    del encoder, episodes
+    encoder_dtype = str(encoder.dtype).removeprefix("torch.")
+    # Training never needs the raw frames again, nor the encoder unless --eval-every plays episodes (DESIGN §5).
+    del episodes
+    if cfg.eval_every is None:
+        del encoder
 
     # --- model ----------------------------------------------------------------------------------------
     backbone = resolve_backbone(cfg.backbone, device) if dist.main else None
@@ -457,7 +525,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         d_enc=int(cache.states.shape[1]), act_dim=task.action_dim, discrete=task.action_kind == "discrete",
         backbone=backbone, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
         window=cfg.window, memory_steps=cfg.memory_steps,
-        max_timestep=int(data.lengths.max()) + 1, rtg_mode=cfg.rtg_mode, rtg_scale=task.rtg_scale,
+        max_timestep=max_timestep, rtg_mode=cfg.rtg_mode, rtg_scale=task.rtg_scale,
         rtg_features=cfg.rtg_features, objective=cfg.objective,
         state_loss_weight=cfg.state_loss_weight, dropout=cfg.dropout,
         attention_backend=cfg.attention_backend,
@@ -497,16 +565,20 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
                 memory = st["memory"][dist.rank].to(device)
             step = int(st["step"])
             log(f"resumed from {ckpt.path} at step {step}")
+    run_info = {
+        "task": task.name, "dataset": cfg.dataset, "provenance": provenance, "episodes": n_episodes,
+        "steps_in_data": int(data.lengths.sum()), "encoder": encoder_name,
+        "encoder_fingerprint": encoder_fp, "encoder_dtype": encoder_dtype, "backbone": backbone,
+        "prompt_set": cfg.prompt_set, "cache_path": str(cache.path),
+        "model_config": mcfg.to_dict(), "timesteps": {"max_timestep": max_timestep, "source": timestep_source},
+        "parameters": n_params, "world_size": dist.world_size,
+        "device": str(device), "sampler": cfg.sampler_kind, "targets": list(targets),
+        "targets_source": targets_source, "eval_max_episode_steps": cap, "eval_cap_source": cap_source,
+        "behaviour": dataclasses.asdict(stats),
+    }
+    if resuming and (run_dir / "run.json").is_file():
+        run_info = json.loads((run_dir / "run.json").read_text())  # what the run resolved when it started
     elif dist.main:
-        run_info = {
-            "task": task.name, "dataset": cfg.dataset, "episodes": n_episodes,
-            "steps_in_data": int(data.lengths.sum()), "encoder": encoder_name,
-            "encoder_fingerprint": encoder_fp, "backbone": backbone, "prompt_set": cfg.prompt_set,
-            "cache_path": str(cache.path),
-            "model_config": mcfg.to_dict(), "parameters": n_params, "world_size": dist.world_size,
-            "device": str(device), "sampler": cfg.sampler_kind, "targets": list(targets),
-            "targets_source": targets_source, "behaviour": dataclasses.asdict(stats),
-        }
         atomic_write_text(run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
 
     ddp_model = model
@@ -541,6 +613,20 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
                 "world_size": dist.world_size, "config": config_to_dict(cfg),
             }, keep=cfg.keep_checkpoints)
         dist.barrier()
+
+    def evaluate_now(at: int) -> None:
+        """--eval-every: the current weights on a few fixed episodes (every rank plays its share); curves only."""
+        from more3s.evaluate import evaluate_model, resolve_eval_dtype
+
+        rng = capture_rng()  # evaluation draws from its own seeded generators; training's RNG stays untouched
+        report = evaluate_model(model, run_info, encoder, checkpoint=f"(weights at step {at})", step=at,
+                                episodes=cfg.eval_every_episodes, targets=targets, seeds=[cfg.eval_seed],
+                                engine=cfg.eval_engine, max_episode_steps=_eval_cap_arg(cfg),
+                                num_envs=min(cfg.eval_num_envs, cfg.eval_every_episodes), sample=cfg.eval_sample,
+                                greedy=False, dtype=resolve_eval_dtype(cfg.eval_dtype, device))
+        restore_rng(rng)
+        if metrics is not None:
+            metrics.write_eval(report)
 
     # --- loop ----------------------------------------------------------------------------------------------
     pbar = None
@@ -596,6 +682,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
                 pbar.update(1)
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
                 checkpoint(step)
+            if cfg.eval_every is not None and step % cfg.eval_every == 0:
+                evaluate_now(step)
             if on_step is not None:
                 on_step(step)
     finally:
@@ -616,8 +704,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         dist.barrier()  # rank 0's last checkpoint is on disk before any rank loads it
         report = evaluate_run(run_dir, episodes=cfg.eval_episodes, targets=targets,
                               seeds=[cfg.eval_seed], engine=cfg.eval_engine,
-                              max_episode_steps=cfg.eval_max_episode_steps or None,
-                              num_envs=cfg.eval_num_envs, device=device, sample=cfg.eval_sample)
+                              max_episode_steps=_eval_cap_arg(cfg), num_envs=cfg.eval_num_envs, device=device,
+                              sample=cfg.eval_sample, greedy=cfg.eval_greedy, dtype=cfg.eval_dtype)
     if cfg.eval_at_end and dist.main:
         finish_report(run_dir, report)
         if cfg.tensorboard:
@@ -633,8 +721,11 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from more3s.evaluate import resolve_eval_dtype
+
     try:
         cfg = parse_args(argv)
+        resolve_eval_dtype(cfg.eval_dtype, resolve_device(cfg.device))
     except (ValueError, TypeError, FileNotFoundError) as e:
         log(f"error: {e}")
         return 2
@@ -643,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         log(f"error: {e}")
         return 1
+    except FileNotFoundError as e:  # e.g. a published dataset that is not here (with how to download it)
+        log(f"error: {e}")
+        return 2
     return 0
 
 

@@ -20,9 +20,10 @@ from typing import Iterator
 
 import numpy as np
 
+from more3s import __version__
 from more3s.envs import get_task, make_env
 
-from .io import MinariWriter, dataset_path
+from .io import MinariWriter, dataset_path, published_reason
 from .policies import make_policy
 
 __all__ = ["collect_dataset"]
@@ -83,6 +84,12 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
     if max_episode_steps is not None and max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps}")
     dest = dataset_path(dataset_id)
+    why = published_reason(dataset_id)
+    if why:
+        raise ValueError(f"dataset id {dataset_id!r} is reserved for published data ({why}): more3s never writes "
+                         f"its own collections under it. Choose a local id such as "
+                         f"'more3s/{spec.name}/{policy.split(':')[0]}-v0'; for the published dataset run "
+                         f"`minari download {dataset_id}` on a machine with internet.")
     if dest.exists() and not overwrite:
         raise FileExistsError(f"Minari dataset {dataset_id!r} already exists at {dest}; "
                               f"choose another id or pass overwrite=True (--overwrite)")
@@ -102,7 +109,9 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
             f"{spec.name}: {episodes} episodes of behaviour policy {policy!r} (seed {seed}). "
             "Observations are lossless; 'rewards' are RAW rewards (clip to [-1, 1] for DT-style "
             "Atari training)."),
-        "more3s": {"task": spec.name, "policy": policy, "seed": int(seed),
+        # Provenance (more3s.data.dataset_provenance): targets, evaluation caps and reports follow it.
+        "more3s": {"collected_by": "more3s", "version": __version__, "task": spec.name, "policy": policy,
+                   "seed": int(seed),
                    "max_episode_steps": max_episode_steps, "noop_max": noop_max,
                    "rewards": "raw; clipped = clip(rewards, -1, 1)"},
     }

@@ -37,12 +37,75 @@ from more3s.envs import TaskSpec, get_task
 
 from .episode import Episode, make_episode
 
-__all__ = ["MinariWriter", "H5Frames", "load_episodes", "is_online", "dataset_path", "D4RL_KEYS"]
+__all__ = ["MinariWriter", "H5Frames", "load_episodes", "is_online", "dataset_path", "D4RL_KEYS",
+           "PUBLISHED_NAMESPACES", "published_reason", "dataset_provenance"]
 
 D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 _COMPRESSION = dict(compression="gzip", compression_opts=1)  # see module docstring
 _CHUNK_ROWS = 16
 _FLUSH_STEPS = 256  # steps buffered in memory before they are appended to the file
+
+
+# Top-level namespaces of the datasets Farama publishes on the Minari remote (checked case-insensitively, always:
+# offline the remote cannot be listed). A local id under one of them would pass home-made data for published data.
+PUBLISHED_NAMESPACES = ("atari", "mujoco", "d4rl", "minigrid")
+_REMOTE_LIST_TIMEOUT_S = 5.0
+
+
+def _remote_ids(timeout: float = _REMOTE_LIST_TIMEOUT_S) -> set[str]:
+    """Ids the Minari remote lists (empty when offline, under HF_HUB_OFFLINE, or after ``timeout`` seconds)."""
+    import threading
+
+    if not is_online(timeout=min(timeout, 2.0)):
+        return set()
+    found: list[set[str]] = []
+
+    def fetch() -> None:
+        try:
+            import minari
+
+            found.append({str(k) for k in minari.list_remote_datasets(latest_version=False)})
+        except Exception:  # noqa: BLE001 - any hub error means "nothing listed"
+            pass
+
+    t = threading.Thread(target=fetch, daemon=True)  # minari has no timeout of its own
+    t.start()
+    t.join(timeout)
+    return found[0] if found else set()
+
+
+def published_reason(dataset_id: str, *, check_remote: bool = True) -> str | None:
+    """Why ``dataset_id`` names (or could name) a published Minari dataset, or None: its namespace is one Farama
+    publishes under, or (online only) the Minari remote lists it. more3s never collects under such an id."""
+    top = dataset_id.strip("/").split("/", 1)[0].lower()
+    if "/" in dataset_id.strip("/") and top in PUBLISHED_NAMESPACES:
+        return f"its namespace {top + '/'!r} is one Farama publishes Minari datasets under"
+    if check_remote and dataset_id in _remote_ids():
+        return "the Minari remote lists it"
+    return None
+
+
+def dataset_provenance(source: str | os.PathLike) -> dict[str, Any] | None:
+    """What more3s recorded when it collected ``source`` (the ``more3s`` metadata: policy, seed, episode cap,
+    version), or None for a dataset more3s did not collect (a Minari dataset written by anyone else, a D4RL
+    file). Targets, evaluation caps and reports follow this, never the dataset's name."""
+    p = Path(source)
+    if p.is_file():
+        return None  # D4RL hdf5: never written by more3s
+    d = _minari_dir(p) if p.exists() else None
+    if d is None and not p.exists():
+        try:
+            d = _minari_dir(dataset_path(str(source)))
+        except ValueError:
+            return None
+    if d is None:
+        return None
+    try:
+        meta = json.loads((d / "metadata.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{d / 'metadata.json'}: unreadable Minari metadata ({e})") from e
+    prov = meta.get("more3s")
+    return dict(prov) if isinstance(prov, dict) else None
 
 
 def dataset_path(dataset_id: str) -> Path:

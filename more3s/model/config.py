@@ -34,7 +34,9 @@ class ModelConfig:
     n_embd: int | None = None
     window: int = 30  # K steps per training window (DT's Atari context)
     memory_steps: int = 0  # M steps of detached K/V from earlier windows; 0 = off
-    max_timestep: int = 10_000  # timestep embedding rows; larger timesteps are clipped
+    # Largest timestep with an embedding row (max_timestep + 1 rows); larger timesteps map to it, as DT clamps to
+    # max_ep_len. The trainer sets it to the largest timestep training sees, so no untrained row is ever read.
+    max_timestep: int = 10_000
     rtg_mode: str = "kv"
     rtg_scale: float = 1.0  # Atari 1, MuJoCo 1000 (DESIGN §4)
     rtg_features: int = 1  # F: 1 = R/scale; odd F > 1 adds (F-1)/2 sin/cos pairs at octave frequencies
@@ -61,8 +63,9 @@ class ModelConfig:
             raise ValueError(f"objective={self.objective!r}: expected one of {OBJECTIVES}")
         for name in ("d_enc", "act_dim", "n_layer", "n_head", "n_embd", "window", "max_timestep"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected a positive int")
+            least = 0 if name == "max_timestep" else 1  # one-step episodes train only timestep 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name}={value!r}: expected an int >= {least}")
         if not isinstance(self.memory_steps, int) or self.memory_steps < 0:
             raise ValueError(f"memory_steps={self.memory_steps!r}: expected an int >= 0")
         if self.n_embd % self.n_head:

@@ -1,4 +1,4 @@
-"""The rollout engine: greedy, RTG-conditioned episodes of N vectorised environments at once.
+"""The rollout engine: RTG-conditioned episodes of N vectorised environments at once (greedy or sampled actions).
 
 Per step, for all N environments together: regions of the current and previous frame -> frozen
 encoder (``encoder.embed_states``, batched) -> one model step -> greedy action -> ``venv.step``.
@@ -23,10 +23,16 @@ Three ways to get the model's decision (``mode``), all over the same tokens:
 * ``window``: the cache-less DT-style baseline: a plain forward over the last S steps
   (``model.recompute``), as a cache-less implementation must do to give each decision the same
   horizon. Not step-for-step equal to the ring (early tokens of the window see less context).
+
+Every finished episode carries a digest of its action and reward sequence, so a report can say how many distinct
+trajectories a score averages. A failed CUDA-graph capture falls back to eager steps with a warning, or raises
+where ``strict_graph`` (default: the environment variable ``MORE3S_STRICT_CUDA_GRAPH=1``, set by the test suite).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -54,6 +60,7 @@ class RolloutResult:
     wall_s: float = 0.0
     logits: list[np.ndarray] = field(default_factory=list)  # [N, A] per step, when recorded
     actions: list[np.ndarray] = field(default_factory=list)  # [N] or [N, A] per step, when recorded
+    digests: list[str] = field(default_factory=list)  # per episode: blake2b of its (action, reward) sequence
 
     @property
     def steps_per_s(self) -> float:
@@ -91,7 +98,7 @@ class _History:
 
 
 class RolloutEngine:
-    """Batched greedy rollouts of ``model`` with ``encoder`` on ``task`` (see the module docstring).
+    """Batched rollouts of ``model`` with ``encoder`` on ``task`` (see the module docstring).
 
     ``model``: a more3s.model.MoreModel (eval mode is set here); ``encoder``: a FrozenLxmert-like
     object with ``embed_states(task, observations, prev_observations) -> [N, d_enc]``.
@@ -99,7 +106,8 @@ class RolloutEngine:
 
     def __init__(self, model, encoder, task: str | TaskSpec, *,
                  mode: Literal["ring", "recompute", "window"] = "ring", cache_backend: str = "auto",
-                 cuda_graph: bool | None = None, history_steps: int | None = None, sample: bool = False):
+                 cuda_graph: bool | None = None, history_steps: int | None = None, sample: bool = False,
+                 strict_graph: bool | None = None):
         if mode not in ENGINE_MODES:
             raise ValueError(f"engine mode {mode!r}: expected one of {ENGINE_MODES}")
         self.model = model.eval()
@@ -133,12 +141,17 @@ class RolloutEngine:
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
         self._graph: Any = None
+        if strict_graph is None:
+            strict_graph = os.environ.get("MORE3S_STRICT_CUDA_GRAPH", "0") == "1"
+        self.strict_graph = bool(strict_graph)
+        self.graph_replays = 0  # model steps served by a captured CUDA graph (tests assert they happened)
 
     # ---- one decision for all N environments --------------------------------------------------
     def _decide(self, state, prev_action, rtg, timestep, first) -> torch.Tensor:
         """[N, A] logits (or continuous actions) for this step's inputs (all [N, ...] on device)."""
         if self.mode == "ring":
             if self._graph is not None:
+                self.graph_replays += 1
                 return self._graph.replay(state, prev_action, rtg, timestep, first)
             return self.model.step(self._cache, state, prev_action, rtg, timestep, first)
         self._hist.push(state, prev_action, rtg, timestep, first)
@@ -159,7 +172,8 @@ class RolloutEngine:
             self._cache = self.model.new_rollout_cache(N, backend=self.cache_backend, device=self.device)
             if self.cuda_graph:
                 self._graph = _CudaGraphStep.try_capture(self.model, self._cache, N, cfg.d_enc, act_shape,
-                                                         act_dtype, self.device, self.dtype)
+                                                         act_dtype, self.device, self.dtype,
+                                                         strict=self.strict_graph)
         else:
             self._hist = _History(N, self.history_steps, cfg.d_enc, act_shape, act_dtype, self.device,
                                   self.dtype)
@@ -209,6 +223,7 @@ class RolloutEngine:
         ep_train = np.zeros(N)
         done_count = np.zeros(N, dtype=np.int64)
         res = RolloutResult([], [], [], [])
+        digest = [hashlib.blake2b(digest_size=8) for _ in range(N)]  # per env: its episode's (action, reward)s
         while np.any(done_count < quota):
             state = self.encoder.embed_states(self.task.name, obs, prev_obs)  # [N, d_enc]
             # Rounded through fp16 as the embedding cache stores it: the model sees the values it trained on.
@@ -228,6 +243,8 @@ class RolloutEngine:
                 res.actions.append(action.copy())
             next_obs, reward, term, trunc, _ = venv.step(action)
             reward = np.asarray(reward, dtype=np.float64)
+            for i in range(N):
+                digest[i].update(action[i].tobytes() + reward[i].tobytes())
             r_train = np.clip(reward, -1.0, 1.0) if clip else reward
             ep_ret += reward
             ep_train += r_train
@@ -241,7 +258,9 @@ class RolloutEngine:
                     res.train_returns.append(float(ep_train[i]))
                     res.lengths.append(int(timestep[i]))
                     res.env_index.append(int(g[i]))
+                    res.digests.append(digest[i].hexdigest())
                 done_count[i] += 1
+                digest[i] = hashlib.blake2b(digest_size=8)
             # Same-step autoreset: next_obs of a finished env is already its next episode's first frame.
             prev_obs = np.where(done.reshape(-1, *([1] * (obs.ndim - 1))), next_obs, obs)
             obs = next_obs
@@ -292,10 +311,14 @@ class _CudaGraphStep:
         return graph.replay, out
 
     @classmethod
-    def try_capture(cls, *args) -> "_CudaGraphStep | None":
+    def try_capture(cls, *args, strict: bool = False) -> "_CudaGraphStep | None":
+        """The captured step, or None (eager steps, with a warning) when capture fails; ``strict`` raises instead."""
         try:
             return cls(*args)
         except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager steps
+            if strict:
+                raise RuntimeError(f"CUDA graph capture of the model step failed ({type(e).__name__}: {e}); "
+                                   "strict_graph / MORE3S_STRICT_CUDA_GRAPH=1 makes that an error") from e
             warnings.warn(f"CUDA graph capture of the model step failed ({e}); running eager steps",
                           RuntimeWarning, stacklevel=3)
             return None

@@ -45,7 +45,8 @@ def test_cuda_ring_step_equals_banded_forward(make_model, make_inputs):
     inputs["timesteps"] = ts
     inputs = {k: v.cuda() for k, v in inputs.items()}
     first = first.cuda()
-    cache = model.new_rollout_cache(N, backend="auto")
+    cache = model.new_rollout_cache(N, backend="cuda")
+    assert cache.backend == "cuda"  # the CUDA kernels, never a silent fallback to the reference
     got = torch.stack([model.step(cache, inputs["states"][:, t], inputs["prev_actions"][:, t], inputs["rtg"][:, t],
                                   inputs["timesteps"][:, t], first[:, t]) for t in range(L)], dim=1)
     with torch.no_grad():

@@ -81,3 +81,17 @@ def test_step_validates_inputs(make_model, make_inputs):
         model.step(cache, s, **{**ok, "prev_action": torch.zeros(2, 5)})
     with pytest.raises(ValueError, match="first"):
         model.step(cache, s, **{**ok, "first": torch.ones(2, dtype=torch.long)})
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(objective="mse"), dict(rtg_mode="token"), dict(discrete=False)])
+def test_lean_recompute_equals_full_forward(make_model, make_inputs, kw):
+    """The cache-less baseline runs only the last token's action head; its decision is the full forward's."""
+    model = make_model(window=5, **kw)
+    discrete = kw.get("discrete", True)
+    inputs, _ = make_inputs(3, 5, discrete=discrete, t0=2)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, :2] = False  # left padding
+    got = model.recompute(**inputs, mask=mask)
+    with torch.no_grad():
+        want = model(**inputs, mask=mask).logits[:, -1]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

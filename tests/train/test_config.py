@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from more3s.config import (PRESETS, TrainConfig, config_from_dict, config_to_dict, load_config_file,
                            parse_args, save_config)
@@ -92,9 +93,51 @@ def test_default_targets_published_vs_collected():
 
     stats = behaviour_stats("breakout", [1.0, 5.0, 9.0], [1.0, 4.0, 8.0])
     task = get_task("breakout")
-    t, src = default_targets(TrainConfig(), task, stats)
+    collected = {"collected_by": "more3s", "policy": "mixed", "max_episode_steps": 400}
+    # provenance decides, never the name (issue 10): a more3s collection gets the data's targets ...
+    t, src = default_targets(TrainConfig(), task, stats, collected)
     assert t[0] == 8.0 and "from the data" in src and "90" in src
-    t, src = default_targets(TrainConfig(dataset="atari/breakout/expert-v0"), task, stats)
+    t, _ = default_targets(TrainConfig(dataset="atari/breakout/expert-v0"), task, stats, collected)
+    assert t[0] == 8.0
+    # ... and a dataset more3s did not collect DT's published ones, whatever its name
+    t, src = default_targets(TrainConfig(dataset="more3s/breakout/mine-v0"), task, stats, None)
     assert t == (90.0,) and "published" in src
-    t, _ = default_targets(TrainConfig(eval_targets=(3.0,)), task, stats)
-    assert t == (3.0,)
+    t, _ = default_targets(TrainConfig(eval_targets=(3.0, 3.0, 4.0)), task, stats, None)
+    assert t == (3.0, 4.0)  # every target once
+
+
+def test_eval_fields_are_validated():
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(eval_every=0).validate()
+    with pytest.raises(ValueError, match="eval_max_episode_steps"):
+        TrainConfig(eval_max_episode_steps=0).validate()
+    with pytest.raises(ValueError, match="eval_every_episodes"):
+        TrainConfig(eval_every_episodes=0).validate()
+    assert parse_args(["--eval-max-episode-steps", "full"]).eval_max_episode_steps == "full"
+    assert parse_args(["--eval-max-episode-steps", "50", "--eval-every", "5"]).eval_every == 5
+    with pytest.raises(SystemExit):
+        parse_args(["--eval-dtype", "fp64"])
+
+
+def test_eval_dtype_the_device_cannot_run_fails_before_training(capsys):
+    from more3s.evaluate import resolve_eval_dtype
+    from more3s.train import main
+
+    assert resolve_eval_dtype("auto", "cpu") == torch.float32
+    assert resolve_eval_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        resolve_eval_dtype("fp16", "cpu")
+    assert main(["--device", "cpu", "--eval-dtype", "fp16", "--dataset", "more3s/none/missing-v0"]) == 2
+    assert "fp16" in capsys.readouterr().err
+
+
+def test_eval_cap_and_timestep_table_follow_the_data():
+    from more3s.envs import get_task
+    from more3s.train import eval_cap, timestep_table
+
+    assert eval_cap(None)[0] is None and "did not collect" in eval_cap(None)[1]
+    assert eval_cap({"max_episode_steps": 400})[0] == 400
+    assert eval_cap({"max_episode_steps": None})[0] is None
+    assert timestep_table([5, 24, 3], get_task("breakout")) == (23, timestep_table([24], get_task("breakout"))[1])
+    t, src = timestep_table([1000, 1000], get_task("hopper"))
+    assert t == 999 and "episode limit" in src

@@ -163,15 +163,63 @@ def test_graph_step_bookkeeping_matches_eager_steps(encoder, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_graph_ring_equals_eager_recompute_on_gpu():
+    """The graph is captured and replayed (a capture that fell back to eager steps fails here: strict), on the
+    CUDA ring kernels (not the reference fallback), and its decisions equal eager and recompute steps."""
     enc = load_encoder("lxmert-tiny", device="cuda", dtype=torch.float32)
     model = _model(enc, "kv", 2, seed=4).cuda()
-    graph = _play(model, enc, "ring", cuda_graph=True)
-    eager = _play(model, enc, "ring", cuda_graph=False)
+    engine = RolloutEngine(model, enc, "breakout", mode="ring", cache_backend="cuda", cuda_graph=True,
+                           strict_graph=True)
+    venv = make_vector_env("breakout", N_ENVS, max_episode_steps=MAX_STEPS)
+    try:
+        graph = engine.run(venv, 5.0, EPISODES, seed=123, record=True)
+    finally:
+        venv.close()
+    assert engine._graph is not None and engine._cache.backend == "cuda"
+    assert engine.graph_replays == len(graph.logits) > 0  # every step replayed the captured graph
+    eager = _play(model, enc, "ring", cuda_graph=False, cache_backend="cuda")
     ref = _play(model, enc, "recompute")
     for g, e, r in zip(graph.logits, eager.logits, ref.logits):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3)
     assert graph.returns == ref.returns
+
+
+def test_capture_fallback_is_an_error_under_tests(encoder, monkeypatch):
+    """A failed capture falls back to eager steps with a warning for users; strict (the test suite sets
+    MORE3S_STRICT_CUDA_GRAPH=1) makes it an error, so a GPU test cannot pass on the fallback."""
+    import os
+
+    from more3s.rollout.engine import _CudaGraphStep
+
+    def broken(self):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(_CudaGraphStep, "_record", broken)
+    model = _model(encoder, "kv", 2, seed=4)
+    args = (model, model.new_rollout_cache(2), 2, encoder.d_enc, (), torch.long, "cpu", torch.float32)
+    with pytest.warns(RuntimeWarning, match="running eager steps"):
+        assert _CudaGraphStep.try_capture(*args, strict=False) is None
+    with pytest.raises(RuntimeError, match="strict"):
+        _CudaGraphStep.try_capture(*args, strict=True)
+    assert os.environ["MORE3S_STRICT_CUDA_GRAPH"] == "1"
+    assert RolloutEngine(model, encoder, "breakout").strict_graph  # the suite's default
+    monkeypatch.setenv("MORE3S_STRICT_CUDA_GRAPH", "0")
+    assert not RolloutEngine(model, encoder, "breakout").strict_graph
+
+
+def test_episode_digests_count_distinct_trajectories(encoder):
+    """Greedy play of a deterministic game replays one trajectory per reset state; sampling spreads them."""
+    torch.manual_seed(0)
+    task = get_task("breakout")
+    cfg = ModelConfig(d_enc=encoder.d_enc, act_dim=task.action_dim, n_layer=1, n_head=1, n_embd=16,
+                      window=3, max_timestep=64, dropout=0.0)
+    model = MoreModel(cfg, torch.randn(task.action_dim, encoder.d_enc)).eval()
+    sampled = _play(model, encoder, "ring", sample=True)
+    assert len(sampled.digests) == EPISODES and len(set(sampled.digests)) == EPISODES
+    greedy = _play(model, encoder, "ring")
+    for env in set(greedy.env_index):  # one env's greedy episodes after a reset replay the same trajectory
+        mine = [d for d, e in zip(greedy.digests, greedy.env_index) if e == env]
+        assert len(set(mine)) == 1
 
 
 def test_sampled_actions_follow_the_softmax_and_are_reproducible(encoder):

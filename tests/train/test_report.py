@@ -51,3 +51,36 @@ def test_plot_writes_png(tmp_path):
     assert list(m["step"]) == [1, 2, 3] and np.isnan(m["action_loss"][2])
     out = plot_report(tmp_path / "r.png", m, _report(None), title="t")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_shows_greedy_beside_and_distinct_trajectories(tmp_path):
+    from dataclasses import replace
+
+    rep = _report(None)
+    rep.actions = "sampled"
+    rep.targets[0].actions, rep.targets[0].distinct_trajectories = "sampled", 2
+    rep.greedy = [replace(rep.targets[0], actions="greedy", returns=[8.0, 8.0], distinct_trajectories=1,
+                          normalized=list(normalized_score("breakout", [8.0, 8.0])))]
+    rep.cap_source = "the collection cap more3s recorded for this dataset (500 agent steps)"
+    text = format_table(rep)
+    lines = [ln for ln in text.splitlines() if ln.strip().startswith("9.0")]
+    assert len(lines) == 2 and "sampled" in lines[0] and "2 / 2" in lines[0]
+    assert "greedy" in lines[1] and "1 / 2" in lines[1] and "8.0 ± 0.0" in lines[1]
+    assert "softmax" in text and "same seeds" in text and "collection cap" in text
+    save_report(rep, tmp_path / "eval.json")
+    assert load_report(tmp_path / "eval.json").greedy[0].distinct_trajectories == 1
+
+
+def test_plot_draws_eval_rows_as_a_curve(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("step,loss,eval/target,eval/normalized_mean,eval/normalized_std\n"
+                   "1,2.0,,,\n2,1.5,,,\n2,,9.0,10.0,2.0\n2,,8.0,5.0,1.0\n4,1.0,,,\n4,,9.0,12.0,1.0\n4,,8.0,6.0,1.0\n")
+    curves = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, y, **kw: curves.append((list(x), list(y))) or real(self, x, y, **kw))
+    plot_report(tmp_path / "r.png", read_metrics(csv), _report(None))
+    curves = [c for c in curves if len(c[0]) == 2]  # (the final-score bars draw error bars too)
+    assert sorted(curves) == [([2, 4], [5.0, 6.0]), ([2, 4], [10.0, 12.0])]
