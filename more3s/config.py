@@ -170,6 +170,9 @@ class TrainConfig:
     """Sample discrete actions from the policy's softmax (DT's Atari evaluation) instead of greedy argmax."""
     eval_engine: Literal["ring", "recompute", "window"] = "ring"
     """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
+    eval_video: int = 0
+    """Record the first N evaluation episodes of every RTG target as videos under the run's videos/ (0 = off;
+    a bare --eval-video means 1); report.png then shows frames of the best of them."""
 
     # -----------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -197,7 +200,7 @@ class TrainConfig:
         w = self.warmup_steps
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
             raise bad("warmup_steps", "must be an integer >= 0 (or None for 10 % of max_steps)")
-        for name in ("memory_steps", "eval_max_episode_steps"):
+        for name in ("memory_steps", "eval_max_episode_steps", "eval_video"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise bad(name, "must be an integer >= 0")
@@ -391,7 +394,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Defaults <- --resume DIR's config.json | --config FILE <- --preset <- flags; validated."""
     import tyro
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from more3s.video import expand_bare_flag
+
+    argv = expand_bare_flag(sys.argv[1:] if argv is None else argv, "--eval-video", "1")
     config_file = _pop_flag(argv, "--config")
     resume = _peek_flag(argv, "--resume")
     base = TrainConfig()

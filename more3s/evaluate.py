@@ -10,7 +10,9 @@ the dataset's behaviour returns, and which checkpoint was evaluated.
 Protocol: Atari full games (up to 108k frames, 30 no-op starts) by default; ``--max-episode-steps``
 caps episodes (the embedded training default uses a cap to fit its time budget; the output says so).
 Targets default to the run's (run.json: DT's published targets, or for collected datasets the data's
-best and 90th-percentile returns). Writes eval.json and report.png into the run directory.
+best and 90th-percentile returns). Writes eval.json and report.png into the run directory; ``--video N``
+also records the first N episodes of every target as videos under ``videos/`` (more3s.video) and puts frames
+of the best of them into report.png.
 
 ``torchrun --nproc_per_node N -m more3s.evaluate --run-dir DIR ...`` splits the environments over N processes (one GPU each,
 or CPU processes with gloo): the shards play exactly the episodes one process with N x --num-envs environments
@@ -59,6 +61,9 @@ class EvalConfig:
     plot: bool = True
     sample: bool = False
     """Sample discrete actions from the policy's softmax (DT's Atari protocol) instead of greedy argmax."""
+    video: int = 0
+    """Record the first N episodes of every RTG target as MP4 (GIF without ffmpeg) under the run's videos/,
+    each frame with the step, RTG, reward and the chosen action's sentence; a bare --video means 1."""
 
 
 def _read_json(path: Path) -> dict:
@@ -90,16 +95,18 @@ def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu",
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[float] = (),
                  seeds: Sequence[int] = (1000,), engine: str = "ring", max_episode_steps: int | None = None,
                  num_envs: int = 8, device: torch.device | str = "auto",
-                 checkpoint: str | Path | None = None, encoder=None, sample: bool = False):
+                 checkpoint: str | Path | None = None, encoder=None, sample: bool = False, video: int = 0):
     """Evaluate a run; returns a more3s.report.EvalReport (not yet saved).
 
     ``sample``: draw discrete actions from the policy's softmax (DT's Atari protocol; seeded); default greedy.
+    ``video``: record the first N episodes of every target (over the seeds in order) under ``run_dir/videos``.
     """
     from more3s.encoder import load_encoder
     from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
     from more3s.report import BehaviourStats, EvalReport, TargetResult
     from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
     from more3s.train import resolve_device
+    from more3s.video import VIDEO_DIR, prune_videos, render_kwargs
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -111,6 +118,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
         raise ValueError(f"max_episode_steps must be >= 1 (or None for full games), got {max_episode_steps}")
     if not seeds:
         raise ValueError("seeds: give at least one evaluation seed")
+    if isinstance(video, bool) or not isinstance(video, int) or video < 0:
+        raise ValueError(f"video must be an integer >= 0 (episodes to record per target), got {video!r}")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     model, info, ckpt = load_run_model(run_dir, dev, checkpoint)
     task = get_task(info["task"])
@@ -129,15 +138,25 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     total_envs = min(num_envs * world, episodes)  # envs over all processes; each plays its quota of episodes
     lo, hi = (int(x) for x in np.linspace(0, total_envs, world + 1).round().astype(int)[rank:rank + 2])
     played, t0, env_steps = [], time.perf_counter(), 0  # played: (target#, seed#, env, ordinal, ret, train, len)
+    videos: list[dict] = []
+    notes: set[str] = set()
     for ti, target in enumerate(targets):
         for si, seed in enumerate(seeds):
             if hi == lo:  # more processes than environments: this one has none
                 continue
-            venv = make_vector_env(task, hi - lo, max_episode_steps=max_episode_steps)
+            rec = _recorder(run_dir, task, info, eng.model, target, seed, total_envs,
+                            count=min(max(video - si * episodes, 0), episodes))
+            venv = make_vector_env(task, hi - lo, max_episode_steps=max_episode_steps,
+                                   **(render_kwargs(task) if rec is not None else {}))
             try:
-                res = eng.run(venv, target, episodes, seed=int(seed), first_env=lo, total_envs=total_envs)
+                res = eng.run(venv, target, episodes, seed=int(seed), first_env=lo, total_envs=total_envs,
+                              recorder=rec)
             finally:
                 venv.close()
+                if rec is not None:
+                    rec.close()
+                    videos += rec.entries
+                    notes.add(rec.note)
             ordinal: dict[int, int] = {}
             for env, ret, tr, n in zip(res.env_index, res.returns, res.train_returns, res.lengths):
                 ordinal[env] = ordinal.get(env, -1) + 1
@@ -145,9 +164,14 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
             env_steps += res.env_steps
     if world > 1:
         gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, (played, env_steps))
-        played = [p for part, _ in gathered for p in part]
-        env_steps = sum(steps for _, steps in gathered)
+        torch.distributed.all_gather_object(gathered, (played, env_steps, videos, notes))
+        played = [p for part, *_ in gathered for p in part]
+        env_steps = sum(g[1] for g in gathered)
+        videos = [v for g in gathered for v in g[2]]
+        notes = set().union(*(g[3] for g in gathered))
+    if video and rank == 0:
+        videos.sort(key=lambda v: (v["target"], v["seed"], v["episode"]))
+        prune_videos(Path(run_dir) / VIDEO_DIR, videos)  # every process has written its videos by now
     played.sort()  # by target, seed, environment, then each environment's episode order: same for any split
     results = []
     for ti, target in enumerate(targets):
@@ -169,7 +193,21 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
         score_source=SCORE_REFS[task.name].source,
         targets_source=targets_source,
         wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
+        videos=videos, video_note=" ".join(sorted(n for n in notes if n)),
     )
+
+
+def _recorder(run_dir, task, info: dict, model, target: float, seed: int, total_envs: int, count: int):
+    """The video recorder of one (target, seed) run, or None when it records nothing."""
+    if count == 0:
+        return None
+    from more3s.envs import action_prompts
+    from more3s.video import VIDEO_DIR, EpisodeRecorder, decision_scores
+
+    prompt_set = info.get("prompt_set", "original")
+    return EpisodeRecorder(Path(run_dir) / VIDEO_DIR, task, action_prompts(task.name, prompt_set), target=target,
+                           seed=int(seed), total_envs=total_envs, count=count, scores=decision_scores(model),
+                           prompt_set=prompt_set)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -180,16 +218,23 @@ def _rank_world() -> tuple[int, int]:
 
 
 def finish_report(run_dir: str | Path, report, plot: bool = True) -> str:
-    """Save eval.json, print the table (stdout) and write report.png; returns the table."""
+    """Save eval.json, print the table (stdout) and write report.png (with frames of the best recorded episode
+    when there are videos); returns the table."""
     from more3s.report import format_table, plot_report, read_metrics, save_report
+    from more3s.video import VIDEO_DIR, best_episode_strip
 
     run_dir = Path(run_dir)
     save_report(report, run_dir / "eval.json")
     table = format_table(report)
     print(table, flush=True)
+    if report.videos:
+        print(f"videos: {len(report.videos)} episodes under {run_dir / VIDEO_DIR}", flush=True)
+    if report.video_note:
+        print(f"videos: {report.video_note}", flush=True)
     if plot:
+        strip = best_episode_strip(run_dir / VIDEO_DIR, report.videos)
         png = plot_report(run_dir / "report.png", read_metrics(run_dir / "metrics.csv"), report,
-                          title=run_dir.name)
+                          title=run_dir.name, strip=strip)
         print(f"plot: {png}", flush=True)
     return table
 
@@ -199,7 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from more3s.distributed import setup_distributed
 
-    cfg = tyro.cli(EvalConfig, args=list(sys.argv[1:] if argv is None else argv))
+    from more3s.video import expand_bare_flag
+
+    cfg = tyro.cli(EvalConfig, args=expand_bare_flag(sys.argv[1:] if argv is None else argv, "--video", "1"))
     try:
         dist, device = setup_distributed(cfg.device)  # one process, or one per torchrun rank
     except ValueError as e:
@@ -209,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
                               num_envs=cfg.num_envs, device=device, checkpoint=cfg.checkpoint,
-                              sample=cfg.sample)
+                              sample=cfg.sample, video=cfg.video)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

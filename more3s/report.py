@@ -20,7 +20,7 @@ import numpy as np
 from more3s.atomic import atomic_path, atomic_write_text
 
 __all__ = [
-    "TargetResult", "EvalReport", "BehaviourStats", "behaviour_stats", "data_targets",
+    "TargetResult", "EvalReport", "BehaviourStats", "FrameStrip", "behaviour_stats", "data_targets",
     "format_table", "read_metrics", "plot_report", "save_report", "load_report", "summary_dict",
 ]
 
@@ -73,6 +73,17 @@ class EvalReport:
     steps_per_s: float = 0.0
     actions: str = "greedy"  # "sampled" (softmax, DT's Atari protocol) or "greedy"
     processes: int = 1  # torchrun processes that shared the episodes
+    videos: list[dict[str, Any]] = field(default_factory=list)  # recorded episodes (more3s.video), under videos/
+    video_note: str = ""  # why videos were asked for but not made (e.g. no offscreen rendering)
+
+
+@dataclass
+class FrameStrip:
+    """Frames of one episode for the bottom row of report.png, each with a label (its action's words)."""
+
+    frames: list[np.ndarray]  # [H, W, 3] uint8 each
+    labels: list[str]
+    title: str = ""
 
 
 def behaviour_stats(task: str, raw_returns: Sequence[float],
@@ -171,14 +182,21 @@ def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: EvalReport | None,
-                title: str = "") -> Path:
-    """Learning curve (loss terms vs step) on the left, scores per target vs dataset on the right."""
+                title: str = "", strip: FrameStrip | None = None) -> Path:
+    """Learning curve (loss terms vs step) on the left, scores per target vs dataset on the right; with
+    ``strip``, a row of frames under them (the best recorded evaluation episode)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
+    if strip is not None and strip.frames:
+        fig = plt.figure(figsize=(11, 7.5))
+        rows = fig.add_gridspec(2, 1, height_ratios=[4, 3.5])
+        ax_l, ax_s = (fig.add_subplot(g) for g in rows[0].subgridspec(1, 2))
+        _draw_strip(fig, rows[1], strip)
+    else:
+        fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
     if metrics and "step" in metrics:
         for key, style in (("loss", "-"), ("action_loss", "--"), ("state_loss", ":")):
             if key in metrics and np.isfinite(metrics[key]).any():
@@ -215,6 +233,20 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
     finally:
         plt.close(fig)
     return out_png
+
+
+def _draw_strip(fig, cell, strip: FrameStrip) -> None:
+    """The frames side by side in ``cell`` (a gridspec cell), each titled with its wrapped label."""
+    import textwrap
+
+    sub = cell.subgridspec(1, len(strip.frames), wspace=0.05)
+    for i, (frame, label) in enumerate(zip(strip.frames, strip.labels)):
+        ax = fig.add_subplot(sub[i])
+        ax.imshow(frame, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(textwrap.fill(label, 24), fontsize=6.5)
+    if strip.title:
+        fig.text(0.5, 0.01, strip.title, ha="center", va="bottom", fontsize=8)
 
 
 def summary_dict(report: EvalReport) -> dict[str, Any]:

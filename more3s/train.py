@@ -617,7 +617,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         report = evaluate_run(run_dir, episodes=cfg.eval_episodes, targets=targets,
                               seeds=[cfg.eval_seed], engine=cfg.eval_engine,
                               max_episode_steps=cfg.eval_max_episode_steps or None,
-                              num_envs=cfg.eval_num_envs, device=device, sample=cfg.eval_sample)
+                              num_envs=cfg.eval_num_envs, device=device, sample=cfg.eval_sample,
+                              video=cfg.eval_video)
     if cfg.eval_at_end and dist.main:
         finish_report(run_dir, report)
         if cfg.tensorboard:
