@@ -131,7 +131,7 @@ def decision_lines(task: TaskSpec, prompts: Sequence[str], *, t: int, rtg: float
                    action, scores: np.ndarray | None = None, score_name: str = "cos") -> list[str]:
     """The text drawn on a frame (and logged beside the video): status, the chosen action's sentence, and its
     score against the runner-up (the best other action) or, for continuous actions, the action vector."""
-    lines = [f"step {t}   RTG {rtg:.1f}   reward {reward:+.3g}   return {ret:.1f}"]
+    lines = [f"step {t} | RTG {rtg:.1f} | reward {reward:+.3g} | return {ret:.1f}"]
     if task.action_kind == "discrete":
         a = int(action)
         lines.append(f"{task.action_names[a]}: {prompts[a]}")

@@ -43,7 +43,7 @@ def test_decision_lines_discrete_name_the_chosen_action_and_the_runner_up():
     prompts = action_prompts("breakout", "synonym")
     scores = np.array([0.1, 0.2, 0.9, 0.5])
     lines = decision_lines(task, prompts, t=7, rtg=11.0, reward=1.0, ret=3.0, action=2, scores=scores)
-    assert lines[0] == "step 7   RTG 11.0   reward +1   return 3.0"
+    assert lines[0] == "step 7 | RTG 11.0 | reward +1 | return 3.0"
     assert lines[1] == f"RIGHT: {prompts[2]}"
     assert lines[2] == f"cos 0.900 vs runner-up 0.500 (LEFT: {prompts[3]})"
     sampled = decision_lines(task, prompts, t=0, rtg=5, reward=0, ret=0, action=0, scores=scores)
