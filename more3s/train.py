@@ -16,7 +16,7 @@ the sampler so that a resumed run continues exactly.
 
 Run directory (default ``runs/<name>-<UTC timestamp>``): config.json/.yaml, run.json (what was
 resolved: encoder, backbone, dataset, model config, RTG targets), metrics.csv, tb/ (TensorBoard),
-checkpoints/step_*/ (atomic; see more3s.checkpoint), eval.json, report.png.
+checkpoints/step_*/ (atomic; see more3s.checkpoint), eval.json, report.png (and videos/ with --eval-video).
 
 Resume: ``python -m more3s.train --resume DIR [overrides]`` loads DIR/config.json and the newest
 intact checkpoint; on CPU the resumed run's losses equal an uninterrupted run's exactly (same
