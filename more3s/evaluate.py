@@ -232,7 +232,11 @@ def finish_report(run_dir: str | Path, report, plot: bool = True) -> str:
     if report.video_note:
         print(f"videos: {report.video_note}", flush=True)
     if plot:
-        strip = best_episode_strip(run_dir / VIDEO_DIR, report.videos)
+        try:
+            strip = best_episode_strip(run_dir / VIDEO_DIR, report.videos)
+        except (OSError, ValueError, KeyError) as e:  # a video moved or damaged since: the plot goes on without it
+            print(f"report.png: no frame strip, the best episode's video could not be read ({e})", flush=True)
+            strip = None
         png = plot_report(run_dir / "report.png", read_metrics(run_dir / "metrics.csv"), report,
                           title=run_dir.name, strip=strip)
         print(f"plot: {png}", flush=True)

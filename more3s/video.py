@@ -344,7 +344,8 @@ class EpisodeRecorder:
 
     def _start(self, g: int, frame: np.ndarray) -> dict[str, Any]:
         k = self._ordinal.get(g, 0) * self.G + g
-        stem = self.out_dir / f"rtg{self.target:g}_seed{self.seed}_ep{k:02d}"
+        rtg = np.format_float_positional(self.target, trim="-")  # 12.0 -> "12", 3600.5 -> "3600.5", all digits
+        stem = self.out_dir / f"rtg{rtg}_seed{self.seed}_ep{k:02d}"
         layout = FrameLayout.for_frame(frame)
         return {"episode": k, "env": g, "stem": stem, "layout": layout, "ret": 0.0, "steps": [],
                 "writer": VideoWriter(stem, self._fps)}

@@ -218,7 +218,9 @@ def test_train_and_evaluate_write_videos_and_the_report_strip(tiny_config, monke
     best = max(rep["videos"], key=lambda v: v["return"])
     assert strips[-1] is not None and len(strips[-1].frames) == min(8, best["length"])
     assert strips[-1].frames[0].shape == (630, 480, 3)  # the game area of the video, without the text panel
-    assert all(": " in label for label in strips[-1].labels) and "best recorded episode" in strips[-1].title
+    log = json.loads((run / "videos" / best["log"]).read_text())
+    assert strips[-1].labels[0] == f"t=0: {log['steps'][0]['text'][1]}"  # frame 0 labelled with its action's words
+    assert "best recorded episode" in strips[-1].title
     assert f"videos: {len(rep['videos'])} episodes under {run / 'videos'}" in capsys.readouterr().out
 
     assert eval_main(["--run", str(run), "--episodes", "2", "--num-envs", "2", "--targets", "3",
@@ -229,6 +231,14 @@ def test_train_and_evaluate_write_videos_and_the_report_strip(tiny_config, monke
                                                                    "rtg3_seed1000_ep00.mp4"]  # old ones pruned
     assert (run / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert eval_main(["--run", str(run), "--video", "-1"]) == 2  # bad input: a clear error, no traceback
+
+    from more3s.evaluate import finish_report
+    from more3s.report import load_report
+
+    (run / "videos" / "rtg3_seed1000_ep00.mp4").unlink()  # the video gone since: report.png without the strip
+    (run / "report.png").unlink()
+    finish_report(run, load_report(run / "eval.json"))
+    assert "report.png: no frame strip" in capsys.readouterr().out and (run / "report.png").is_file()
 
 
 def test_mujoco_evaluation_without_rendering_still_writes_its_numbers(tiny_config, tmp_path, monkeypatch, capsys):
