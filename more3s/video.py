@@ -347,7 +347,7 @@ class EpisodeRecorder:
         rtg = np.format_float_positional(self.target, trim="-")  # 12.0 -> "12", 3600.5 -> "3600.5", all digits
         stem = self.out_dir / f"rtg{rtg}_seed{self.seed}_ep{k:02d}"
         layout = FrameLayout.for_frame(frame)
-        return {"episode": k, "env": g, "stem": stem, "layout": layout, "ret": 0.0, "steps": [],
+        return {"episode": k, "env": g, "layout": layout, "ret": 0.0, "steps": [],
                 "writer": VideoWriter(stem, self._fps)}
 
     def _finish(self, g: int) -> None:

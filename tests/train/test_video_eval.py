@@ -270,3 +270,13 @@ def test_mujoco_evaluation_without_rendering_still_writes_its_numbers(tiny_confi
     assert len(rep["targets"][0]["returns"]) == 2 and (run / "report.png").is_file()
     assert not (run / "videos").exists() or not any((run / "videos").iterdir())
     assert os.environ["MUJOCO_GL"] == "egl"  # recording MuJoCo asks for offscreen rendering unless told otherwise
+
+
+def test_eval_video_flag_on_train():
+    from more3s.config import TrainConfig, parse_args
+
+    assert parse_args([]).eval_video == 0  # off by default: nothing rendered or drawn
+    assert parse_args(["--eval-video"]).eval_video == 1  # bare: the first episode of every target
+    assert parse_args(["--eval-video", "3", "--max-steps", "5"]).eval_video == 3
+    with pytest.raises(ValueError, match="eval_video"):
+        TrainConfig(eval_video=-2).validate()
