@@ -191,8 +191,8 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
     import matplotlib.pyplot as plt
 
     if strip is not None and strip.frames:
-        fig = plt.figure(figsize=(11, 7.5))
-        rows = fig.add_gridspec(2, 1, height_ratios=[4, 3.5])
+        fig = plt.figure(figsize=(11, 6.8))
+        rows = fig.add_gridspec(2, 1, height_ratios=[4, 2.8])
         ax_l, ax_s = (fig.add_subplot(g) for g in rows[0].subgridspec(1, 2))
         _draw_strip(fig, rows[1], strip)
     else:

@@ -280,3 +280,15 @@ def test_eval_video_flag_on_train():
     assert parse_args(["--eval-video", "3", "--max-steps", "5"]).eval_video == 3
     with pytest.raises(ValueError, match="eval_video"):
         TrainConfig(eval_video=-2).validate()
+
+
+def test_report_png_gains_a_frame_strip(tmp_path):
+    from more3s.report import FrameStrip, plot_report
+
+    frames = [np.full((60, 40, 3), 40 * i, np.uint8) for i in range(5)]
+    plain = iio.imread(plot_report(tmp_path / "plain.png", {}, None))
+    strip = FrameStrip(frames, [f"t={i}: move the paddle left" for i in range(5)], title="best recorded episode")
+    with_strip = iio.imread(plot_report(tmp_path / "strip.png", {}, None, strip=strip))
+    assert with_strip.shape[1] == plain.shape[1] and with_strip.shape[0] > plain.shape[0] * 1.5
+    empty = iio.imread(plot_report(tmp_path / "empty.png", {}, None, strip=FrameStrip([], [])))
+    assert empty.shape == plain.shape  # nothing recorded: the plain report
