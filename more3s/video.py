@@ -352,14 +352,19 @@ class EpisodeRecorder:
 
     def _finish(self, g: int) -> None:
         rec = self._open.pop(g)
-        path = rec["writer"].close()
+        writer: VideoWriter = rec["writer"]
         layout: FrameLayout = rec["layout"]
-        entry = {"video": path.name, "log": path.with_suffix(".json").name, "target": self.target,
-                 "seed": self.seed, "episode": rec["episode"], "env": g, "return": rec["ret"],
-                 "length": len(rec["steps"])}
-        log = {**entry, "task": self.task.name, "prompt_set": self.prompt_set, "fps": rec["writer"].fps,
+        path, log_path = writer.path, writer.path.with_suffix(".json")
+        entry = {"video": path.name, "log": log_path.name, "target": self.target, "seed": self.seed,
+                 "episode": rec["episode"], "env": g, "return": rec["ret"], "length": len(rec["steps"])}
+        log = {**entry, "task": self.task.name, "prompt_set": self.prompt_set, "fps": writer.fps,
                "frame_size": list(layout.size), "game_size": list(layout.game_size), "steps": rec["steps"]}
-        atomic_write_text(path.with_suffix(".json"), json.dumps(log, indent=1) + "\n")
+        atomic_write_text(log_path, json.dumps(log, indent=1) + "\n")  # first: a visible video has its log
+        try:
+            writer.close()
+        except BaseException:
+            log_path.unlink(missing_ok=True)
+            raise
         self.entries.append(entry)
 
     def close(self) -> None:

@@ -292,3 +292,21 @@ def test_report_png_gains_a_frame_strip(tmp_path):
     assert with_strip.shape[1] == plain.shape[1] and with_strip.shape[0] > plain.shape[0] * 1.5
     empty = iio.imread(plot_report(tmp_path / "empty.png", {}, None, strip=FrameStrip([], [])))
     assert empty.shape == plain.shape  # nothing recorded: the plain report
+
+
+def test_an_interrupted_recording_leaves_no_partial_video(encoder, tmp_path):
+    class _Dies(_ScriptedVecEnv):
+        def step(self, action):
+            if self.t[0] == 2:
+                raise KeyboardInterrupt("killed mid-episode")
+            return super().step(action)
+
+    model = _model(encoder, seed=1)
+    rec = _recorder(tmp_path, get_task("breakout"), model, count=2)
+    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout")
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            eng.run(_Dies(), 10.0, 2, recorder=rec)
+        finally:
+            rec.close()  # what evaluate_run does
+    assert list(tmp_path.iterdir()) == [] and rec.entries == []
