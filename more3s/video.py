@@ -40,6 +40,7 @@ MACRO_BLOCK = 16  # H.264 wants sides divisible by 16 (imageio-ffmpeg would othe
 FONT_SIZE = 15
 TEXT_ROWS = 5  # status + action sentence (<= 2 rows) + score (<= 2 rows): a fixed panel keeps the frame size fixed
 STRIP_FRAMES = 8  # frames of the best episode in report.png
+FALLBACK_FPS = 30.0  # for an env whose metadata gives no render_fps
 
 
 # --- the frame: game on top, the decision's text below -----------------------------------------------------
@@ -249,7 +250,7 @@ def _fps(task: TaskSpec, venv) -> float:
         return ATARI_HZ / ATARI_FRAMESKIP  # real time: 15 agent steps per second
     envs = getattr(venv, "envs", None)
     meta = envs[0].metadata if envs else getattr(venv, "metadata", {})
-    return float(meta.get("render_fps") or 30.0)  # gymnasium's MuJoCo: 1 / dt, i.e. real time
+    return float(meta.get("render_fps") or FALLBACK_FPS)  # gymnasium's MuJoCo: 1 / dt, i.e. real time
 
 
 class EpisodeRecorder:
