@@ -91,3 +91,35 @@ def test_engine_env_steps_per_s(benchmark, setup, baselines, mode):
         cache_backend=model.new_rollout_cache(1).backend if mode == "ring" else None,
     )
     assert res.env_steps >= N_ENVS * 1 and len(res.returns) == N_ENVS
+
+
+def test_engine_recording_overhead(benchmark, setup, tmp_path):
+    """The ring engine recording every episode as a video (more3s.video: overlay drawing + H.264 encoding) against
+    the same run unrecorded, measured side by side here; extra_info has both env-steps/s and their ratio."""
+    from more3s.envs import action_prompts
+    from more3s.video import EpisodeRecorder, decision_scores
+
+    model, enc = setup
+    task = get_task("breakout")
+
+    def play(record: bool):
+        rec = EpisodeRecorder(tmp_path, task, action_prompts("breakout"), target=10.0, seed=0, total_envs=N_ENVS,
+                              count=N_ENVS, scores=decision_scores(model), log=lambda m: None) if record else None
+        venv = make_vector_env("breakout", N_ENVS, max_episode_steps=CAP)
+        try:
+            return RolloutEngine(model, enc, "breakout").run(venv, 10.0, N_ENVS, seed=0, recorder=rec), rec
+        finally:
+            venv.close()
+
+    plain, _ = play(False)
+    box = {}
+    benchmark.pedantic(lambda: box.update(zip(("res", "rec"), play(True))), rounds=1, iterations=1, warmup_rounds=0)
+    res, rec = box["res"], box["rec"]
+    frames = sum(e["length"] for e in rec.entries)
+    benchmark.extra_info.update(
+        envs=N_ENVS, videos=len(rec.entries), video_frames=frames,
+        video_bytes=sum((tmp_path / e["video"]).stat().st_size for e in rec.entries),
+        env_steps_per_s_recorded=round(res.steps_per_s, 1), env_steps_per_s_plain=round(plain.steps_per_s, 1),
+        recorded_over_plain=round(res.steps_per_s / plain.steps_per_s, 3),
+    )
+    assert res.returns == plain.returns and len(rec.entries) == N_ENVS

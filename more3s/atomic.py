@@ -26,11 +26,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; rename it onto ``dest`` only if the block succeeds."""
+def atomic_path(dest: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
+
+    ``suffix`` ends the temp name, for writers that pick the format from it (ffmpeg: ``.mp4``)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -181,6 +181,9 @@ class TrainConfig:
     the final scores are the last checkpoint's). None = off."""
     eval_every_episodes: int = 4
     """Episodes per target for each --eval-every evaluation."""
+    eval_video: int = 0
+    """Record the first N evaluation episodes of every RTG target as videos under the run's videos/ (0 = off;
+    a bare --eval-video means 1); report.png then shows frames of the best of them."""
 
     # -----------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -215,6 +218,9 @@ class TrainConfig:
         if v not in ("dataset", "full") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise bad("eval_max_episode_steps", "must be an integer >= 1 (a cap in agent steps), 'dataset' "
                       "(the collection cap more3s recorded; none for other datasets) or 'full' (the full protocol)")
+        v = self.eval_video
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad("eval_video", "must be an integer >= 0")
         v = self.eval_every
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise bad("eval_every", "must be a positive number of optimizer steps (or None for off)")
@@ -414,7 +420,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Defaults <- --resume DIR's config.json | --config FILE <- --preset <- flags; validated."""
     import tyro
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from more3s.video import expand_bare_flag
+
+    argv = expand_bare_flag(sys.argv[1:] if argv is None else argv, "--eval-video", "1")
     config_file = _pop_flag(argv, "--config")
     resume = _peek_flag(argv, "--resume")
     base = TrainConfig()

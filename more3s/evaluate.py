@@ -15,7 +15,8 @@ up to 30 random no-ops, full games unless a cap applies; greedy episodes from th
 ``--max-episode-steps N`` or ``full`` overrides it. Targets default to the run's (run.json), each evaluated once.
 The model step runs in ``--dtype`` (auto: bf16 on a GPU, fp32 on the CPU); an encoder whose dtype differs from
 the one the training cache was encoded with is used with a warning naming both. Writes eval.json and report.png
-into the run directory.
+into the run directory; ``--video N`` also records the first N episodes of every target (the protocol's actions)
+as videos under ``videos/`` (more3s.video) and puts frames of the best of them into report.png.
 
 ``torchrun --nproc_per_node N -m more3s.evaluate --run-dir DIR ...`` splits the environments over N processes (one GPU each,
 or CPU processes with gloo): the shards play exactly the episodes one process with N x --num-envs environments
@@ -76,6 +77,9 @@ class EvalConfig:
     """Sample discrete actions from the policy's softmax (DT's Atari protocol); --no-sample: greedy only."""
     greedy: bool = True
     """When sampling, also play greedy episodes from the same seeds and report them beside."""
+    video: int = 0
+    """Record the first N episodes of every RTG target as MP4 (GIF without ffmpeg) under the run's videos/,
+    each frame with the step, RTG, reward and the chosen action's sentence; a bare --video means 1."""
 
 
 def _read_json(path: Path) -> dict:
@@ -165,11 +169,16 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
                  seeds: Sequence[int] = (1000,), engine: str = "ring",
                  max_episode_steps: int | str | None = "run", num_envs: int = 8,
                  device: torch.device | str = "auto", checkpoint: str | Path | None = None, encoder=None,
-                 sample: bool = True, greedy: bool = True, dtype: str = "auto"):
-    """Evaluate a run's checkpoint; returns a more3s.report.EvalReport (not yet saved). See evaluate_model."""
+                 sample: bool = True, greedy: bool = True, dtype: str = "auto", video: int = 0):
+    """Evaluate a run's checkpoint; returns a more3s.report.EvalReport (not yet saved). See evaluate_model.
+
+    ``video``: record the first N episodes of every target (over the seeds in order) under ``run_dir/videos``.
+    """
     from more3s.encoder import load_encoder
     from more3s.train import resolve_device
 
+    if isinstance(video, bool) or not isinstance(video, int) or video < 0:
+        raise ValueError(f"video must be an integer >= 0 (episodes to record per target), got {video!r}")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     step_dtype = resolve_eval_dtype(dtype, dev)  # bad dtype: an error before anything loads
     model, info, ckpt = load_run_model(run_dir, dev, checkpoint)
@@ -181,23 +190,27 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
                          f"but run {run_dir} was trained on embeddings of {want[:12]}... (different weights)")
     return evaluate_model(model, info, encoder, checkpoint=str(ckpt.path), step=ckpt.step, episodes=episodes,
                           targets=targets, seeds=seeds, engine=engine, max_episode_steps=max_episode_steps,
-                          num_envs=num_envs, sample=sample, greedy=greedy, dtype=step_dtype)
+                          num_envs=num_envs, sample=sample, greedy=greedy, dtype=step_dtype,
+                          video=video, run_dir=run_dir)
 
 
 def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, episodes: int = 10,
                    targets: Sequence[float] = (), seeds: Sequence[int] = (1000,), engine: str = "ring",
                    max_episode_steps: int | str | None = "run", num_envs: int = 8, sample: bool = True,
-                   greedy: bool = True, dtype: torch.dtype | None = None):
+                   greedy: bool = True, dtype: torch.dtype | None = None, video: int = 0,
+                   run_dir: str | Path | None = None):
     """Play the episodes of every (target, seed) with ``model`` (its weights as they are: the trainer's
     --eval-every passes its live model) and return an EvalReport.
 
     ``info``: the run's run.json dict (task, targets, behaviour, evaluation cap). ``sample``: discrete actions
     drawn from the softmax (seeded) and, with ``greedy``, greedy episodes from the same seeds beside them;
     continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``.
+    ``video``: record the first N episodes of every target in the protocol's actions under ``run_dir/videos``.
     """
     from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
     from more3s.report import BehaviourStats, EvalReport, TargetResult, unique_targets
     from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
+    from more3s.video import VIDEO_DIR, prune_videos, render_kwargs
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -208,6 +221,8 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
     cap, cap_source = resolve_cap(max_episode_steps, info)
     if not seeds:
         raise ValueError("seeds: give at least one evaluation seed")
+    if video and run_dir is None:
+        raise ValueError("video: recording needs the run directory (run_dir=) to write videos/ into")
     task = get_task(info["task"])
     given = unique_targets(targets)
     run_targets = unique_targets(info["targets"])
@@ -225,17 +240,26 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
     total_envs = min(num_envs * world, episodes)  # envs over all processes; each plays its quota of episodes
     lo, hi = (int(x) for x in np.linspace(0, total_envs, world + 1).round().astype(int)[rank:rank + 2])
     played, t0, env_steps = [], time.perf_counter(), 0  # (mode#, target#, seed#, env, ordinal, ret, train, len, digest)
+    videos: list[dict] = []
+    notes: set[str] = set()
     for mi, mode in enumerate(modes):
         for ti, target in enumerate(targets):
             for si, seed in enumerate(seeds):
                 if hi == lo:  # more processes than environments: this one has none
                     continue
-                venv = make_vector_env(task, hi - lo, max_episode_steps=cap)
+                count = min(max(video - si * episodes, 0), episodes) if mi == 0 else 0  # protocol episodes only
+                rec = _recorder(run_dir, task, info, step_model, target, seed, total_envs, count)
+                venv = make_vector_env(task, hi - lo, max_episode_steps=cap,
+                                       **(render_kwargs(task) if rec is not None else {}))
                 try:
                     res = engines[mode].run(venv, target, episodes, seed=int(seed), first_env=lo,
-                                            total_envs=total_envs)
+                                            total_envs=total_envs, recorder=rec)
                 finally:
                     venv.close()
+                    if rec is not None:
+                        rec.close()
+                        videos += rec.entries
+                        notes.add(rec.note)
                 ordinal: dict[int, int] = {}
                 for env, ret, tr, n, dg in zip(res.env_index, res.returns, res.train_returns, res.lengths,
                                                res.digests):
@@ -245,9 +269,14 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
     model.train(was_training)  # the engine set eval mode; the trainer's model goes back to training
     if world > 1:
         gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, (played, env_steps))
-        played = [p for part, _ in gathered for p in part]
-        env_steps = sum(steps for _, steps in gathered)
+        torch.distributed.all_gather_object(gathered, (played, env_steps, videos, notes))
+        played = [p for part, *_ in gathered for p in part]
+        env_steps = sum(g[1] for g in gathered)
+        videos = [v for g in gathered for v in g[2]]
+        notes = set().union(*(g[3] for g in gathered))
+    if video and rank == 0:
+        videos.sort(key=lambda v: (v["target"], v["seed"], v["episode"]))
+        prune_videos(Path(run_dir) / VIDEO_DIR, videos)  # every process has written its videos by now
     played.sort()  # by mode, target, seed, environment, then each environment's episode order: same for any split
     rows: dict[str, list] = {m: [] for m in modes}
     for mi, mode in enumerate(modes):
@@ -272,7 +301,21 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
         wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
         greedy=rows["greedy"] if modes[0] != "greedy" and "greedy" in rows else [],
         cap_source=cap_source, dtype=str(dtype).removeprefix("torch."), dataset=_dataset_line(info),
+        videos=videos, video_note=" ".join(sorted(n for n in notes if n)),
     )
+
+
+def _recorder(run_dir, task, info: dict, model, target: float, seed: int, total_envs: int, count: int):
+    """The video recorder of one (target, seed) run, or None when it records nothing."""
+    if count == 0:
+        return None
+    from more3s.envs import action_prompts
+    from more3s.video import VIDEO_DIR, EpisodeRecorder, decision_scores
+
+    prompt_set = info.get("prompt_set", "original")
+    return EpisodeRecorder(Path(run_dir) / VIDEO_DIR, task, action_prompts(task.name, prompt_set), target=target,
+                           seed=int(seed), total_envs=total_envs, count=count, scores=decision_scores(model),
+                           prompt_set=prompt_set)
 
 
 def _dataset_line(info: dict) -> str:
@@ -296,16 +339,27 @@ def _rank_world() -> tuple[int, int]:
 
 
 def finish_report(run_dir: str | Path, report, plot: bool = True) -> str:
-    """Save eval.json, print the table (stdout) and write report.png; returns the table."""
+    """Save eval.json, print the table (stdout) and write report.png (with frames of the best recorded episode
+    when there are videos); returns the table."""
     from more3s.report import format_table, plot_report, read_metrics, save_report
+    from more3s.video import VIDEO_DIR, best_episode_strip
 
     run_dir = Path(run_dir)
     save_report(report, run_dir / "eval.json")
     table = format_table(report)
     print(table, flush=True)
+    if report.videos:
+        print(f"videos: {len(report.videos)} episodes under {run_dir / VIDEO_DIR}", flush=True)
+    if report.video_note:
+        print(f"videos: {report.video_note}", flush=True)
     if plot:
+        try:
+            strip = best_episode_strip(run_dir / VIDEO_DIR, report.videos)
+        except (OSError, ValueError, KeyError) as e:  # a video moved or damaged since: the plot goes on without it
+            print(f"report.png: no frame strip, the best episode's video could not be read ({e})", flush=True)
+            strip = None
         png = plot_report(run_dir / "report.png", read_metrics(run_dir / "metrics.csv"), report,
-                          title=run_dir.name)
+                          title=run_dir.name, strip=strip)
         print(f"plot: {png}", flush=True)
     return table
 
@@ -315,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from more3s.distributed import setup_distributed
 
-    cfg = tyro.cli(EvalConfig, args=list(sys.argv[1:] if argv is None else argv))
+    from more3s.video import expand_bare_flag
+
+    cfg = tyro.cli(EvalConfig, args=expand_bare_flag(sys.argv[1:] if argv is None else argv, "--video", "1"))
     try:
         dist, device = setup_distributed(cfg.device)  # one process, or one per torchrun rank
     except ValueError as e:
@@ -325,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
                               num_envs=cfg.num_envs, device=device, checkpoint=cfg.checkpoint,
-                              sample=cfg.sample, greedy=cfg.greedy, dtype=cfg.dtype)
+                              sample=cfg.sample, greedy=cfg.greedy, dtype=cfg.dtype, video=cfg.video)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

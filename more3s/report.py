@@ -23,7 +23,7 @@ import numpy as np
 from more3s.atomic import atomic_path, atomic_write_text
 
 __all__ = [
-    "TargetResult", "EvalReport", "BehaviourStats", "behaviour_stats", "data_targets", "unique_targets",
+    "TargetResult", "EvalReport", "BehaviourStats", "FrameStrip", "behaviour_stats", "data_targets", "unique_targets",
     "format_table", "read_metrics", "plot_report", "save_report", "load_report", "summary_dict", "EVAL_FIELDS",
 ]
 
@@ -83,6 +83,17 @@ class EvalReport:
     cap_source: str = ""  # where max_episode_steps came from (the dataset's provenance, or given)
     dtype: str = ""  # dtype of the rollout model step
     dataset: str = ""  # the training dataset and its provenance (who collected it, how)
+    videos: list[dict[str, Any]] = field(default_factory=list)  # recorded episodes (more3s.video), under videos/
+    video_note: str = ""  # why videos were asked for but not made (e.g. no offscreen rendering)
+
+
+@dataclass
+class FrameStrip:
+    """Frames of one episode for the bottom row of report.png, each with a label (its action's words)."""
+
+    frames: list[np.ndarray]  # [H, W, 3] uint8 each
+    labels: list[str]
+    title: str = ""
 
 
 def behaviour_stats(task: str, raw_returns: Sequence[float],
@@ -215,8 +226,9 @@ EVAL_FIELDS = ("eval/target", "eval/normalized_mean", "eval/normalized_std", "ev
 
 
 def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: EvalReport | None,
-                title: str = "") -> Path:
-    """Learning curve (loss terms vs step), score vs step when ``eval/`` rows were logged, final scores per target."""
+                title: str = "", strip: FrameStrip | None = None) -> Path:
+    """Learning curve (loss terms vs step), score vs step when ``eval/`` rows were logged, final scores per target;
+    with ``strip``, a row of frames under them (the best recorded evaluation episode)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,7 +236,14 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
 
     evals = metrics.get("eval/target") if metrics else None
     has_curve = evals is not None and np.isfinite(evals).any()
-    fig, axes = plt.subplots(1, 3 if has_curve else 2, figsize=(16 if has_curve else 11, 4))
+    n_panels, width = (3, 16) if has_curve else (2, 11)
+    if strip is not None and strip.frames:
+        fig = plt.figure(figsize=(width, 6.8))
+        rows = fig.add_gridspec(2, 1, height_ratios=[4, 2.8])
+        axes = [fig.add_subplot(g) for g in rows[0].subgridspec(1, n_panels)]
+        _draw_strip(fig, rows[1], strip)
+    else:
+        fig, axes = plt.subplots(1, n_panels, figsize=(width, 4))
     ax_l, ax_s = axes[0], axes[-1]
     if metrics and "step" in metrics:
         for key, style in (("loss", "-"), ("action_loss", "--"), ("state_loss", ":")):
@@ -279,6 +298,20 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
     finally:
         plt.close(fig)
     return out_png
+
+
+def _draw_strip(fig, cell, strip: FrameStrip) -> None:
+    """The frames side by side in ``cell`` (a gridspec cell), each titled with its wrapped label."""
+    import textwrap
+
+    sub = cell.subgridspec(1, len(strip.frames), wspace=0.05)
+    for i, (frame, label) in enumerate(zip(strip.frames, strip.labels)):
+        ax = fig.add_subplot(sub[i])
+        ax.imshow(frame, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(textwrap.fill(label, 24), fontsize=6.5)
+    if strip.title:
+        fig.text(0.5, 0.01, strip.title, ha="center", va="bottom", fontsize=8)
 
 
 def summary_dict(report: EvalReport) -> dict[str, Any]:

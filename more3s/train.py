@@ -18,7 +18,7 @@ Run directory (default ``runs/<name>-<UTC timestamp>``): config.json/.yaml, run.
 resolved: encoder and the dtype its cache was encoded in, backbone, dataset and its provenance, model config,
 the timestep table and where its size came from, RTG targets, the evaluation cap and where it came from),
 metrics.csv (with ``eval/`` rows when --eval-every is set), tb/ (TensorBoard), checkpoints/step_*/ (atomic; see
-more3s.checkpoint), eval.json, report.png.
+more3s.checkpoint), eval.json, report.png (and videos/ with --eval-video).
 
 Timesteps: the learned timestep table has one row per timestep that training sees (0 .. the longest training
 episode's last step, or the task's episode limit when the data reaches it); evaluation timesteps past it map to
@@ -705,7 +705,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         report = evaluate_run(run_dir, episodes=cfg.eval_episodes, targets=targets,
                               seeds=[cfg.eval_seed], engine=cfg.eval_engine,
                               max_episode_steps=_eval_cap_arg(cfg), num_envs=cfg.eval_num_envs, device=device,
-                              sample=cfg.eval_sample, greedy=cfg.eval_greedy, dtype=cfg.eval_dtype)
+                              sample=cfg.eval_sample, greedy=cfg.eval_greedy, dtype=cfg.eval_dtype,
+                              video=cfg.eval_video)
     if cfg.eval_at_end and dist.main:
         finish_report(run_dir, report)
         if cfg.tensorboard:

@@ -181,7 +181,8 @@ class RolloutEngine:
     # ---- the loop ---------------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, venv, target: float, num_episodes: int, *, seed: int | None = None,
-            record: bool = False, first_env: int = 0, total_envs: int | None = None) -> RolloutResult:
+            record: bool = False, first_env: int = 0, total_envs: int | None = None,
+            recorder=None) -> RolloutResult:
         """Play ``num_episodes`` episodes at RTG ``target`` on ``venv`` (a gymnasium VectorEnv with
         same-step autoreset, e.g. more3s.envs.make_vector_env); returns per-episode results.
 
@@ -192,6 +193,11 @@ class RolloutEngine:
         Split over processes: ``venv``'s envs are envs ``first_env ..`` of ``total_envs`` in all. They take
         those envs' seeds (seed + global index), episode quotas (of ``num_episodes`` over ``total_envs``)
         and indices, so the shards together play the episodes one process with ``total_envs`` envs plays.
+
+        ``recorder`` (e.g. more3s.video.EpisodeRecorder) is called around each ``venv.step``:
+        ``frames(venv, obs, env_ids)`` before it (what the decision saw) and ``record(frames, env_ids, action,
+        logits, reward, rtg, timestep, done)`` after it. It only reads and draws no random numbers, so the
+        episodes are the same with or without it; None costs nothing.
         """
         if num_episodes < 1:
             raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
@@ -241,11 +247,14 @@ class RolloutEngine:
             if record:
                 res.logits.append(logits.float().cpu().numpy())
                 res.actions.append(action.copy())
+            frames = None if recorder is None else recorder.frames(venv, obs, g)
             next_obs, reward, term, trunc, _ = venv.step(action)
             reward = np.asarray(reward, dtype=np.float64)
             for i in range(N):
                 digest[i].update(action[i].tobytes() + reward[i].tobytes())
             r_train = np.clip(reward, -1.0, 1.0) if clip else reward
+            if recorder is not None:  # rtg and timestep are still this decision's
+                recorder.record(frames, g, action, logits, reward, rtg, timestep, np.asarray(term) | np.asarray(trunc))
             ep_ret += reward
             ep_train += r_train
             rtg -= r_train
