@@ -1,0 +1,259 @@
+"""``python -m more3s.reproduce --profile {smoke,cpu,paper}``: the paper's claims, measured on a grid.
+
+Runs arms x tasks x seeds (more3s.reproduce.grid) as ordinary run directories under ``results/<profile>/runs/``,
+dispatched with submitit (``--launcher local``: J cells at once, one thread each on CPU or one GPU each;
+``--launcher slurm`` for a cluster), then writes ``scores.csv``, ``table.md``, ``claims.md``, ``scores.png`` and
+``grid.json`` (the grid's configuration, the machine, the commit). Finished cells are skipped and interrupted
+ones resume from their checkpoints, so a killed grid continues where it stopped; a failed cell is recorded with
+its message and the rest of the grid goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from more3s.atomic import atomic_write_text
+
+from .cells import CellResult, not_run, read_cell, run_cell
+from .claims import evaluate_claims
+from .grid import ARMS, NEEDS_PRETRAINED, PRETRAINED_ENCODER, PROFILES, Cell, DataSpec, build_cells
+from .outputs import format_claims, format_table, plot_scores, scores_by_task, write_scores_csv
+
+__all__ = ["ReproduceConfig", "run_grid", "main"]
+
+
+@dataclass
+class ReproduceConfig:
+    """Run the reproduction grid of a profile and judge the paper's claims."""
+
+    profile: Literal["smoke", "cpu", "paper"] = "smoke"
+    tasks: tuple[str, ...] = ()
+    """Tasks of the profile to run (empty: all)."""
+    arms: tuple[str, ...] = ()
+    """Arms to run (empty: the profile's)."""
+    seeds: int | None = None
+    """Seeds per cell (default: the profile's: smoke 1, cpu and paper 3)."""
+    jobs: int = 1
+    """Cells at once (local launcher: one thread each on CPU, one GPU each on a GPU machine)."""
+    launcher: Literal["local", "slurm", "inline"] = "local"
+    """submitit's local executor, submitit's Slurm executor, or inline (in this process, one cell at a time)."""
+    out: Path | None = None
+    """Output directory (default results/<profile>)."""
+    data: tuple[str, ...] = ()
+    """TASK=DATASET: use another dataset for a task (e.g. a local stand-in for a published one); recorded."""
+    override: tuple[str, ...] = ()
+    """KEY=VALUE TrainConfig overrides for every cell (JSON values), recorded in grid.json as deviations."""
+    threads: int = 1
+    slurm_partition: str | None = None
+    slurm_time_min: int = 24 * 60
+    slurm_gpus_per_job: int = 1
+
+
+def _parse_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--{what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _overrides(items: tuple[str, ...]) -> dict:
+    from dataclasses import fields
+
+    from more3s.config import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for key, value in _parse_pairs(items, "override").items():
+        if key not in known:
+            raise ValueError(f"--override {key}: not a TrainConfig field (see python -m more3s.train --help)")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value  # a bare string such as lxmert-tiny
+    return out
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _machine() -> dict:
+    import os
+
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "gpus": gpus}
+
+
+def _pretrained_available() -> bool:
+    from more3s.train import _hf_available
+
+    return _hf_available(PRETRAINED_ENCODER)
+
+
+def prepare_data(spec: DataSpec, env: str, root: Path, log=print) -> None:
+    """Collect a task's dataset here when the profile says how and it is missing (published ones never are)."""
+    from more3s.data import collect_dataset
+    from more3s.train import _local_dataset_exists
+
+    if spec.policy is None or _local_dataset_exists(spec.dataset):
+        return
+    policy = spec.policy
+    if spec.sac_steps > 0:
+        from more3s.data.sac import SACConfig, train_sac
+
+        sac_dir = root / "sac" / env
+        log(f"training a SAC behaviour agent for {env} ({spec.sac_steps} steps, resumable) in {sac_dir}")
+        train_sac(SACConfig(env=env, total_steps=spec.sac_steps, out_dir=sac_dir,
+                            snapshot_every=max(1, spec.sac_steps // 8)))
+        policy = f"{spec.policy}:{sac_dir}"
+    log(f"collecting {spec.dataset}: {spec.episodes} {env} episodes of {policy!r}")
+    collect_dataset(env, policy, spec.episodes, spec.dataset, seed=0, max_episode_steps=spec.max_episode_steps,
+                    progress=False)
+
+
+def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: dict[Cell, dict], commit: str,
+              log=print) -> list[CellResult]:
+    """Run ``cells`` (with their TrainConfig ``overrides``) at most ``cfg.jobs`` at once; results in order."""
+    from tqdm.auto import tqdm
+
+    results: dict[Cell, CellResult] = {}
+    bar = tqdm(total=len(cells), desc=f"grid {cfg.profile}", unit="cell", file=sys.stderr)
+    if cfg.launcher == "inline":
+        for cell in cells:
+            results[cell] = run_cell(cell, str(root), overrides[cell], cfg.threads, commit)
+            bar.update(1)
+        bar.close()
+        return [results[c] for c in cells]
+    import submitit
+
+    if cfg.launcher == "slurm":
+        executor = submitit.AutoExecutor(folder=root / "submitit", cluster="slurm")
+        executor.update_parameters(timeout_min=cfg.slurm_time_min, slurm_partition=cfg.slurm_partition,
+                                   gpus_per_node=cfg.slurm_gpus_per_job, cpus_per_task=max(1, cfg.threads))
+    else:
+        executor = submitit.LocalExecutor(folder=root / "submitit")
+        executor.update_parameters(timeout_min=7 * 24 * 60)
+    import torch
+
+    n_gpu = torch.cuda.device_count() if cfg.launcher == "local" else 0
+    pending, running = list(cells), []
+    slots = list(range(cfg.jobs))
+    try:
+        while pending or running:
+            while pending and slots and len(running) < cfg.jobs:
+                cell, slot = pending.pop(0), slots.pop(0)
+                extra = dict(overrides[cell])
+                if n_gpu:  # local launcher on a GPU machine: one GPU per cell
+                    extra.setdefault("device", f"cuda:{slot % n_gpu}")
+                running.append((cell, slot, executor.submit(run_cell, cell, str(root), extra, cfg.threads, commit)))
+            time.sleep(1.0)
+            for item in [r for r in running if r[2].done()]:
+                cell, slot, job = item
+                running.remove(item)
+                slots.append(slot)
+                try:
+                    results[cell] = job.result()
+                except Exception as e:  # noqa: BLE001 - the job itself died (killed, out of memory, ...)
+                    results[cell] = CellResult(arm=cell.arm, task=cell.task, seed=cell.seed, status="failed",
+                                               message=f"job {job.job_id} died: {e}".splitlines()[0][:500],
+                                               run_dir=str(cell.run_dir(root)))
+                bar.update(1)
+                log(f"cell {cell.key}: {results[cell].status}")
+    except KeyboardInterrupt:
+        for _, _, job in running:
+            job.cancel()
+        raise
+    finally:
+        bar.close()
+    return [results[c] for c in cells]
+
+
+def run_grid(cfg: ReproduceConfig, log=print) -> Path:
+    """Run (or continue) the grid; write its outputs; return the output directory."""
+    if cfg.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
+    cells = build_cells(cfg.profile, cfg.tasks, cfg.arms, cfg.seeds)
+    prof = PROFILES[cfg.profile]
+    root = Path(cfg.out or Path("results") / cfg.profile)
+    data_over = _parse_pairs(cfg.data, "data")
+    bad = sorted(set(data_over) - set(prof.tasks))
+    if bad:
+        raise ValueError(f"--data {', '.join(bad)}: not a task of profile {cfg.profile} "
+                         f"({', '.join(prof.tasks)})")
+    overrides = _overrides(cfg.override)
+    pretrained = _pretrained_available()
+    root.mkdir(parents=True, exist_ok=True)
+    commit = _commit()
+    atomic_write_text(root / "grid.json", json.dumps({
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "profile": {"description": prof.description, "seeds": cfg.seeds or prof.seeds,
+                    "tasks": {t: {"data": asdict(d), "budget": asdict(b)} for t, (d, b) in prof.tasks.items()},
+                    "arms": {a: ARMS[a] for a in prof.arms}},
+        "deviations": {"data": data_over, "override": overrides},
+        "pretrained_encoder_available": pretrained, "machine": _machine(), "commit": commit,
+    }, indent=2, default=str) + "\n")
+
+    # data first, once per task (cells of one task share it; collecting it in parallel would collide)
+    specs = {}
+    for task in dict.fromkeys(c.task for c in cells):
+        spec = prof.tasks[task][0]
+        if task in data_over:  # the user's dataset, used as it is (never collected under its name)
+            spec = DataSpec(data_over[task])
+        specs[task] = spec
+        try:
+            prepare_data(spec, task.split("-", 1)[0], root, log)
+        except Exception as e:  # noqa: BLE001 - the task's cells fail with this message; others go on
+            log(f"data for {task} could not be prepared: {e}")
+    to_run, skipped = [], []
+    for cell in cells:
+        if cell.arm in NEEDS_PRETRAINED and not pretrained:
+            skipped.append(not_run(cell, str(root), f"needs pretrained weights ({PRETRAINED_ENCODER}) on disk"))
+        else:
+            to_run.append(cell)
+    finished = [c for c in to_run if (r := read_cell(c.run_dir(root))) is not None and r.status == "ok"]
+    log(f"grid {cfg.profile}: {len(cells)} cells, {len(finished)} already finished, {len(skipped)} not run here, "
+        f"{len(to_run) - len(finished)} to run with {cfg.jobs} job(s) ({cfg.launcher})")
+    cell_over = {c: {**overrides, "dataset": specs[c.task].dataset} for c in to_run}
+    results = skipped + _dispatch(cfg, to_run, root, cell_over, commit, log)
+    results.sort(key=lambda r: (r.task, prof.arms.index(r.arm) if r.arm in prof.arms else 99, r.seed))
+    write_scores_csv(root / "scores.csv", results)
+    arms = [a for a in prof.arms if any(r.arm == a for r in results)]
+    atomic_write_text(root / "table.md", f"# {cfg.profile} profile: scores\n\n" + format_table(results, arms))
+    claims = evaluate_claims(scores_by_task(results), pretrained)
+    atomic_write_text(root / "claims.md", f"# {cfg.profile} profile: the paper's claims\n\n" + format_claims(claims))
+    plot_scores(root / "scores.png", results, arms)
+    log(f"wrote {root}/scores.csv, table.md, claims.md, scores.png")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = tyro.cli(ReproduceConfig, args=argv, description=__doc__.split("\n\n")[0])
+    try:
+        run_grid(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The grid's names, cells and per-cell configs."""
+
+import pytest
+
+from more3s.config import config_from_dict
+from more3s.reproduce.grid import ARMS, PROFILES, build_cells
+
+
+@pytest.mark.parametrize("kwargs, kind, valid", [
+    ({"profile": "huge"}, "profile", "smoke, cpu, paper"),
+    ({"profile": "cpu", "tasks": ("breakout", "tetris")}, "task", "breakout, pong"),
+    ({"profile": "smoke", "arms": ("more3s", "qlearning")}, "arm", "more3s, bc"),
+])
+def test_unknown_names_list_the_valid_ones(kwargs, kind, valid):
+    with pytest.raises(ValueError, match=f"unknown {kind}.*valid {kind}s: {valid}"):
+        build_cells(**kwargs)
+
+
+def test_cells_are_seed_major_and_configs_validate():
+    cells = build_cells("cpu", tasks=("breakout", "hopper"), arms=("more3s", "bc"), seeds=2)
+    assert [c.seed for c in cells] == [0] * 4 + [1] * 4
+    assert {c.key for c in cells} == {f"{t}/{a}/seed{s}" for t in ("breakout", "hopper")
+                                      for a in ("more3s", "bc") for s in (0, 1)}
+    for cell in cells:
+        cfg = config_from_dict(cell.config_overrides()).validate()
+        assert cfg.seed == cell.seed and cfg.env == cell.env
+    with pytest.raises(ValueError, match="seeds"):
+        build_cells("smoke", seeds=0)
+
+
+def test_every_profile_cell_config_is_valid():
+    """Budgets are equal across the arms of a task: only the arm's own fields differ."""
+    for name, prof in PROFILES.items():
+        cells = build_cells(name, seeds=1)
+        by_task: dict = {}
+        for cell in cells:
+            cfg = config_from_dict(cell.config_overrides()).validate()
+            by_task.setdefault(cell.task, []).append((cell.arm, cfg))
+        for task, cfgs in by_task.items():
+            base = dict(cfgs[0][1].__dict__)
+            for arm, cfg in cfgs:
+                differ = {k for k, v in cfg.__dict__.items() if base[k] != v} - {"name"}
+                allowed = set(ARMS[arm]) | set(ARMS[cfgs[0][0]])
+                assert differ <= allowed, (name, task, arm, differ)
+    assert PROFILES["paper"].tasks["hopper-medium-replay"][0].dataset == "mujoco/hopper/medium-replay-v0"
+    assert build_cells("paper", tasks=("hopper-medium-replay",), arms=("bc",))[0].env == "hopper"

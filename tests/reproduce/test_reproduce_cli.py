@@ -1,0 +1,103 @@
+"""The grid end to end: the smoke profile, a killed grid resuming, failed cells recorded, the paper wiring."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from more3s.reproduce.__main__ import ReproduceConfig, run_grid
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "scores.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _env(cache: Path) -> dict:
+    return {**os.environ, "MORE3S_CACHE": str(cache), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def test_smoke_profile_end_to_end(tmp_path):
+    out = tmp_path / "smoke"
+    proc = subprocess.run([sys.executable, "-m", "more3s.reproduce", "--profile", "smoke", "--out", str(out),
+                           "--jobs", "2"], cwd=ROOT, env=_env(tmp_path / "cache"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(out)
+    assert [(r["arm"], r["status"]) for r in rows] == [("more3s", "ok"), ("bc", "ok")], rows
+    assert all(r["protocol"].startswith("last checkpoint") and r["commit"] for r in rows)
+    for name in ("table.md", "claims.md", "scores.png", "grid.json"):
+        assert (out / name).stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "| more3s | 1 |" in table and "Behaviour data" in table
+    assert "inconclusive" in (out / "claims.md").read_text()  # one seed decides nothing
+
+
+def test_killed_grid_resumes_without_rerunning_finished_cells(tmp_path):
+    out = tmp_path / "grid"
+    args = [sys.executable, "-m", "more3s.reproduce", "--profile", "smoke", "--out", str(out), "--launcher",
+            "inline", "--override", "max_steps=40", "ckpt_every=5", "log_every=1"]
+    env = _env(tmp_path / "cache")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = out / "runs/breakout/more3s/seed0/cell.json"
+    second_ckpts = out / "runs/breakout/bc/seed0/checkpoints"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if first.is_file() and second_ckpts.is_dir() and any(second_ckpts.glob("step_*")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the grid ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "runs/breakout/bc/seed0/cell.json").exists()
+    stamp = first.stat().st_mtime_ns
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 already finished" in again.stderr
+    assert "resumed from" in again.stderr
+    assert first.stat().st_mtime_ns == stamp  # the finished cell was not run again
+    assert [r["status"] for r in _rows(out)] == ["ok", "ok"]
+
+
+def test_failed_cells_are_recorded_and_the_grid_goes_on(tmp_path):
+    out = tmp_path / "fail"
+    run_grid(ReproduceConfig(profile="smoke", out=out, launcher="inline",
+                             data=(f"breakout={tmp_path / 'missing.hdf5'}",)), log=lambda m: None)
+    rows = _rows(out)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("missing.hdf5" in r["message"] for r in rows)
+    assert "Failed: more3s seed 0" in (out / "table.md").read_text()
+
+
+def test_bad_grid_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a TrainConfig field"):
+        run_grid(ReproduceConfig(out=tmp_path, override=("learning_rate=1",)))
+    with pytest.raises(ValueError, match="not a task of profile smoke"):
+        run_grid(ReproduceConfig(out=tmp_path, data=("pong=x",)))
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        run_grid(ReproduceConfig(out=tmp_path, data=("breakout",)))
+    with pytest.raises(ValueError, match="jobs"):
+        run_grid(ReproduceConfig(out=tmp_path, jobs=0))
+
+
+def test_paper_profile_first_cell_on_a_local_stand_in(tmp_path, tiny_breakout):
+    """The paper profile's wiring (published dataset id, DT budgets) runs here with a stand-in dataset."""
+    out = tmp_path / "paper"
+    run_grid(ReproduceConfig(
+        profile="paper", tasks=("breakout",), arms=("more3s",), seeds=1, out=out, launcher="inline",
+        data=(f"breakout={tiny_breakout}",),
+        override=("encoder=lxmert-tiny", "backbone=dt-small", "max_steps=4", "warmup_steps=0", "batch_size=2",
+                  "window=4", "memory_steps=4", "eval_episodes=1", "eval_max_episode_steps=20", "ckpt_every=4",
+                  "eval_num_envs=1", f"cache_dir=\"{tmp_path / 'cache'}\"")), log=lambda m: None)
+    (row,) = _rows(out)
+    assert row["status"] == "ok", row["message"]
+    assert row["task"] == "breakout" and row["dataset"] == str(tiny_breakout)
+    grid = (out / "grid.json").read_text()
+    assert "atari/breakout/expert-v0" in grid and "deviations" in grid
