@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from more3s.config import preset_overrides
 from more3s.envs import get_task
 
 __all__ = ["ARMS", "PROFILES", "DataSpec", "Budget", "Profile", "Cell", "build_cells", "check_names",
@@ -26,8 +27,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "more3s": {},
     "more3s-nomem": {"memory_steps": 0, "sampler": "window"},
     "embed-rtg": {"rtg_mode": "embed"},
-    "dt": {"preset": "dt", "rtg_mode": "token", "memory_steps": 0, "sampler": "window"},
-    "bc": {"preset": "bc", "rtg_mode": "none", "memory_steps": 0, "sampler": "window"},
+    "dt": {"preset": "dt"},
+    "dt-published": {"preset": "dt-published"},
+    "bc": {"preset": "bc"},
     "prompts-synonym": {"prompt_set": "synonym"},
     "prompts-contextual": {"prompt_set": "contextual"},
     "pretrained": {"encoder": PRETRAINED_ENCODER},
@@ -35,6 +37,9 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 # Arms that only mean something when the pretrained encoder's weights are on disk (claim 5).
 NEEDS_PRETRAINED = ("pretrained", "random")
+# What every arm of a task shares whatever its preset sets: the budget (a preset's other values, e.g. DT's
+# architecture, learning rate and context, are its published hyper-parameters and stay).
+EQUAL_BUDGET = ("max_steps", "batch_size", "eval_episodes", "eval_max_episode_steps", "name")
 
 
 @dataclass(frozen=True)
@@ -92,14 +97,14 @@ _PAPER_MUJOCO = Budget(max_steps=100_000, batch_size=64, window=20, memory_steps
                        encoder=PRETRAINED_ENCODER, extra={"lr": 3e-4, "warmup_steps": 10_000, "backbone": "gpt2",
                                                           "grad_clip": 0.25, "weight_decay": 1e-4})
 
-_ALL_ARMS = ("more3s", "more3s-nomem", "embed-rtg", "dt", "bc", "prompts-synonym", "prompts-contextual",
-             "pretrained", "random")
+_ALL_ARMS = ("more3s", "more3s-nomem", "embed-rtg", "dt", "dt-published", "bc", "prompts-synonym",
+             "prompts-contextual", "pretrained", "random")
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke", "two arms, one seed, tiny budgets: proves the wiring end to end (CI)",
         {"breakout": (DataSpec("more3s/breakout/smoke-v0", "mixed", 4, 40), _SMOKE_BUDGET)},
-        arms=("more3s", "bc"), seeds=1),
+        arms=("more3s", "dt-published"), seeds=1),
     "cpu": Profile(
         "cpu", "what a 2-core CPU measures in about 4 hours with --jobs 2, on data collected here",
         {
@@ -147,7 +152,10 @@ class Cell:
     def config_overrides(self) -> dict[str, Any]:
         """Every TrainConfig field this cell sets (budget, then the arm's change, then identity)."""
         data, budget = PROFILES[self.profile].tasks[self.task]
-        return {**budget.overrides(), **ARMS[self.arm], "env": self.env, "dataset": data.dataset,
+        arm = ARMS[self.arm]
+        preset = preset_overrides(arm["preset"], self.env) if "preset" in arm else {}
+        preset = {k: v for k, v in preset.items() if k not in EQUAL_BUDGET}
+        return {**budget.overrides(), **preset, **arm, "env": self.env, "dataset": data.dataset,
                 "collect_if_missing": False, "seed": self.seed,
                 "name": f"{self.task}-{self.arm}-seed{self.seed}"}
 
