@@ -1,7 +1,7 @@
 """TrainConfig: every hyper-parameter of a more3s run, typed, validated, saved with the run.
 
 One flat dataclass (STYLE §1.2, §2.2), parsed from the command line with tyro. The command line is
-``python -m more3s.train [--config FILE] [--preset more3s|dt|bc] [--resume DIR] [overrides...]``:
+``python -m more3s.train [--config FILE] [--preset more3s|dt|bc|dt-published] [--resume DIR] [overrides...]``:
 the defaults below are the embedded default run; ``--config`` loads a saved config (yaml or json,
 e.g. a run's ``config.json``), ``--preset`` applies a baseline's settings, ``--resume`` continues a
 run from its own saved config; flags given after that override any of them.
@@ -36,7 +36,8 @@ evaluate ~50 s; README.md records the latest full run):
   ``--eval-every N`` also scores the current weights on a few fixed episodes every N steps (curves only).
 
 Baselines through the same code: ``--preset dt`` (RTG token, no memory, window sampler: Decision
-Transformer) and ``--preset bc`` (no RTG, no memory: behaviour cloning).
+Transformer on the same embeddings), ``--preset dt-published`` (Decision Transformer as published: its raw inputs,
+RTG token and hyper-parameters per task family) and ``--preset bc`` (no RTG, no memory: behaviour cloning).
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 __all__ = [
-    "TrainConfig", "PRESETS", "RTG_MODES", "OBJECTIVES", "SAMPLERS", "ENGINES", "EVAL_DTYPES",
+    "TrainConfig", "PRESETS", "DT_PUBLISHED", "preset_overrides", "RTG_MODES", "OBJECTIVES", "SAMPLERS", "ENGINES", "EVAL_DTYPES",
     "parse_args", "load_config_file", "config_from_dict", "config_to_dict", "save_config",
 ]
 
 RTG_MODES = ("kv", "embed", "token", "none")
-OBJECTIVES = ("semantic", "mse")
+OBJECTIVES = ("semantic", "mse", "linear")
 SAMPLERS = ("auto", "window", "stream")
 ENGINES = ("ring", "recompute", "window")
 EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -75,7 +76,7 @@ class TrainConfig:
     """Explicit run directory (created; must be empty or absent unless resuming)."""
     resume: Path | None = None
     """Continue the run in this directory from its newest intact checkpoint."""
-    preset: Literal["more3s", "dt", "bc"] = "more3s"
+    preset: Literal["more3s", "dt", "bc", "dt-published"] = "more3s"
     """Baseline settings applied before other overrides: dt = RTG token + no memory, bc = no RTG."""
     seed: int = 0
     device: str = "auto"
@@ -110,7 +111,7 @@ class TrainConfig:
     n_head: int | None = None
     n_embd: int | None = None
     rtg_mode: Literal["kv", "embed", "token", "none"] = "kv"
-    objective: Literal["semantic", "mse"] = "semantic"
+    objective: Literal["semantic", "mse", "linear"] = "semantic"
     window: int = 20
     """Steps per training window (each step = 2 tokens [a_{t-1}, s_t])."""
     memory_steps: int = 20
@@ -283,7 +284,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "more3s": {},
     "dt": {"rtg_mode": "token", "memory_steps": 0, "sampler": "window", "name": "dt"},
     "bc": {"rtg_mode": "none", "memory_steps": 0, "sampler": "window", "name": "bc"},
+    # Decision Transformer as published (Chen et al. 2021): its own inputs (Atari: a Nature CNN over 4 stacked 84x84
+    # grayscale frames, trained end to end; MuJoCo: the standardized observation through a linear map), its RTG
+    # token, no memory, a linear action head and no state prediction; per-family values in DT_PUBLISHED.
+    "dt-published": {"encoder": "raw", "rtg_mode": "token", "memory_steps": 0, "sampler": "window",
+                     "state_loss_weight": 0.0, "backbone": "dt-small", "name": "dt-published"},
 }
+# DT's published hyper-parameters per task family (its Atari and gym code). Warm-up stays the trainer's 10 % of
+# the steps (DT: 10k of 100k steps on MuJoCo; ~10k tokens on Atari).
+DT_PUBLISHED: dict[str, dict[str, Any]] = {
+    "atari": {"objective": "linear", "window": 30, "batch_size": 128, "n_layer": 6, "n_head": 8, "n_embd": 128,
+              "lr": 6e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1, "grad_clip": 1.0, "dropout": 0.1},
+    "pong": {"window": 50, "batch_size": 512},  # DT's Pong exception, on top of its Atari values
+    "mujoco": {"window": 20, "batch_size": 64, "n_layer": 3, "n_head": 1, "n_embd": 128, "lr": 1e-4,
+               "beta1": 0.9, "beta2": 0.999, "weight_decay": 1e-4, "grad_clip": 0.25, "dropout": 0.1},
+}
+
+
+def preset_overrides(preset: str, env: str) -> dict[str, Any]:
+    """The TrainConfig values ``preset`` sets for task ``env`` (dt-published depends on the task family)."""
+    from more3s.envs import get_task
+
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    out = dict(PRESETS[preset])
+    if preset == "dt-published":
+        task = get_task(env)
+        out.update(DT_PUBLISHED[task.family])
+        out.update(DT_PUBLISHED.get(task.name, {}))
+    return out
 
 
 # --- (de)serialisation -------------------------------------------------------------------------------
@@ -435,9 +464,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         base = load_config_file(config_file, base)
     preset = _peek_flag(argv, "--preset")
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
-        base = dataclasses.replace(base, preset=preset, **PRESETS[preset])
+        values = preset_overrides(preset, _peek_flag(argv, "--env") or base.env)
+        base = dataclasses.replace(base, preset=preset, **values)
     cfg = tyro.cli(TrainConfig, default=base, args=argv,
                    description="Train a MORE-3S (or DT / BC baseline) model; see more3s.config.")
     if cfg.resume is not None:

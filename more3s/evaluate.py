@@ -157,7 +157,7 @@ def _check_encoder_dtype(encoder, info: dict) -> None:
 def _cast(model, dtype: torch.dtype):
     """The model for rollouts in ``dtype`` (a copy when that differs: the caller's model is left as it is); the
     action table and state statistics stay fp32, as the model reads them in fp32."""
-    if model.embed_state.weight.dtype == dtype:
+    if model.param_dtype == dtype:
         return model
     out = copy.deepcopy(model).to(dtype)
     for name in ("action_table", "state_mean", "state_std"):
@@ -175,6 +175,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     ``video``: record the first N episodes of every target (over the seeds in order) under ``run_dir/videos``.
     """
     from more3s.encoder import load_encoder
+    from more3s.encoder.raw import RAW_ENCODER, RawObservations
     from more3s.train import resolve_device
 
     if isinstance(video, bool) or not isinstance(video, int) or video < 0:
@@ -183,7 +184,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     step_dtype = resolve_eval_dtype(dtype, dev)  # bad dtype: an error before anything loads
     model, info, ckpt = load_run_model(run_dir, dev, checkpoint)
     if encoder is None:
-        encoder = load_encoder(info["encoder"], device=dev)
+        encoder = (RawObservations(info["task"]) if info["encoder"] == RAW_ENCODER
+                   else load_encoder(info["encoder"], device=dev))
     want = info.get("encoder_fingerprint")
     if want and encoder.fingerprint != want:
         raise ValueError(f"encoder {encoder.name!r} has weights fingerprint {encoder.fingerprint[:12]}..., "
@@ -230,7 +232,7 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
     targets_source = (info.get("targets_source", "") if not given or given == run_targets
                       else "given on the command line")
     _check_encoder_dtype(encoder, info)
-    dtype = dtype or model.embed_state.weight.dtype
+    dtype = dtype or model.param_dtype
     was_training = model.training
     step_model = _cast(model, dtype)
     discrete = task.action_kind == "discrete"

@@ -244,7 +244,7 @@ class TrainData:
     steps with ``step_off`` [E+1]; observation rows use the cache's own ``offsets`` [E+1].
     """
 
-    def __init__(self, episodes, cache, device: torch.device):
+    def __init__(self, episodes, cache, device: torch.device, frame_stack: int = 1):
         lengths = np.asarray([len(ep) for ep in episodes], dtype=np.int64)  # [E]
         offsets = np.asarray(cache.offsets, dtype=np.int64)  # [E+1]
         if offsets.shape[0] != len(episodes) + 1:
@@ -260,6 +260,7 @@ class TrainData:
         self.step_off = np.concatenate([[0], np.cumsum(lengths)])  # [E+1]
         self.obs_off = offsets
         self.device = device
+        self.frame_stack = frame_stack  # > 1: each state input is the last k observations' rows (DT's Atari frames)
         # The whole cache goes to the device once (fp16): it is small next to the model's activations.
         self.states = torch.from_numpy(np.ascontiguousarray(cache.states[:])).to(device)  # [N_obs, d]
         acts = np.concatenate([ep.actions for ep in episodes])  # [N] or [N, A]
@@ -277,6 +278,15 @@ class TrainData:
         std = std.clamp(min=max(float(std.median()), 1e-6))
         return mean.float(), std.float()
 
+    def _states(self, ep, steps, obs_idx, to) -> torch.Tensor:
+        """Cache rows of the windows' states; with frame stacking the k rows ending at each step, repeating an
+        episode's first row before its start (as the rollout engine's stacks do)."""
+        if self.frame_stack == 1:
+            return self.states[to(obs_idx)]  # [B, K, d]
+        back = np.arange(self.frame_stack - 1, -1, -1)  # [k]: k-1 .. 0 steps back
+        rows = self.obs_off[ep][..., None] + np.maximum(steps[..., None] - back, 0)  # [B, K, k]
+        return self.states[to(rows)].flatten(2)  # [B, K, k * d]
+
     def gather(self, batch) -> dict[str, torch.Tensor]:
         """A sampler's WindowBatch -> model inputs (all [B, K, ...] on device)."""
         ep = batch.episode[:, None]  # [B, 1]
@@ -289,7 +299,7 @@ class TrainData:
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
         first = (steps == 0) & mask_np  # [B, K]
         return {
-            "states": self.states[to(obs_idx)],  # [B, K, d_enc]
+            "states": self._states(ep, steps, obs_idx, to),  # [B, K, d_enc]
             "prev_actions": self.actions[to(prev_idx)],  # [B, K] or [B, K, A]
             "actions": self.actions[to(step_idx)],
             "rtg": self.rtg[to(step_idx)],  # [B, K]
@@ -465,6 +475,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
            on_step: Callable[[int], None] | None) -> Path:
     from more3s.data import StreamSampler, WindowSampler, dataset_provenance, load_episodes
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
+    from more3s.encoder.raw import ATARI_FRAME_SIZE, RAW_ENCODER, RawObservations
     from more3s.envs import get_task
     from more3s.model import ModelConfig, build_model
     from more3s.report import behaviour_stats
@@ -495,15 +506,20 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
         raise ValueError(f"dataset {cfg.dataset!r} has no non-empty episodes")
     encoder_name = resolve_encoder(cfg.encoder) if dist.main else None
     encoder_name = _broadcast_obj(encoder_name, dist)
-    encoder = load_encoder(encoder_name, device=device)
-    # Every rank calls the builder (it shards the encoding across torchrun processes).
     t0 = time.time()
-    cache = build_or_load_cache(episodes, encoder, task.name, cfg.prompt_set, cache_dir=cfg.cache_dir,
-                                config=CacheConfig(progress=cfg.progress))
+    if encoder_name == RAW_ENCODER:  # DT's own inputs: cheap per-step features, computed here, never cached
+        encoder = RawObservations(task)
+        cache = encoder.build(episodes, progress=cfg.progress and dist.main)
+    else:
+        encoder = load_encoder(encoder_name, device=device)
+        # Every rank calls the builder (it shards the encoding across torchrun processes).
+        cache = build_or_load_cache(episodes, encoder, task.name, cfg.prompt_set, cache_dir=cfg.cache_dir,
+                                    config=CacheConfig(progress=cfg.progress))
     if dist.main:
-        log(f"embedding cache {'reused' if cache.hit else 'built'} in {time.time() - t0:.1f} s: "
-            f"{cache.states.shape[0]} states x {cache.states.shape[1]} ({encoder.name}) at {cache.path}")
-    data = TrainData(episodes, cache, device)
+        log(f"state inputs {'reused' if cache.hit else 'computed'} in {time.time() - t0:.1f} s: "
+            f"{cache.states.shape[0]} states x {cache.states.shape[1]} ({encoder.describe()}) at {cache.path}")
+    frame_stack = getattr(encoder, "frame_stack", 1)
+    data = TrainData(episodes, cache, device, frame_stack=frame_stack)
     encoder_fp = encoder.fingerprint
     stats = behaviour_stats(task.name, [ep.raw_return for ep in episodes],
                             [ep.train_return for ep in episodes])
@@ -522,18 +538,20 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
     backbone = resolve_backbone(cfg.backbone, device) if dist.main else None
     backbone = _broadcast_obj(backbone, dist)
     mcfg = ModelConfig(
-        d_enc=int(cache.states.shape[1]), act_dim=task.action_dim, discrete=task.action_kind == "discrete",
+        d_enc=int(cache.states.shape[1]) * frame_stack, act_dim=task.action_dim, discrete=task.action_kind == "discrete",
         backbone=backbone, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
         window=cfg.window, memory_steps=cfg.memory_steps,
         max_timestep=max_timestep, rtg_mode=cfg.rtg_mode, rtg_scale=task.rtg_scale,
         rtg_features=cfg.rtg_features, objective=cfg.objective,
         state_loss_weight=cfg.state_loss_weight, dropout=cfg.dropout,
         attention_backend=cfg.attention_backend,
+        **({"state_embedder": "nature_cnn", "frame_stack": frame_stack, "frame_size": ATARI_FRAME_SIZE}
+           if frame_stack > 1 else {}),
     )
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     action_table = torch.as_tensor(np.asarray(cache.action_table), dtype=torch.float32)
     model = build_model(mcfg, action_table).to(device)
-    if cfg.normalize_states:
+    if cfg.normalize_states and mcfg.state_embedder == "linear":  # the CNN reads pixels / 255, as DT
         mean, std = data.state_stats()
         model.set_state_normalization(mean, std)
     seed_everything(cfg.seed + dist.rank)

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelConfig", "BACKBONES", "RTG_MODES", "OBJECTIVES"]
+__all__ = ["ModelConfig", "BACKBONES", "RTG_MODES", "OBJECTIVES", "STATE_EMBEDDERS"]
 
 # Named geometries. "gpt2" = the first 6 of GPT-2 small's 12 layers (the paper's backbone); the
 # random twin has the same shape; "dt-small" is the paper's small variant (width 128, 1 head, 6 layers).
@@ -20,7 +20,12 @@ BACKBONES: dict[str, dict[str, int]] = {
     "dt-small": {"n_layer": 6, "n_head": 1, "n_embd": 128},
 }
 RTG_MODES = ("kv", "embed", "token", "none")
-OBJECTIVES = ("semantic", "mse")
+# semantic: cosine to the action table (MORE-3S); mse: the paper literally; linear: a plain linear head on the
+# same state tokens (discrete actions; the baseline the semantic head is measured against)
+OBJECTIVES = ("semantic", "mse", "linear")
+# How the state input becomes a token: a linear map of the (frozen) encoder's embedding, or DT's Nature CNN over
+# stacked frames trained end to end (``--encoder raw`` on Atari: d_enc = frame_stack * frame_size**2 pixels).
+STATE_EMBEDDERS = ("linear", "nature_cnn")
 
 
 @dataclass
@@ -46,6 +51,9 @@ class ModelConfig:
     bias: bool = True  # GPT-2 has biases everywhere; needed to load its weights
     layer_norm_eps: float = 1e-5  # GPT-2's value
     init_temperature: float = 0.07  # cosine-logit temperature at init (CLIP's), learned afterwards
+    state_embedder: str = "linear"
+    frame_stack: int = 1  # nature_cnn: frames per state input (DT: 4)
+    frame_size: int = 84  # nature_cnn: frames are frame_size x frame_size grayscale (DT: 84)
     attention_backend: str = "auto"  # more_attention backend: auto | reference | triton
     backbone_path: str = "gpt2"  # gpt2 only: local dir or hub id for GPT2Model.from_pretrained
     require_pretrained: bool = False  # gpt2 only: error instead of a logged random-init fallback
@@ -61,6 +69,13 @@ class ModelConfig:
             raise ValueError(f"rtg_mode={self.rtg_mode!r}: expected one of {RTG_MODES}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective={self.objective!r}: expected one of {OBJECTIVES}")
+        if self.objective == "linear" and not self.discrete:
+            raise ValueError("objective='linear' is a head over discrete actions; continuous actions use tanh + MSE")
+        if self.state_embedder not in STATE_EMBEDDERS:
+            raise ValueError(f"state_embedder={self.state_embedder!r}: expected one of {STATE_EMBEDDERS}")
+        if self.state_embedder == "nature_cnn" and self.d_enc != self.frame_stack * self.frame_size ** 2:
+            raise ValueError(f"state_embedder='nature_cnn' reads {self.frame_stack} frames of {self.frame_size}^2 "
+                             f"pixels: d_enc must be {self.frame_stack * self.frame_size ** 2}, got {self.d_enc}")
         for name in ("d_enc", "act_dim", "n_layer", "n_head", "n_embd", "window", "max_timestep"):
             value = getattr(self, name)
             least = 0 if name == "max_timestep" else 1  # one-step episodes train only timestep 0

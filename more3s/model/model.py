@@ -25,7 +25,7 @@ Why it looks like this:
   phi(R) to the step's tokens, ``token`` is DT's RTG token, ``none`` is behaviour cloning.
 * Memory: per layer, the injected K'/V' of the last M steps of the same stream, detached (Transformer-XL style).
 * Objective ``semantic``: the state token maps into the encoder space and scores actions by cosine similarity with
-  the frozen action table over a learned temperature (CE); the action token of step t predicts E_s(s_t) (MSE, weight
+  the frozen action table's rows (centred on their mean) over a learned temperature (CE); the action token of step t predicts E_s(s_t) (MSE, weight
   lambda). ``mse``: both heads regress encoder vectors; actions decode as the nearest table row. Continuous actions:
   tanh head + MSE, plus the same state MSE, whatever the objective.
 * No attention dropout: the fused kernel has none (GPT-2 and DT have 0.1); residual and embedding dropout remain.
@@ -89,7 +89,8 @@ class Memory:
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # [B, K, A]: discrete action scores | continuous: tanh action in [-1, 1]
-    state_pred: torch.Tensor  # [B, K, d_enc]: the action token of step t predicts E_s(s_t) (standardized)
+    state_pred: torch.Tensor | None  # [B, K, d_enc]: the action token of step t predicts E_s(s_t) (standardized);
+    # None when the model has no state loss
     memory: Memory | None = None  # the next window's memory (stream training)
     loss: torch.Tensor | None = None  # scalar, when targets were given
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # 0-dim, detached
@@ -230,6 +231,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x)), k_inj, v_inj
 
 
+class NatureCNN(nn.Module):
+    """DT's Atari state encoder (Mnih et al. 2015): stacked grayscale frames (0..255) -> one C-wide token."""
+
+    def __init__(self, frames: int, size: int, C: int):
+        super().__init__()
+        self.frames, self.size = frames, size
+        conv = nn.Sequential(nn.Conv2d(frames, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+                             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(), nn.Flatten())
+        n_flat = conv(torch.zeros(1, frames, size, size)).shape[-1]  # 3136 for 84x84
+        self.net = nn.Sequential(conv, nn.Linear(n_flat, C), nn.Tanh())  # DT ends its CNN in tanh
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]  # x: [..., frames * size * size]
+        y = self.net(x.reshape(-1, self.frames, self.size, self.size) / 255.0)  # [N, C]
+        return y.reshape(*lead, -1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # top model
 
@@ -251,7 +269,8 @@ class MoreModel(nn.Module):
         # the ring engine and recompute all see the same inputs; also the space of the next-state prediction target.
         self.register_buffer("state_mean", torch.zeros(cfg.d_enc))
         self.register_buffer("state_std", torch.ones(cfg.d_enc))
-        self.embed_state = nn.Linear(cfg.d_enc, C)  # P_s
+        self.embed_state = (NatureCNN(cfg.frame_stack, cfg.frame_size, C) if cfg.state_embedder == "nature_cnn"
+                            else nn.Linear(cfg.d_enc, C))  # P_s
         self.embed_action = nn.Linear(cfg.d_enc, C)  # P_a
         self.start_token = nn.Parameter(torch.empty(C))  # stands in for P_a(E_a(a_{-1}))
         self.embed_timestep = nn.Embedding(cfg.max_timestep + 1, C)  # tau
@@ -260,9 +279,11 @@ class MoreModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        head_out = cfg.d_enc if cfg.discrete else cfg.act_dim
-        self.head_action = nn.Linear(C, head_out)  # state token -> encoder space (discrete) | action (continuous)
-        self.head_state = nn.Linear(C, cfg.d_enc)  # action token -> E_s of its step's state
+        head_out = cfg.d_enc if cfg.discrete and cfg.objective != "linear" else cfg.act_dim
+        # state token -> encoder space (semantic, mse) | logits (linear) | action (continuous)
+        self.head_action = nn.Linear(C, head_out)
+        # action token -> E_s of its step's state; none without a state loss (DT: pixels are not predicted)
+        self.head_state = nn.Linear(C, cfg.d_enc) if cfg.state_loss_weight > 0 else None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))  # learned 1/temperature
         self.apply(self._init_weights)
         nn.init.normal_(self.start_token, std=0.02)
@@ -291,6 +312,11 @@ class MoreModel(nn.Module):
         self.state_mean.copy_(mean)
         self.state_std.copy_(std)
 
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The dtype the model computes in (its weights')."""
+        return self.embed_action.weight.dtype
+
     def _norm_states(self, states: torch.Tensor) -> torch.Tensor:
         return (states.float() - self.state_mean) / self.state_std  # [..., d_enc] float32
 
@@ -303,7 +329,7 @@ class MoreModel(nn.Module):
         """Tokens ``x [B, K*n, C]`` and their RTG features ``phi [B, K*n, F]`` (n = tokens per step)."""
         cfg = self.config
         B, K = states.shape[:2]
-        dtype = self.embed_state.weight.dtype
+        dtype = self.param_dtype
         s = self.embed_state(self._norm_states(states).to(dtype))  # [B, K, C]
         if cfg.discrete:  # P_a(E_a(a)) = row a of P_a(E_a): project the A table rows, not the B*K tokens
             idx = torch.where(first | ~mask, torch.zeros_like(prev_actions), prev_actions)  # unused slots -> row 0
@@ -359,9 +385,15 @@ class MoreModel(nn.Module):
         z = self.head_action(h_state)
         if not cfg.discrete:
             return z, torch.tanh(z)
+        if cfg.objective == "linear":
+            return z, z  # plain logits [..., A]
         table = self.action_table.to(z.dtype)  # [A, d_enc]
         if cfg.objective == "semantic":
             scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's cap keeps the temperature >= 0.01
+            # Cosine to the rows' offsets from the table's centroid: a random-init encoder puts prompts that
+            # differ in one word (RIGHT/LEFT) at cosine ~0.9, which caps the logit gap at (1 - 0.9)/temperature
+            # and keeps the policy from being sure; the centred rows are ~0.3-0.6 apart and keep their geometry.
+            table = table - table.mean(0, keepdim=True)  # [A, d_enc]
             return z, scale * F.normalize(z, dim=-1) @ F.normalize(table, dim=-1).T  # cosine / temperature
         d2 = (z * z).sum(-1, keepdim=True) - 2 * z @ table.T + (table * table).sum(-1)  # squared distance [..., A]
         return z, -d2  # argmax = nearest row
@@ -375,7 +407,7 @@ class MoreModel(nn.Module):
             if tuple(actions.shape) != tuple(mask.shape) or actions.is_floating_point():
                 raise ValueError(f"actions: expected int [B, K] = {list(mask.shape)}, got {actions.dtype} {tuple(actions.shape)}")
             tgt = torch.where(mask, actions, torch.zeros_like(actions)).long()  # [B, K]
-            if cfg.objective == "semantic":
+            if cfg.objective in ("semantic", "linear"):
                 per = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), reduction="none").view_as(w)
             else:  # regress the taken action's table row
                 per = (z.float() - self.action_table[tgt]).pow(2).mean(-1)  # [B, K]
@@ -386,9 +418,12 @@ class MoreModel(nn.Module):
                 raise ValueError(f"actions: expected float {list(logits.shape)}, got {tuple(actions.shape)}")
             per = (logits.float() - actions.float()).pow(2).mean(-1)  # [B, K]
         action_loss = (per * w).sum() / n_act
-        ws = (mask & ~first).to(logits.dtype)  # the start token follows no action: no state target
-        per_s = (state_pred.float() - self._norm_states(states)).pow(2).mean(-1)  # [B, K], standardized space
-        state_loss = (per_s * ws).sum() / ws.sum().clamp(min=1.0)
+        if state_pred is None:  # no state head (state_loss_weight = 0)
+            state_loss = torch.zeros((), device=logits.device)
+        else:
+            ws = (mask & ~first).to(logits.dtype)  # the start token follows no action: no state target
+            per_s = (state_pred.float() - self._norm_states(states)).pow(2).mean(-1)  # [B, K], standardized space
+            state_loss = (per_s * ws).sum() / ws.sum().clamp(min=1.0)
         loss = action_loss + cfg.state_loss_weight * state_loss
         metrics.update(loss=loss.detach(), action_loss=action_loss.detach(), state_loss=state_loss.detach())
         if cfg.discrete and cfg.objective == "semantic":
@@ -399,7 +434,7 @@ class MoreModel(nn.Module):
         n = self.config.tokens_per_step
         h = h.view(h.shape[0], K, n, -1)  # [B, K, n, C]
         z, logits = self._action_head(h[:, :, -1])  # state token: last of the block
-        state_pred = self.head_state(h[:, :, -2])  # action token a_{t-1}: predicts E_s(s_t)
+        state_pred = self.head_state(h[:, :, -2]) if self.head_state is not None else None  # a_{t-1} -> E_s(s_t)
         loss, metrics = (None, {}) if actions is None else self._loss(z, logits, state_pred, states, actions, first, mask)
         return ModelOutput(logits, state_pred, memory, loss, metrics)
 
@@ -410,7 +445,7 @@ class MoreModel(nn.Module):
         if cfg.memory_steps == 0:
             raise ValueError("empty_memory: this model has memory_steps=0")
         device = device or self.action_table.device
-        dtype = dtype or self.embed_state.weight.dtype
+        dtype = dtype or self.param_dtype
         shape = (batch_size, cfg.n_head, cfg.tokens_per_step * cfg.memory_steps, cfg.head_dim)
         zeros = tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer))
         return Memory(zeros, tuple(torch.zeros_like(t) for t in zeros), torch.zeros(batch_size, dtype=torch.long, device=device))
@@ -473,7 +508,7 @@ class MoreModel(nn.Module):
 
         cfg = self.config
         return RingKVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.tokens_per_step * cfg.context_steps, cfg.head_dim,
-                           dtype=dtype or self.embed_state.weight.dtype, device=device or self.action_table.device,
+                           dtype=dtype or self.param_dtype, device=device or self.action_table.device,
                            backend=backend)
 
     @torch.inference_mode()  # no autograd bookkeeping at all: a few % of a ring step

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from more3s.config import preset_overrides
 from more3s.envs import get_task
 
 __all__ = ["ARMS", "PROFILES", "DataSpec", "Budget", "Profile", "Cell", "build_cells", "check_names",
@@ -26,8 +27,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "more3s": {},
     "more3s-nomem": {"memory_steps": 0, "sampler": "window"},
     "embed-rtg": {"rtg_mode": "embed"},
-    "dt": {"preset": "dt", "rtg_mode": "token", "memory_steps": 0, "sampler": "window"},
-    "bc": {"preset": "bc", "rtg_mode": "none", "memory_steps": 0, "sampler": "window"},
+    "dt": {"preset": "dt"},
+    "dt-published": {"preset": "dt-published"},
+    "bc": {"preset": "bc"},
     "prompts-synonym": {"prompt_set": "synonym"},
     "prompts-contextual": {"prompt_set": "contextual"},
     "pretrained": {"encoder": PRETRAINED_ENCODER},
@@ -35,6 +37,9 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 # Arms that only mean something when the pretrained encoder's weights are on disk (claim 5).
 NEEDS_PRETRAINED = ("pretrained", "random")
+# What every arm of a task shares whatever its preset sets: the budget (a preset's other values, e.g. DT's
+# architecture, learning rate and context, are its published hyper-parameters and stay).
+EQUAL_BUDGET = ("max_steps", "batch_size", "eval_episodes", "eval_max_episode_steps", "name")
 
 
 @dataclass(frozen=True)
@@ -81,9 +86,12 @@ class Profile:
 
 _SMOKE_BUDGET = Budget(max_steps=12, batch_size=4, window=4, memory_steps=4, eval_episodes=2,
                        eval_max_episode_steps=40, extra={"ckpt_every": 6, "eval_num_envs": 2})
-# CPU: budgets sized so that the whole grid (4 tasks x 7 arms x 3 seeds) fits ~4 hours with --jobs 2.
-_CPU_ATARI = Budget(max_steps=1500, batch_size=32, window=20, memory_steps=20, eval_episodes=16)
-_CPU_MUJOCO = Budget(max_steps=1500, batch_size=32, window=20, memory_steps=20, eval_episodes=4)
+# CPU: budgets sized so that the whole grid (4 tasks x 8 arms x 3 seeds) fits ~4 hours with --jobs 2 (estimated
+# from ~0.19 s per LXMERT-arm step and ~1 s per dt-published Atari step, whose CNN reads every frame). Only the
+# protocol's (sampled) episodes are played: the greedy ones beside them would double the evaluation time.
+_CPU_ATARI = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=16,
+                    extra={"eval_greedy": False})
+_CPU_MUJOCO = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=4)
 # Paper: DT's published budgets (Atari: context 30, batch 128, 5 epochs over 500k transitions ~ 20k steps;
 # MuJoCo: context 20, batch 64, 100k steps) with the paper's pretrained encoder; for a GPU machine, online.
 _PAPER_ATARI = Budget(max_steps=20_000, batch_size=128, window=30, memory_steps=30, eval_episodes=10,
@@ -92,14 +100,14 @@ _PAPER_MUJOCO = Budget(max_steps=100_000, batch_size=64, window=20, memory_steps
                        encoder=PRETRAINED_ENCODER, extra={"lr": 3e-4, "warmup_steps": 10_000, "backbone": "gpt2",
                                                           "grad_clip": 0.25, "weight_decay": 1e-4})
 
-_ALL_ARMS = ("more3s", "more3s-nomem", "embed-rtg", "dt", "bc", "prompts-synonym", "prompts-contextual",
-             "pretrained", "random")
+_ALL_ARMS = ("more3s", "more3s-nomem", "embed-rtg", "dt", "dt-published", "bc", "prompts-synonym",
+             "prompts-contextual", "pretrained", "random")
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke", "two arms, one seed, tiny budgets: proves the wiring end to end (CI)",
         {"breakout": (DataSpec("more3s/breakout/smoke-v0", "mixed", 4, 40), _SMOKE_BUDGET)},
-        arms=("more3s", "bc"), seeds=1),
+        arms=("more3s", "dt-published"), seeds=1),
     "cpu": Profile(
         "cpu", "what a 2-core CPU measures in about 4 hours with --jobs 2, on data collected here",
         {
@@ -147,7 +155,10 @@ class Cell:
     def config_overrides(self) -> dict[str, Any]:
         """Every TrainConfig field this cell sets (budget, then the arm's change, then identity)."""
         data, budget = PROFILES[self.profile].tasks[self.task]
-        return {**budget.overrides(), **ARMS[self.arm], "env": self.env, "dataset": data.dataset,
+        arm = ARMS[self.arm]
+        preset = preset_overrides(arm["preset"], self.env) if "preset" in arm else {}
+        preset = {k: v for k, v in preset.items() if k not in EQUAL_BUDGET}
+        return {**budget.overrides(), **preset, **arm, "env": self.env, "dataset": data.dataset,
                 "collect_if_missing": False, "seed": self.seed,
                 "name": f"{self.task}-{self.arm}-seed{self.seed}"}
 

@@ -67,6 +67,24 @@ class RolloutResult:
         return self.env_steps / self.wall_s if self.wall_s > 0 else 0.0
 
 
+class _FrameStack:
+    """The last ``k`` per-step encodings of each environment, concatenated (DT's 4 stacked Atari frames). An
+    episode's first step repeats its own frame k times, as the trainer's stacks do at an episode start."""
+
+    def __init__(self, k: int):
+        self.k, self.buf = k, None
+
+    def push(self, x: torch.Tensor, first: np.ndarray) -> torch.Tensor:
+        """``x [N, d]`` this step's encodings, ``first [N]`` episode starts -> ``[N, k * d]``."""
+        fresh = x[:, None].expand(-1, self.k, -1)  # [N, k, d]
+        if self.buf is None:
+            self.buf = fresh.clone()
+        else:
+            rolled = torch.cat([self.buf[:, 1:], x[:, None]], dim=1)
+            self.buf = torch.where(torch.as_tensor(first, device=x.device)[:, None, None], fresh, rolled)
+        return self.buf.flatten(1)
+
+
 class _History:
     """The last ``H`` steps of each environment's current episode, right-aligned (left padding)."""
 
@@ -120,7 +138,7 @@ class RolloutEngine:
         self.cache_backend = cache_backend
         cfg = model.config
         self.device = model.action_table.device
-        self.dtype = model.embed_state.weight.dtype
+        self.dtype = model.param_dtype
         self.discrete = cfg.discrete
         if self.discrete != (self.task.action_kind == "discrete"):
             raise ValueError(f"model is {'discrete' if cfg.discrete else 'continuous'} but task "
@@ -210,6 +228,7 @@ class RolloutEngine:
         g = first_env + np.arange(N)  # [N] global env indices
         quota = num_episodes // G + (g < num_episodes % G)  # [N]
         self._setup(N)
+        stack = _FrameStack(self.encoder.frame_stack) if getattr(self.encoder, "frame_stack", 1) > 1 else None
         clip = self.task.clip_rewards
         dev = self.device
         t0 = time.perf_counter()
@@ -231,7 +250,9 @@ class RolloutEngine:
         res = RolloutResult([], [], [], [])
         digest = [hashlib.blake2b(digest_size=8) for _ in range(N)]  # per env: its episode's (action, reward)s
         while np.any(done_count < quota):
-            state = self.encoder.embed_states(self.task.name, obs, prev_obs)  # [N, d_enc]
+            state = self.encoder.embed_states(self.task.name, obs, prev_obs)  # [N, d_enc] (or one frame: stacked)
+            if stack is not None:
+                state = stack.push(torch.as_tensor(state), first)
             # Rounded through fp16 as the embedding cache stores it: the model sees the values it trained on.
             state = torch.as_tensor(state).to(dev, torch.float16).to(self.dtype)
             logits = self._decide(

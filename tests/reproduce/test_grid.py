@@ -2,14 +2,14 @@
 
 import pytest
 
-from more3s.config import config_from_dict
-from more3s.reproduce.grid import ARMS, PROFILES, build_cells
+from more3s.config import config_from_dict, preset_overrides
+from more3s.reproduce.grid import ARMS, EQUAL_BUDGET, PROFILES, build_cells
 
 
 @pytest.mark.parametrize("kwargs, kind, valid", [
     ({"profile": "huge"}, "profile", "smoke, cpu, paper"),
     ({"profile": "cpu", "tasks": ("breakout", "tetris")}, "task", "breakout, pong"),
-    ({"profile": "smoke", "arms": ("more3s", "qlearning")}, "arm", "more3s, bc"),
+    ({"profile": "smoke", "arms": ("more3s", "qlearning")}, "arm", "more3s, dt-published"),
 ])
 def test_unknown_names_list_the_valid_ones(kwargs, kind, valid):
     with pytest.raises(ValueError, match=f"unknown {kind}.*valid {kind}s: {valid}"):
@@ -28,8 +28,15 @@ def test_cells_are_seed_major_and_configs_validate():
         build_cells("smoke", seeds=0)
 
 
+def _arm_keys(arm: str, env: str) -> set:
+    keys = set(ARMS[arm])
+    if "preset" in ARMS[arm]:
+        keys |= set(preset_overrides(ARMS[arm]["preset"], env)) - set(EQUAL_BUDGET)
+    return keys
+
+
 def test_every_profile_cell_config_is_valid():
-    """Budgets are equal across the arms of a task: only the arm's own fields differ."""
+    """Budgets are equal across the arms of a task: only the arm's own fields (and its preset's) differ."""
     for name, prof in PROFILES.items():
         cells = build_cells(name, seeds=1)
         by_task: dict = {}
@@ -40,7 +47,10 @@ def test_every_profile_cell_config_is_valid():
             base = dict(cfgs[0][1].__dict__)
             for arm, cfg in cfgs:
                 differ = {k for k, v in cfg.__dict__.items() if base[k] != v} - {"name"}
-                allowed = set(ARMS[arm]) | set(ARMS[cfgs[0][0]])
+                allowed = _arm_keys(arm, cfg.env) | _arm_keys(cfgs[0][0], cfg.env)
                 assert differ <= allowed, (name, task, arm, differ)
     assert PROFILES["paper"].tasks["hopper-medium-replay"][0].dataset == "mujoco/hopper/medium-replay-v0"
     assert build_cells("paper", tasks=("hopper-medium-replay",), arms=("bc",))[0].env == "hopper"
+    (dt,) = build_cells("cpu", tasks=("pong",), arms=("dt-published",), seeds=1)
+    cfg = config_from_dict(dt.config_overrides()).validate()
+    assert (cfg.encoder, cfg.window, cfg.lr, cfg.batch_size) == ("raw", 50, 6e-4, 32)  # DT's context, the grid's batch

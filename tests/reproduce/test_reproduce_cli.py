@@ -31,7 +31,7 @@ def test_smoke_profile_end_to_end(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _rows(out)
-    assert [(r["arm"], r["status"]) for r in rows] == [("more3s", "ok"), ("bc", "ok")], rows
+    assert [(r["arm"], r["status"]) for r in rows] == [("more3s", "ok"), ("dt-published", "ok")], rows
     assert all(r["protocol"].startswith("last checkpoint") and r["commit"] for r in rows)
     for name in ("table.md", "claims.md", "scores.png", "grid.json"):
         assert (out / name).stat().st_size > 0
@@ -47,7 +47,7 @@ def test_killed_grid_resumes_without_rerunning_finished_cells(tmp_path):
     env = _env(tmp_path / "cache")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first = out / "runs/breakout/more3s/seed0/cell.json"
-    second_ckpts = out / "runs/breakout/bc/seed0/checkpoints"
+    second_ckpts = out / "runs/breakout/dt-published/seed0/checkpoints"
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if first.is_file() and second_ckpts.is_dir() and any(second_ckpts.glob("step_*")):
@@ -56,7 +56,7 @@ def test_killed_grid_resumes_without_rerunning_finished_cells(tmp_path):
     assert proc.poll() is None, f"the grid ended before it could be killed: {proc.stderr.read()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "runs/breakout/bc/seed0/cell.json").exists()
+    assert not (out / "runs/breakout/dt-published/seed0/cell.json").exists()
     stamp = first.stat().st_mtime_ns
     again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
