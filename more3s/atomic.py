@@ -16,6 +16,16 @@ from typing import Iterator
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_path", "atomic_dir", "sha256_file"]
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: read once, at import, before any thread starts)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -33,6 +43,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the mode a plain open() would
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -80,3 +80,15 @@ def test_exchange_swaps_and_dest_is_never_absent(tmp_path):
         stop.set()
         t.join()
     assert not missing and (dest / "v").read_text() == "199"
+
+
+def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path):
+    """Not mkstemp's 0600: results written atomically are readable by whoever could read a plain file."""
+    import stat
+
+    from more3s.atomic import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.json", "{}")
+    (tmp_path / "b.json").write_text("{}")
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) != 0o600
