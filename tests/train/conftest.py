@@ -7,23 +7,34 @@ import pytest
 from more3s.config import TrainConfig
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory):
-    """6 Breakout episodes of <= 24 steps from the mixed policy; returns the dataset directory."""
+def _collect_once(tmp_path_factory, env: str, episodes: int, dataset_id: str, seed: int, max_steps: int) -> str:
+    """A small ``mixed``-policy dataset under its own Minari root; returns the dataset directory."""
     from more3s.data import collect_dataset
 
-    root = tmp_path_factory.mktemp("minari_train")
+    root = tmp_path_factory.mktemp(f"minari_{env}")
     old = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(root)
     try:
-        path = collect_dataset("breakout", "mixed", 6, "test/breakout-tiny-v0", seed=3,
-                               max_episode_steps=24, progress=False)
+        path = collect_dataset(env, "mixed", episodes, dataset_id, seed=seed, max_episode_steps=max_steps,
+                               progress=False)
     finally:
         if old is None:
             os.environ.pop("MINARI_DATASETS_PATH", None)
         else:
             os.environ["MINARI_DATASETS_PATH"] = old
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """6 Breakout episodes of <= 24 steps from the mixed policy; returns the dataset directory."""
+    return _collect_once(tmp_path_factory, "breakout", 6, "test/breakout-tiny-v0", seed=3, max_steps=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_cheetah(tmp_path_factory):
+    """4 HalfCheetah episodes of 20 steps from the mixed policy; returns the dataset directory."""
+    return _collect_once(tmp_path_factory, "halfcheetah", 4, "test/cheetah-tiny-v0", seed=2, max_steps=20)
 
 
 @pytest.fixture(scope="session")

@@ -15,25 +15,6 @@ from more3s.rollout.engine import RolloutEngine
 from more3s.train import train
 
 
-@pytest.fixture(scope="module")
-def tiny_cheetah(tmp_path_factory):
-    import os
-
-    from more3s.data import collect_dataset
-
-    root = tmp_path_factory.mktemp("minari_cheetah")
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        return str(collect_dataset("halfcheetah", "mixed", 4, "test/cheetah-tiny-v0", seed=2, max_episode_steps=20,
-                                   progress=False))
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
-
-
 def _dt_config(tiny_config, env, dataset):
     base = tiny_config()
     cfg = config_from_dict(preset_overrides("dt-published", env), base)
