@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.more3s-installed
-# Small ops on a busy 2-core box get 10-30x slower with 2 threads (ENVIRONMENT.md).
+# Small ops on a busy 2-core box get 10-30x slower with 2 threads.
 export OMP_NUM_THREADS ?= 1
 export MUJOCO_GL ?= egl
 PYTEST_WORKERS ?= 2

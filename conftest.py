@@ -14,7 +14,7 @@ os.environ.setdefault("MORE3S_STRICT_CUDA_GRAPH", "1")  # a CUDA-graph capture t
 import torch  # noqa: E402
 
 if not torch.cuda.is_available():
-    # Triton runs here only in its interpreter (ENVIRONMENT.md).
+    # Triton runs here only in its interpreter.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """Ring-buffer KV cache: latency of one `attend` (append n=2 tokens + decode attention).
 
-Rollout shape (DESIGN §3/§5): B=16 environments, D=128, capacity 120 tokens (60 steps of
+Rollout shape: B=16 environments, D=128, capacity 120 tokens (60 steps of
 [a_{t-1}, s_t]), H = 1..8. Each compiled backend is timed by pytest-benchmark; the PyTorch
 reference is timed in the same test on the same state, and the ratio goes into extra_info
 (`speedup_vs_reference`), with the bytes of K/V read per call and the achieved GB/s.

@@ -2,7 +2,7 @@
 
 * ``ring``: ``model.step`` with a RingKVCache (backend auto: the C++ op when built, else the reference), one new
   block per environment, K/V computed once per token;
-* ``recompute``: the cache-less baseline, a plain forward over the last S = 60 steps every step (DESIGN §3), lean:
+* ``recompute``: the cache-less baseline, a plain forward over the last S = 60 steps every step, lean:
   only what a decision needs (``model.recompute`` runs the action head on the last token alone);
 * ``hf_dt``: ``transformers.DecisionTransformerModel`` at the same width, depth and window (30 steps = 90 tokens),
   re-run over the window every step as its users do.

@@ -8,7 +8,7 @@ normalized score (more3s.envs.normalized_score on RAW returns) as mean ± std ov
 distinct trajectories those episodes are, next to the dataset's behaviour returns, and which checkpoint was
 evaluated.
 
-Protocol (DESIGN §4, as Decision Transformer): Atari actions are *sampled* from the policy's softmax (seeded),
+Protocol (as Decision Transformer): Atari actions are *sampled* from the policy's softmax (seeded),
 up to 30 random no-ops, full games unless a cap applies; greedy episodes from the same seeds are reported beside
 (``--no-greedy`` skips them). MuJoCo actions are deterministic. The episode cap follows the run's dataset
 (run.json): the collection cap more3s recorded for datasets it collected, none for any other dataset;

@@ -1,6 +1,6 @@
 """The final report of a run: a score table (stdout) and one PNG (learning curve + scores).
 
-Scores are reported honestly (DESIGN §4, §6, what users of DT-style code ask for): the normalized
+Scores are reported honestly (what users of DT-style code ask for): the normalized
 score of every RTG target as mean ± std over evaluation episodes, computed from RAW returns with
 the constants table of more3s.envs (its source printed under the table), next to the dataset's own
 behaviour returns; the checkpoint evaluated, any episode-length cap and where it came from, how the
@@ -115,7 +115,7 @@ def behaviour_stats(task: str, raw_returns: Sequence[float],
 
 
 def data_targets(stats: BehaviourStats) -> tuple[float, ...]:
-    """DESIGN §4: for datasets without published targets, the best and 90th-percentile returns."""
+    """For datasets without published targets, the best and 90th-percentile returns."""
     return unique_targets((stats.best_train_return, stats.p90_train_return))
 
 

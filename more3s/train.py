@@ -8,7 +8,7 @@ with DDP (gloo on CPU, nccl on GPU); rank 0 collects the dataset, logs, checkpoi
 all ranks build the embedding cache together (more3s.encoder.cache shards it), train on differently
 seeded samplers and share the final evaluation's environments (more3s.evaluate).
 
-The frozen encoder never runs during training (DESIGN §5): batches are gathered from the
+The frozen encoder never runs during training: batches are gathered from the
 memory-mapped embedding cache by the samplers' indices. With ``memory_steps > 0`` the stream
 sampler walks episodes in consecutive windows and the model's detached Memory is carried from one
 batch to the next (cleared by the model where a window starts an episode); it is checkpointed with
@@ -163,13 +163,13 @@ def default_targets(cfg: TrainConfig, task, stats, provenance: dict | None = Non
         return unique_targets(task.rtg_targets), ("Decision Transformer's published targets (a dataset more3s did "
                                                   "not collect)")
     pub = ", ".join(f"{t:g}" for t in task.rtg_targets)
-    return data_targets(stats), ("from the data (DESIGN §4, a dataset more3s collected): its best episode "
+    return data_targets(stats), ("from the data (a dataset more3s collected): its best episode "
                                  f"return and 90th percentile (DT's published target(s) for "
                                  f"{task.name}: {pub})")
 
 
 def eval_cap(provenance: dict | None) -> tuple[int | None, str]:
-    """The evaluation cap a dataset implies (None = the task's full protocol) and why (DESIGN §4)."""
+    """The evaluation cap a dataset implies (None = the task's full protocol) and why."""
     if provenance is None:
         return None, "a dataset more3s did not collect: the task's full protocol"
     cap = provenance.get("max_episode_steps")
@@ -529,7 +529,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
     max_timestep, timestep_source = timestep_table(data.lengths, task)
     n_episodes = len(episodes)
     encoder_dtype = str(encoder.dtype).removeprefix("torch.")
-    # Training never needs the raw frames again, nor the encoder unless --eval-every plays episodes (DESIGN §5).
+    # Training never needs the raw frames again, nor the encoder unless --eval-every plays episodes.
     del episodes
     if cfg.eval_every is None:
         del encoder

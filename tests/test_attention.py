@@ -1,5 +1,5 @@
 """The attention contract's reference path against a direct, loop-per-query float64 transcription of
-DESIGN §3, plus input validation and dispatch.
+the attention contract, plus input validation and dispatch.
 
 The direct version builds each query's visible key set by hand (valid memory slots, then real
 window tokens j <= i), so it shares no masking code with ``more_attention_reference``.
@@ -18,7 +18,7 @@ __all__: list[str] = []
 
 
 def direct_attention(q, k, v, rtg, w_k, w_v, k_mem, v_mem, mem_len, key_padding_mask):
-    """DESIGN §3 written out literally, one query at a time (differentiable, any float dtype)."""
+    """The attention contract written out literally, one query at a time (differentiable, any float dtype)."""
     B, H, T, D = q.shape
     M = 0 if k_mem is None else k_mem.shape[2]
     k_inj = k + torch.einsum("btf,hfd->bhtd", rtg.detach(), w_k)

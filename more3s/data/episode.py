@@ -2,7 +2,7 @@
 
 Minari's convention is kept (T actions and rewards, T+1 observations including the final one), and
 terminations and truncations stay separate (a time-limit truncation is not a terminal state). The RTG
-is computed once here so that the loader, the samplers and the trainer agree on it: DESIGN §4 says it
+is computed once here so that the loader, the samplers and the trainer agree on it: the protocol says it
 is the undiscounted sum of rewards from t to the episode end, with rewards clipped to [-1, 1] first
 for Atari (the task's ``clip_rewards``), while the raw return is kept for reporting.
 """
@@ -32,7 +32,7 @@ def compute_rtg(rewards: np.ndarray, clip: bool = False) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Episode:
-    """One episode (see INTERFACES.md). Arrays are not copied; treat them as read-only."""
+    """One episode. Arrays are not copied; treat them as read-only."""
 
     observations: np.ndarray  # [T+1, *obs_shape] includes the final observation (or io.H5Frames)
     actions: np.ndarray  # [T] int64 (discrete) or [T, A] float32 (continuous)

@@ -1,7 +1,7 @@
 """Segment samplers over episode lengths: they return indices, never data.
 
 Working on lengths alone lets the trainer gather raw observations or rows of the embedding cache
-with the same batch. Two samplers (DESIGN §3):
+with the same batch. Two samplers:
 
 * ``WindowSampler`` — Decision Transformer's random windows: a start step is drawn uniformly over
   all steps of all episodes (so an episode is picked with probability proportional to its length),

@@ -6,7 +6,7 @@ Three prompt sets per task (the paper's prompt ablation):
   ``contextual`` questions / richer context that say *why* one would take the action.
 Discrete tasks have one prompt per action (in the env's action order); MuJoCo tasks have one
 prompt per action dimension describing the joint it drives, plus a base prompt ``e_0``
-(DESIGN §3: E_a(a) = e_0 + sum_i a_i e_i).
+(E_a(a) = e_0 + sum_i a_i e_i).
 """
 
 from __future__ import annotations

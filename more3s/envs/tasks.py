@@ -27,7 +27,7 @@ class TaskSpec:
     action_dim: int  # number of actions (discrete) or action dimensions (continuous)
     # ALE action meanings (minimal set) or MuJoCo actuated joints, in env order.
     action_names: tuple[str, ...]
-    rtg_scale: float  # RTG feature phi(R) = R / rtg_scale (DESIGN §3/§4)
+    rtg_scale: float  # RTG feature phi(R) = R / rtg_scale
     rtg_targets: tuple[float, ...]  # DT's published targets, in raw (clipped for Atari) return units
     max_episode_steps: int
     obs_dim: int | None = None  # MuJoCo observation size (None: image)

@@ -1,4 +1,4 @@
-"""more3s.model: the MORE-3S sequence model (DESIGN §3).
+"""more3s.model: the MORE-3S sequence model.
 
 ``model.py`` holds the whole model (tokens, RTG-in-K/V attention, memory, heads, rollout step);
 ``config.py`` its hyper-parameters; ``backbones.py`` the named geometries and the GPT-2 weight mapping;

@@ -1,6 +1,6 @@
 """RTG-in-K/V attention with episode memory: the contract, its reference path and the dispatcher.
 
-DESIGN §3 gives one attention semantics to the model, the Triton kernel and the tests; this module
+The attention contract gives one semantics to the model, the Triton kernel and the tests; this module
 is where it is written down in code. ``more_attention`` validates the inputs once, then runs either
 
 * ``"reference"``: plain PyTorch (the oracle for every other implementation). Half-precision inputs

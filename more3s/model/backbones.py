@@ -1,4 +1,4 @@
-"""Named backbones and the GPT-2 weight mapping (DESIGN §3 "Weights").
+"""Named backbones and the GPT-2 weight mapping.
 
 ``gpt2`` is the paper's backbone: the first ``n_layer`` (6) of GPT-2 small's 12 blocks, copied into
 ``MoreModel``'s blocks (whose parameter names follow GPT-2's). Weights come from

@@ -1,4 +1,4 @@
-"""Hyper-parameters of the MORE-3S sequence model (DESIGN §3), one flat dataclass.
+"""Hyper-parameters of the MORE-3S sequence model, one flat dataclass.
 
 The model receives this config whole (nanoGPT habit). Geometry (layers, heads, width) defaults to the
 named backbone's (``BACKBONES``); every other field has a "why" comment where the value is not obvious.
@@ -43,7 +43,7 @@ class ModelConfig:
     # max_ep_len. The trainer sets it to the largest timestep training sees, so no untrained row is ever read.
     max_timestep: int = 10_000
     rtg_mode: str = "kv"
-    rtg_scale: float = 1.0  # Atari 1, MuJoCo 1000 (DESIGN §4)
+    rtg_scale: float = 1.0  # Atari 1, MuJoCo 1000
     rtg_features: int = 1  # F: 1 = R/scale; odd F > 1 adds (F-1)/2 sin/cos pairs at octave frequencies
     objective: str = "semantic"
     state_loss_weight: float = 1.0  # lambda; the MSE is a mean over d_enc components, so O(1) like the CE
@@ -105,7 +105,7 @@ class ModelConfig:
 
     @property
     def context_steps(self) -> int:
-        """S = window + memory steps: what a rollout token sees (DESIGN §3 rollout semantics)."""
+        """S = window + memory steps: what a rollout token sees (the rollout semantics: README, 'Rollouts')."""
         return self.window + self.memory_steps
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The MORE-3S sequence model, whole, in one file (DESIGN §3): leaf modules -> block -> top model.
+"""The MORE-3S sequence model, whole, in one file: leaf modules -> block -> top model.
 
-API (stable; /tmp/MODEL_API.md has the long form)::
+API::
 
     cfg = ModelConfig(d_enc=..., act_dim=A, discrete=True, backbone="dt-small", window=30, memory_steps=0)
     model = MoreModel(cfg, action_table)          # [A, d_enc] discrete | [A+1, d_enc] continuous (e_0, e_1..e_A)
@@ -100,7 +100,7 @@ def banded_attention_mask(first: torch.Tensor, mask: torch.Tensor, band_steps: i
     """``[B, T, T]`` bool, T = K * tokens_per_step: token i (step s_i) sees real token j (step s_j) iff both belong to
     the same episode (episodes start where ``first``), ``s_i - band_steps < s_j <= s_i`` and ``j <= i``.
 
-    This is what the ring cache gives a rollout (DESIGN §3, rollout semantics)."""
+    This is what the ring cache gives a rollout."""
     B, K = first.shape
     n = tokens_per_step
     episode = torch.cumsum(first.long(), dim=1)  # [B, K] episode id per step

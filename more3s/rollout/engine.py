@@ -16,7 +16,7 @@ Three ways to get the model's decision (``mode``), all over the same tokens:
   bucket), so a GPU step is region extraction on the host, one encoder graph replay, one model
   graph replay and a single device-to-host copy of the N actions.
 * ``recompute``: the reference path. It keeps each environment's recent history and re-runs
-  ``model.forward_banded`` (the step-banded causal mask of DESIGN §3) over it every step. With S
+  ``model.forward_banded`` (the step-banded causal mask of the rollout semantics) over it every step. With S
   context steps and L layers, the last token's output depends on the last L*(S-1)+1 steps only, so
   that much history makes it exactly what the ring computes (the equality test relies on this) at
   O((L*S)^2) per step.

@@ -3,7 +3,7 @@
 Why: a rollout step of the sequence model adds one block of tokens ``[a_{t-1}, s_t]`` per
 environment. Recomputing the whole window every step costs O(window) per layer; the ring keeps
 every layer's RTG-injected K/V of the last ``capacity`` tokens, so a step only appends n tokens
-and runs a decode attention of the n new queries over the ring (DESIGN §3 "Rollout semantics",
+and runs a decode attention of the n new queries over the ring (the rollout semantics,
 §5). The kernels are torch ops in csrc/ (C++ on CPU, CUDA on GPU); the plain-PyTorch reference
 in `more3s.rollout._ops` has the same semantics and is the oracle.
 

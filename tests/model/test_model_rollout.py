@@ -1,5 +1,5 @@
 """Rollout step API: ``model.step`` with a ring KV cache over a multi-episode stream (resets, eviction) equals one
-full forward with the step-banded causal mask (DESIGN §3 rollout semantics). Reference ring backend; float32 (the
+full forward with the step-banded causal mask (the rollout semantics: README, 'Rollouts'). Reference ring backend; float32 (the
 ring's widest dtype), so the tolerance is float32's: the two paths sum in different orders."""
 
 from __future__ import annotations
