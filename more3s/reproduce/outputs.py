@@ -96,7 +96,7 @@ def format_claims(claims: Sequence[ClaimResult]) -> str:
 
 
 def plot_scores(path: Path, results: Sequence[CellResult], arms: Sequence[str]) -> Path:
-    """Per task one panel: arms as bars (mean over seeds), the seeds as dots."""
+    """Per task one panel: arms as bars (mean over seeds), the seeds as dots, the behaviour data's mean dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,6 +113,12 @@ def plot_scores(path: Path, results: Sequence[CellResult], arms: Sequence[str]) 
             ax.scatter(np.full(x.size, i) + np.linspace(-0.15, 0.15, x.size), x, color="k", s=12, zorder=3)
         ax.set_xticks(range(len(present)), present, rotation=45, ha="right", fontsize=8)
         ax.axhline(0, color="0.5", lw=0.8)
+        beh = next((r.behaviour_mean for r in results if r.task == task and r.behaviour_mean is not None), None)
+        if beh is not None:
+            from more3s.envs import normalized_score
+
+            ax.axhline(normalized_score(task.split("-", 1)[0], beh), color="k", ls="--", lw=1, label="behaviour data")
+            ax.legend(fontsize=7)
         ax.set_title(task)
         ax.set_ylabel("normalized score")
     fig.tight_layout()
