@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class RawObservations:
         self.task = task if isinstance(task, TaskSpec) else get_task(task)
         self.atari = self.task.family == "atari"
         self.frame_stack = ATARI_FRAME_STACK if self.atari else 1
-        self.d_step = ATARI_FRAME_SIZE ** 2 if self.atari else int(self.task.obs_dim)
+        self.d_step = ATARI_FRAME_SIZE ** 2 if self.atari else int(self.task.obs_dim or 0)
         self.d_enc = self.frame_stack * self.d_step  # the width the model reads per state token
         spec = f"raw-v{_VERSION}:{self.task.name}:{self.frame_stack}x{self.d_step}:luma{_LUMA}:area"
         self.fingerprint = hashlib.sha256(spec.encode()).hexdigest()
@@ -59,7 +59,7 @@ class RawObservations:
                 if self.atari else f"the {self.d_step}-d observation")
         return f"raw inputs ({what}), no frozen encoder"
 
-    def features(self, observations) -> np.ndarray:
+    def features(self, observations: np.ndarray) -> np.ndarray:
         """[T, H, W, 3] uint8 frames -> [T, 84*84] uint8; [T, obs_dim] observations -> float16 (one step each)."""
         obs = np.asarray(observations)
         if not self.atari:
@@ -73,7 +73,8 @@ class RawObservations:
         small = F.interpolate(gray, size=(ATARI_FRAME_SIZE, ATARI_FRAME_SIZE), mode="area")  # as cv2 INTER_AREA
         return small.round().clamp(0, 255).to(torch.uint8).flatten(1).numpy()  # [T, 84*84]
 
-    def embed_states(self, task, observations, prev_observations=None) -> torch.Tensor:
+    def embed_states(self, task: str | TaskSpec, observations: np.ndarray,
+                     prev_observations: np.ndarray | None = None) -> torch.Tensor:
         """One step's features for N environments [N, d_step] (the engine stacks frames itself)."""
         return torch.from_numpy(self.features(observations).astype(np.float32))
 
@@ -84,7 +85,7 @@ class RawObservations:
         eye = np.eye(A, W, dtype=np.float32)
         return eye if self.task.action_kind == "discrete" else np.concatenate([np.zeros((1, W), np.float32), eye])
 
-    def build(self, episodes: Sequence, progress: bool = False) -> RawFeatures:
+    def build(self, episodes: Sequence[Any], progress: bool = False) -> RawFeatures:
         """Features of every observation of ``episodes`` (T+1 each), episode after episode."""
         from tqdm.auto import tqdm
 

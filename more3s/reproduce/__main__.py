@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import tyro
 
@@ -29,6 +29,8 @@ from .grid import ARMS, NEEDS_PRETRAINED, PRETRAINED_ENCODER, PROFILES, Cell, Da
 from .outputs import format_claims, format_table, plot_scores, scores_by_task, write_scores_csv
 
 __all__ = ["ReproduceConfig", "run_grid", "main"]
+
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _parse_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
-def _overrides(items: tuple[str, ...]) -> dict:
+def _overrides(items: tuple[str, ...]) -> dict[str, Any]:
     from dataclasses import fields
 
     from more3s.config import TrainConfig
@@ -93,7 +95,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def _machine() -> dict:
+def _machine() -> dict[str, Any]:
     import os
 
     import torch
@@ -109,7 +111,7 @@ def _pretrained_available() -> bool:
     return _hf_available(PRETRAINED_ENCODER)
 
 
-def prepare_data(spec: DataSpec, env: str, root: Path, log=print) -> None:
+def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None:
     """Collect a task's dataset here when the profile says how and it is missing (published ones never are)."""
     from more3s.data import collect_dataset
     from more3s.train import _local_dataset_exists
@@ -122,7 +124,7 @@ def prepare_data(spec: DataSpec, env: str, root: Path, log=print) -> None:
 
         sac_dir = root / "sac" / env
         log(f"training a SAC behaviour agent for {env} ({spec.sac_steps} steps, resumable) in {sac_dir}")
-        train_sac(SACConfig(env=env, total_steps=spec.sac_steps, out_dir=sac_dir,
+        train_sac(SACConfig(env=env, total_steps=spec.sac_steps, out_dir=str(sac_dir),
                             snapshot_every=max(1, spec.sac_steps // 8)))
         policy = f"{spec.policy}:{sac_dir}"
     log(f"collecting {spec.dataset}: {spec.episodes} {env} episodes of {policy!r}")
@@ -130,8 +132,8 @@ def prepare_data(spec: DataSpec, env: str, root: Path, log=print) -> None:
                     progress=False)
 
 
-def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: dict[Cell, dict], commit: str,
-              log=print) -> list[CellResult]:
+def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: dict[Cell, dict[str, Any]],
+              commit: str, log: Log = print) -> list[CellResult]:
     """Run ``cells`` (with their TrainConfig ``overrides``) at most ``cfg.jobs`` at once; results in order."""
     from tqdm.auto import tqdm
 
@@ -145,6 +147,7 @@ def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: di
         return [results[c] for c in cells]
     import submitit
 
+    executor: submitit.Executor
     if cfg.launcher == "slurm":
         executor = submitit.AutoExecutor(folder=root / "submitit", cluster="slurm")
         executor.update_parameters(timeout_min=cfg.slurm_time_min, slurm_partition=cfg.slurm_partition,
@@ -155,7 +158,7 @@ def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: di
     import torch
 
     n_gpu = torch.cuda.device_count() if cfg.launcher == "local" else 0
-    pending, running = list(cells), []
+    pending, running = list(cells), list[tuple[Cell, int, Any]]()
     slots = list(range(cfg.jobs))
     try:
         while pending or running:
@@ -187,7 +190,7 @@ def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: di
     return [results[c] for c in cells]
 
 
-def run_grid(cfg: ReproduceConfig, log=print) -> Path:
+def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
     """Run (or continue) the grid; write its outputs; return the output directory."""
     if cfg.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")

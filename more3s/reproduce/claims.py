@@ -68,9 +68,9 @@ def bootstrap_difference(scores: Scores, a: str, b: str, tasks: Sequence[str], s
         samples += [xa, xb]
         counts[t] = (int(xa.size), int(xb.size))
 
-    def statistic(*xs, axis=-1):
-        return np.mean([np.mean(xs[i], axis=axis) - np.mean(xs[i + 1], axis=axis)
-                        for i in range(0, len(xs), 2)], axis=0)
+    def statistic(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+        diffs = [np.mean(xs[i], axis=axis) - np.mean(xs[i + 1], axis=axis) for i in range(0, len(xs), 2)]
+        return np.asarray(np.mean(diffs, axis=0))
 
     point = float(statistic(*samples))
     if all(np.ptp(x) == 0 for x in samples):  # no spread anywhere: the interval is the point
