@@ -111,7 +111,7 @@ class TrainConfig:
     n_head: int | None = None
     n_embd: int | None = None
     rtg_mode: Literal["kv", "embed", "token", "none"] = "kv"
-    objective: Literal["semantic", "mse"] = "semantic"
+    objective: Literal["semantic", "mse", "linear"] = "semantic"
     window: int = 20
     """Steps per training window (each step = 2 tokens [a_{t-1}, s_t])."""
     memory_steps: int = 20

@@ -49,6 +49,9 @@ class ProbeConfig:
     cache_dir: str | None = None  # embedding cache root (default: $MORE3S_CACHE or ~/.cache/more3s/embeddings)
     max_episodes: int | None = None
     progress: bool = False
+    # Trained runs (run directories) to score side by side: held-out action accuracy, teacher-forced, on the
+    # dataset's episodes after the ones each run trained on (train with --max-episodes N to hold the rest out).
+    runs: tuple[str, ...] = ()
 
 
 def split_episodes(n_episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +209,62 @@ def run_probe(cfg: ProbeConfig) -> dict:
         ["e_0", *action_prompts(task, cfg.prompt_set)]
     report["action_table"] = {"labels": (list(spec.action_names) if discrete else labels),
                               "cosine": np.round(_cosines(np.asarray(cache.action_table, np.float64)), 4).tolist()}
+    if cfg.runs:
+        report["runs"] = {r: run_action_accuracy(r, cfg.dataset, cfg.cache_dir) for r in cfg.runs}
     return report
+
+
+def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None = None) -> dict:
+    """Held-out action accuracy of a trained run (discrete actions): the model reads each held-out episode in
+    consecutive windows (memory carried, as in stream training) with the data's states, actions and RTG, and
+    its greedy action is compared with the behaviour action at every step."""
+    import torch
+
+    from more3s.data import load_episodes
+    from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
+    from more3s.evaluate import load_run_model
+
+    model, info, _ = load_run_model(run_dir)
+    episodes = load_episodes(dataset, lazy=True)
+    n_train = int(info["episodes"])
+    held = list(range(n_train, len(episodes)))
+    if not held:
+        raise ValueError(f"run {run_dir} trained on {n_train} episodes, {dataset} has no others to hold out; "
+                         f"train with --max-episodes N < {len(episodes)}")
+    if not model.config.discrete:
+        raise ValueError(f"run {run_dir}: held-out action accuracy is for discrete actions")
+    encoder = load_encoder(info["encoder"])
+    if encoder.fingerprint != info["encoder_fingerprint"]:
+        raise ValueError(f"run {run_dir} was trained with other encoder weights than {info['encoder']!r} gives now")
+    cache = build_or_load_cache(episodes, encoder, info["task"], info["prompt_set"], cache_dir=cache_dir,
+                                config=CacheConfig(progress=False))
+    K, correct, total = model.config.window, 0, 0
+    with torch.inference_mode():
+        for i in held:
+            correct_i, n_i = _episode_accuracy(model, episodes[i], cache, i, K)
+            correct, total = correct + correct_i, total + n_i
+    return {"objective": model.config.objective, "train_episodes": n_train, "heldout_episodes": held,
+            "action_accuracy": correct / total}
+
+
+def _episode_accuracy(model, ep, cache, i: int, K: int) -> tuple[int, int]:
+    """(correct greedy actions, steps) of episode ``i`` read in consecutive K-step windows, memory carried."""
+    import torch
+
+    T, correct = len(ep), 0
+    rows = slice(int(cache.offsets[i]), int(cache.offsets[i]) + T)
+    states = torch.from_numpy(np.asarray(cache.states[rows], np.float32))  # [T, d_enc]
+    acts = torch.from_numpy(np.asarray(ep.actions)).long()  # [T]
+    rtg = torch.from_numpy(np.asarray(ep.rtg, np.float32))  # [T]
+    memory = model.empty_memory(1) if model.config.memory_steps else None
+    for a in range(0, T, K):
+        b = min(a + K, T)
+        steps = torch.arange(a, b)
+        out = model(states[None, a:b], acts[None, (steps - 1).clamp_min(0)], rtg[None, a:b], steps[None],
+                    first=(steps == 0)[None], mask=torch.ones(1, b - a, dtype=torch.bool), memory=memory)
+        memory = out.memory
+        correct += int((out.logits[0].argmax(-1) == acts[a:b]).sum())
+    return correct, T
 
 
 def _fmt(x) -> str:
@@ -246,6 +304,9 @@ def format_report(report: dict) -> str:
     pairs.sort(reverse=True)
     lines.append(f"action table ({report['prompt_set']}) cosine, most similar pairs first: "
                  + ", ".join(f"{a}/{b} {c:.3f}" for c, a, b in pairs[:6]))
+    for run, r in report.get("runs", {}).items():
+        lines.append(f"trained run {run} (objective {r['objective']}, {r['train_episodes']} training episodes): "
+                     f"held-out action accuracy {r['action_accuracy']:.3f} on {len(r['heldout_episodes'])} episodes")
     return "\n".join(lines)
 
 

@@ -14,7 +14,9 @@ from more3s.data import collect_dataset
 from more3s.encoder import FrozenLxmert, Regions
 from more3s.probe import ProbeConfig, format_report, main, run_probe
 
-EPISODES, STEPS = 6, 150  # 6 x 150 Breakout steps of the mixed tracker; episodes 2 and 5 are held out (seed 0)
+EPISODES, STEPS = 8, 150  # 8 x 150 Breakout steps of the mixed tracker; 2 episodes held out (seed 0)
+# Held-out R² floors of the lxmert-tiny embedding; measured 0.998, 0.997, 0.993, 0.992, 0.995.
+FLOORS = {"paddle_x": 0.98, "ball_x": 0.98, "ball_y": 0.97, "ball_vx": 0.95, "ball_vy": 0.95}
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +48,10 @@ def test_probe_keeps_positions_and_motion(breakout, tmp_path):
     assert main(["--dataset", str(path), "--encoder", "lxmert-tiny", "--cache-dir", str(cache),
                  "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
-    assert rep["split"]["test_episodes"] == [2, 5] and len(rep["split"]["train_episodes"]) == 4
+    assert len(rep["split"]["test_episodes"]) == 2 and len(rep["split"]["train_episodes"]) == 6
     assert set(rep["features"]) == {"embedding", "facts", "ram"}
     emb = rep["features"]["embedding"]["facts"]
-    # measured: paddle_x 0.99, ball_x 0.99, ball_y 0.97, ball_vx 0.96, ball_vy 0.98 (lxmert-tiny)
-    for fact, floor in (("paddle_x", 0.97), ("ball_x", 0.96), ("ball_y", 0.93), ("ball_vx", 0.9), ("ball_vy", 0.9)):
+    for fact, floor in FLOORS.items():
         assert emb[fact]["r2"] >= floor, (fact, emb)
     facts = rep["features"]["facts"]
     assert facts["facts"]["ball_x"]["r2"] > 0.999  # the facts decode themselves
@@ -82,14 +83,14 @@ def test_probe_fails_without_previous_frames(breakout, tmp_path, monkeypatch):
     path, _ = breakout
     _broken(monkeypatch, "no previous frame")
     emb = _probe(path, tmp_path, features=("embedding",))["features"]["embedding"]["facts"]
-    assert emb["ball_vx"]["r2"] < 0.9 and emb["ball_vy"]["r2"] < 0.9, emb
+    assert emb["ball_vx"]["r2"] < FLOORS["ball_vx"] and emb["ball_vy"]["r2"] < FLOORS["ball_vy"], emb
 
 
 def test_probe_fails_with_shuffled_slots(breakout, tmp_path, monkeypatch):
     path, _ = breakout
     _broken(monkeypatch, "shuffled slots")
     emb = _probe(path, tmp_path, features=("embedding",))["features"]["embedding"]["facts"]
-    assert emb["paddle_x"]["r2"] < 0.97 and emb["ball_x"]["r2"] < 0.96, emb
+    assert emb["paddle_x"]["r2"] < FLOORS["paddle_x"] and emb["ball_x"]["r2"] < FLOORS["ball_x"], emb
 
 
 def test_dataset_without_ram_names_the_missing_facts(breakout, tmp_path):

@@ -20,7 +20,9 @@ BACKBONES: dict[str, dict[str, int]] = {
     "dt-small": {"n_layer": 6, "n_head": 1, "n_embd": 128},
 }
 RTG_MODES = ("kv", "embed", "token", "none")
-OBJECTIVES = ("semantic", "mse")
+# semantic: cosine to the action table (MORE-3S); mse: the paper literally; linear: a plain linear head on the
+# same state tokens (discrete actions; the baseline the semantic head is measured against)
+OBJECTIVES = ("semantic", "mse", "linear")
 
 
 @dataclass
@@ -59,6 +61,8 @@ class ModelConfig:
             raise ValueError(f"rtg_mode={self.rtg_mode!r}: expected one of {RTG_MODES}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective={self.objective!r}: expected one of {OBJECTIVES}")
+        if self.objective == "linear" and not self.discrete:
+            raise ValueError("objective='linear' is a head over discrete actions; continuous actions use tanh + MSE")
         for name in ("d_enc", "act_dim", "n_layer", "n_head", "n_embd", "window", "max_timestep"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

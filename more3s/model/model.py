@@ -25,7 +25,7 @@ Why it looks like this:
   phi(R) to the step's tokens, ``token`` is DT's RTG token, ``none`` is behaviour cloning.
 * Memory: per layer, the injected K'/V' of the last M steps of the same stream, detached (Transformer-XL style).
 * Objective ``semantic``: the state token maps into the encoder space and scores actions by cosine similarity with
-  the frozen action table over a learned temperature (CE); the action token of step t predicts E_s(s_t) (MSE, weight
+  the frozen action table's rows (centred on their mean) over a learned temperature (CE); the action token of step t predicts E_s(s_t) (MSE, weight
   lambda). ``mse``: both heads regress encoder vectors; actions decode as the nearest table row. Continuous actions:
   tanh head + MSE, plus the same state MSE, whatever the objective.
 * No attention dropout: the fused kernel has none (GPT-2 and DT have 0.1); residual and embedding dropout remain.
@@ -260,8 +260,9 @@ class MoreModel(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        head_out = cfg.d_enc if cfg.discrete else cfg.act_dim
-        self.head_action = nn.Linear(C, head_out)  # state token -> encoder space (discrete) | action (continuous)
+        head_out = cfg.d_enc if cfg.discrete and cfg.objective != "linear" else cfg.act_dim
+        # state token -> encoder space (semantic, mse) | logits (linear) | action (continuous)
+        self.head_action = nn.Linear(C, head_out)
         self.head_state = nn.Linear(C, cfg.d_enc)  # action token -> E_s of its step's state
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))  # learned 1/temperature
         self.apply(self._init_weights)
@@ -359,9 +360,15 @@ class MoreModel(nn.Module):
         z = self.head_action(h_state)
         if not cfg.discrete:
             return z, torch.tanh(z)
+        if cfg.objective == "linear":
+            return z, z  # plain logits [..., A]
         table = self.action_table.to(z.dtype)  # [A, d_enc]
         if cfg.objective == "semantic":
             scale = self.logit_scale.exp().clamp(max=100.0)  # CLIP's cap keeps the temperature >= 0.01
+            # Cosine to the rows' offsets from the table's centroid: a random-init encoder puts prompts that
+            # differ in one word (RIGHT/LEFT) at cosine ~0.9, which caps the logit gap at (1 - 0.9)/temperature
+            # and keeps the policy from being sure; the centred rows are ~0.3-0.6 apart and keep their geometry.
+            table = table - table.mean(0, keepdim=True)  # [A, d_enc]
             return z, scale * F.normalize(z, dim=-1) @ F.normalize(table, dim=-1).T  # cosine / temperature
         d2 = (z * z).sum(-1, keepdim=True) - 2 * z @ table.T + (table * table).sum(-1)  # squared distance [..., A]
         return z, -d2  # argmax = nearest row
@@ -375,7 +382,7 @@ class MoreModel(nn.Module):
             if tuple(actions.shape) != tuple(mask.shape) or actions.is_floating_point():
                 raise ValueError(f"actions: expected int [B, K] = {list(mask.shape)}, got {actions.dtype} {tuple(actions.shape)}")
             tgt = torch.where(mask, actions, torch.zeros_like(actions)).long()  # [B, K]
-            if cfg.objective == "semantic":
+            if cfg.objective in ("semantic", "linear"):
                 per = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), reduction="none").view_as(w)
             else:  # regress the taken action's table row
                 per = (z.float() - self.action_table[tgt]).pow(2).mean(-1)  # [B, K]
