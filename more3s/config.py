@@ -7,13 +7,12 @@ e.g. a run's ``config.json``), ``--preset`` applies a baseline's settings, ``--r
 run from its own saved config; flags given after that override any of them.
 
 The embedded default (no arguments) is sized for a 2-core CPU in <= 15 minutes end to end
-(measured on a quiet machine, one thread: collect ~15 s, encode ~13k states ~40 s, train ~280 s,
-evaluate ~50 s; README.md records the latest full run):
+(README.md records the latest full runs and the load they ran under):
 
-* data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v0`` is collected if
+* data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v1`` is collected if
   it is missing (40 episodes from the ``mixed`` behaviour policy — the scripted tracker with a
-  per-episode epsilon in [0, 1] — each capped at 400 agent steps: ~13k steps, ~20 s; returns
-  0-14, mean ~8);
+  per-episode epsilon in [0, 1] — each capped at 1000 agent steps: ~21k steps, ~15 s; raw returns
+  0-56, mean ~18);
 * encoder: ``auto`` = pretrained ``unc-nlp/lxmert-base-uncased`` when it is available locally,
   otherwise ``lxmert-tiny`` (random init, 128 wide) with a loud notice;
 * backbone: ``auto`` = pretrained ``gpt2`` (first 6 layers) when present *and* a GPU is used;
@@ -33,7 +32,7 @@ evaluate ~50 s; README.md records the latest full run):
   FIRE): 2 RTG targets taken from the data (best episode return
   and 90th-percentile return, as DESIGN §4 prescribes for collected datasets), 16 episodes per target in 8
   vectorised envs,
-  episodes capped at ``eval_max_episode_steps`` = 400 agent steps, like the collected episodes, to
+  episodes capped at ``eval_max_episode_steps`` = 1000 agent steps, like the collected episodes, to
   fit the budget and compare with the data (the output says so; set it to 0 for the full-game Atari
   protocol of up to 108k frames).
 
@@ -59,7 +58,7 @@ __all__ = [
 ]
 
 RTG_MODES = ("kv", "embed", "token", "none")
-OBJECTIVES = ("semantic", "mse")
+OBJECTIVES = ("semantic", "mse", "linear")  # as more3s.model.config.OBJECTIVES
 SAMPLERS = ("auto", "window", "stream")
 ENGINES = ("ring", "recompute", "window")
 
@@ -85,14 +84,15 @@ class TrainConfig:
     # --- data ------------------------------------------------------------------------------------
     env: str = "breakout"
     """Task (more3s.envs.TASKS): breakout, pong, qbert, seaquest, halfcheetah, hopper, walker2d."""
-    dataset: str = "more3s/breakout/mixed-v0"
+    dataset: str = "more3s/breakout/mixed-v1"
     """Local Minari id or path, remote Minari id (online only) or D4RL hdf5 path."""
     collect_if_missing: bool = True
     """Collect ``dataset`` with more3s.data.collect_dataset when it is a missing local Minari id."""
     collect_policy: str = "mixed"
     collect_episodes: int = 40
-    collect_max_episode_steps: int = 400
-    """Cap on agent steps per collected episode: keeps the default collection to ~1-2 minutes."""
+    collect_max_episode_steps: int = 1000
+    """Cap on agent steps per collected episode (~21k steps in all, ~15 s). Long enough that the data's good
+    episodes (low epsilon) stand apart from the noise of a short game; v0 of the dataset had 400."""
     max_episodes: int | None = None
     """Use only the first N episodes of the dataset."""
 
@@ -162,7 +162,7 @@ class TrainConfig:
     90th-percentile episode returns (DESIGN §4)."""
     eval_num_envs: int = 8
     """Vectorised evaluation environments per process (under torchrun every rank plays its share)."""
-    eval_max_episode_steps: int = 400
+    eval_max_episode_steps: int = 1000
     """Cap on agent steps per evaluation episode (0 = the full-game protocol). The default equals
     the collection cap, so scores compare with the dataset's (equally capped) behaviour returns."""
     eval_seed: int = 1000

@@ -33,7 +33,7 @@ __all__ = ["ProbeConfig", "FEATURE_SETS", "MIN_EPISODES", "split_episodes", "pro
 FEATURE_SETS = ("embedding", "facts", "ram", "obs")
 MIN_EPISODES = 5  # an 80/20 episode split needs at least one held-out episode and four to fit on
 TEST_FRACTION = 0.2
-RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 5))  # the ridge penalty, chosen by CV over training episodes
+RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 6))  # ridge penalties on standardized features, chosen by CV over training episodes
 RIDGE_FOLDS = 4
 MLP_HIDDEN = (128, 128)
 
@@ -84,7 +84,8 @@ def _ridge_r2(x_tr, y_tr, x_te, y_te, groups) -> float:
         return float("nan")
     x_tr, x_te = _standardize(x_tr, x_te)
     folds = min(RIDGE_FOLDS, len(np.unique(groups)))
-    search = GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=GroupKFold(folds), scoring="r2")
+    search = GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=GroupKFold(folds),
+                          scoring="neg_mean_squared_error")  # pooled error: R² of a quiet fold would swing it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ill-conditioned small penalties: CV rejects them, the score stands
         search.fit(x_tr, y_tr, groups=groups)
