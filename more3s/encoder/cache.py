@@ -1,8 +1,8 @@
 """Content-addressed embedding cache: the frozen encoder runs once per dataset, never in training.
 
 Key = sha256 of (dataset content fingerprint, encoder weights fingerprint and compute dtype, region
-config with its projection seed, the output layout (slots), task, prompt set, state caption, format version). Layout under
-``<cache_dir>/<key>/``::
+config with its projection seed, the output layout (slots), task, prompt set, state caption, format
+version). Layout under ``<cache_dir>/<key>/``::
 
     plan.json                 what is being built (key parts, rows, chunk size, d_enc)
     offsets.npy               [E+1] int64 row offsets of the episodes

@@ -7,8 +7,8 @@ slot; an empty slot is zero), so ``d_enc = (S + 2) * hidden``. The mean alone lo
 (with random-init weights positions and motion are gone: ``python -m more3s.probe``); the slots keep them.
 Action embedding: LXMERT's language stream on the action prompt alone ->
 ``concat(pooled [CLS], masked mean of the prompt's token outputs, outputs of its first S word pieces)``
-(the same layout and width, so actions and states can be compared); one table per (task, prompt set). Continuous actions: rows
-``e_0, e_1 .. e_A`` and ``E_a(a) = e_0 + sum_i a_i e_i`` (``action_embedding``).
+(the same layout and width, so actions and states can be compared); one table per (task, prompt set).
+Continuous actions: rows ``e_0, e_1 .. e_A`` and ``E_a(a) = e_0 + sum_i a_i e_i`` (``action_embedding``).
 
 Weights: ``unc-nlp/lxmert-base-uncased`` (or a local directory holding a saved LXMERT and its
 tokenizer) through ``from_pretrained``: a local directory, the Hugging Face cache, or the hub when

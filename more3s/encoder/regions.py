@@ -4,16 +4,20 @@ LXMERT was pretrained on 36 Faster R-CNN boxes per image, each a feature vector 
 We have no detector for Atari or MuJoCo, so regions are built from what the state itself says:
 
 * Atari (``objects``): connected components of non-background colour on the RGB frame, up to 36,
-  largest first. Each region's raw feature holds its box, centroid, area, colour and two small
-  grey crops of its box, one from the current frame and one from the previous frame, so motion
-  is visible to a single-frame encoder. A frame with no objects gets one whole-frame region.
+  smallest box first. Each region's raw feature holds its box, centroid, area, colour, two small
+  grey crops of its box (current and previous frame) and its displacement from the matching object
+  of the previous frame: crops alone do not make motion linearly readable, a displacement does.
+  A frame with no objects gets one whole-frame region.
 * MuJoCo (``bodies``): one region per robot body, placed by forward kinematics (mujoco) from the
-  observation, with the body's pose and velocities and its own joints' positions and velocities as features. Gymnasium v5 observations exclude
-  the root x position, so qpos[0] is set to 0: bodies are placed relative to the root.
+  observation, with the body's pose and velocities and its own joints' positions and velocities as
+  features. Gymnasium v5 observations exclude the root x position, so qpos[0] is set to 0: bodies
+  are placed relative to the root.
 * Any other image env (``grid``): a 6x6 grid of cells with the same crop features as objects.
 
 Raw features of size F_raw map to LXMERT's ``visual_feat_dim`` by a fixed Gaussian projection drawn
-from ``RegionConfig.projection_seed``; the seed is part of the embedding cache key.
+from ``RegionConfig.projection_seed``; the seed is part of the embedding cache key. ``Regions.slots``
+names the regions whose encoder outputs form the state vector's per-object slots (``RegionConfig.slots``),
+in stable orders, so that an object keeps its place in the state vector from frame to frame.
 
 Everything is vectorized over a batch of frames: for each colour present in the batch, one
 ``scipy.ndimage.label`` call labels all frames at once (the structuring element does not connect
