@@ -10,8 +10,9 @@ Scikit-learn probes on an episode-level held-out split (80/20 of the episodes, s
 Targets: every fact (Atari, scored only on steps where its object is on screen) or every observation
 dimension (MuJoCo), by ridge regression (R² on the held-out episodes); the behaviour action, by logistic
 regression and a 2x128 MLP (accuracy, beside the majority class) for discrete actions, by ridge (R²)
-for continuous ones. Features are standardized on the training episodes as the trainer standardizes states. The action table's pairwise
-cosine similarities are reported too (the semantic head must tell its rows apart).
+for continuous ones. Features are standardized on the training episodes as the trainer standardizes
+states. The action table's pairwise cosine similarities are reported too (the semantic head must tell its
+rows apart), and ``--runs`` scores trained runs' held-out action accuracy side by side.
 
 A dataset recorded without RAM still gets the ``embedding`` probes of the action, and the report names
 the facts it cannot score.
@@ -28,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["ProbeConfig", "FEATURE_SETS", "MIN_EPISODES", "split_episodes", "probe_features",
-           "run_probe", "format_report", "main"]
+           "run_probe", "run_action_accuracy", "format_report", "main"]
 
 FEATURE_SETS = ("embedding", "facts", "ram", "obs")
 MIN_EPISODES = 5  # an 80/20 episode split needs at least one held-out episode and four to fit on
 TEST_FRACTION = 0.2
-RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 6))  # ridge penalties on standardized features, chosen by CV over training episodes
+RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 6))  # penalties on standardized features; CV over training episodes
 RIDGE_FOLDS = 4
 MLP_HIDDEN = (128, 128)
 
