@@ -98,6 +98,54 @@ def test_encoder_states_per_s_cpu(benchmark, frames, name, batch, rounds):
         end_to_end_states_per_s=batch / (lxmert_s + region_s), region_share=region_s / (lxmert_s + region_s))
 
 
+def test_featurization_new_vs_old(benchmark, frames):
+    """Atari regions with matched displacements and slot orders (new) against what the previous design computed
+    (components, crops and box features only; measured in the same run): the cost of keeping motion."""
+    import dataclasses
+
+    from more3s.encoder import RegionConfig
+    from more3s.encoder import regions as R
+
+    cfg = RegionConfig()
+    cur, prev = frames[1:], frames[:-1]
+    n = len(cur)
+
+    def old():
+        c = R._components(cfg, cur)
+        N, Rm = len(cur), cfg.max_regions
+        pix = np.zeros((N, Rm, 4), np.int64)
+        pix[c["frame"], c["rank"]] = np.stack([c["x1"], c["y1"], c["x2"], c["y2"]], -1)
+        mask = np.zeros((N, Rm), bool)
+        mask[c["frame"], c["rank"]] = True
+        z = np.zeros((N, Rm), np.float32)
+        return R._box_features(cfg, cur, prev, pix, np.zeros((N, Rm, 2), np.float32), z, np.zeros((N, Rm, 3)),
+                               mask, np.zeros((N, Rm, 3), np.float32))
+
+    old_s = _best_of(old, 3)
+    benchmark.pedantic(lambda: atari_regions(cur, prev, dataclasses.replace(cfg)), rounds=5, warmup_rounds=1)
+    benchmark.extra_info.update(batch=n, new_frames_per_s=n / benchmark.stats.stats.mean,
+                                old_frames_per_s=n / old_s, new_vs_old_time=benchmark.stats.stats.min / old_s)
+
+
+def test_encoder_slots_vs_pooled_mean(benchmark, frames):
+    """lxmert-tiny states/s with the slotted state vector (16 region slots beside pooled + mean; new) against the
+    pooled + mean vector alone (the previous design, ``RegionConfig(slots=0)``), same run, same regions."""
+    import dataclasses
+
+    from more3s.encoder import EncoderConfig, RegionConfig
+
+    new = load_encoder("lxmert-tiny", device="cpu")
+    old = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(slots=0)))
+    regions = new.regions("breakout", frames[1:65], frames[:64])
+    bare = dataclasses.replace(regions, slots=regions.slots[:, :0])
+    old.embed_regions("breakout", bare), new.embed_regions("breakout", regions)  # warm-up
+    old_s = _best_of(lambda: old.embed_regions("breakout", bare), 3)
+    benchmark.pedantic(lambda: new.embed_regions("breakout", regions), rounds=5, warmup_rounds=0)
+    benchmark.extra_info.update(batch=64, d_enc_new=new.d_enc, d_enc_old=old.d_enc,
+                                new_states_per_s=64 / benchmark.stats.stats.mean, old_states_per_s=64 / old_s,
+                                new_vs_old_time=benchmark.stats.stats.min / old_s)
+
+
 def test_batch_assembly_cache_vs_on_the_fly(benchmark, frames, tmp_path):
     """A training batch (B windows of K states) gathered from the cache vs encoded on the fly."""
     enc = load_encoder("lxmert-tiny", device="cpu")

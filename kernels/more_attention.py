@@ -22,7 +22,7 @@ weights get ``dW[h] = sum_{b,t} rtg[b,t]^T dK'[b,h,t]`` in PyTorch (a tiny matmu
 RTG features get no gradient.
 
 Semantics are those of ``more3s.model.attention`` (the reference path is the oracle in tests).
-Layers, as in STYLE.md §3: ``@triton.jit`` kernels -> launchers that validate and pass every stride
+Layers, as in Triton's fused-attention tutorial and FlashAttention: ``@triton.jit`` kernels -> launchers that validate and pass every stride
 -> ``MoreAttentionFunction`` (autograd) -> ``more_attention_triton`` (functional alias).
 
 Grid: axis 0 = query tile (key tile too in the backward), axis 1 = batch * head; base offsets are

@@ -1,19 +1,18 @@
 """TrainConfig: every hyper-parameter of a more3s run, typed, validated, saved with the run.
 
-One flat dataclass (STYLE §1.2, §2.2), parsed from the command line with tyro. The command line is
+One flat dataclass (as nanoGPT's and CORL's configs), parsed from the command line with tyro. The command line is
 ``python -m more3s.train [--config FILE] [--preset more3s|dt|bc|dt-published] [--resume DIR] [overrides...]``:
 the defaults below are the embedded default run; ``--config`` loads a saved config (yaml or json,
 e.g. a run's ``config.json``), ``--preset`` applies a baseline's settings, ``--resume`` continues a
 run from its own saved config; flags given after that override any of them.
 
 The embedded default (no arguments) is sized for a 2-core CPU in <= 15 minutes end to end
-(measured on a quiet machine, one thread: collect ~15 s, encode ~13k states ~40 s, train ~280 s,
-evaluate ~50 s; README.md records the latest full run):
+(README.md records the latest full runs and the load they ran under):
 
-* data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v0`` is collected if
+* data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v1`` is collected if
   it is missing (40 episodes from the ``mixed`` behaviour policy — the scripted tracker with a
-  per-episode epsilon in [0, 1] — each capped at 400 agent steps: ~13k steps, ~20 s; returns
-  0-14, mean ~8);
+  per-episode epsilon in [0, 1] — each capped at 1000 agent steps: ~21k steps, ~15 s; raw returns
+  0-56, mean ~18);
 * encoder: ``auto`` = pretrained ``unc-nlp/lxmert-base-uncased`` when it is available locally,
   otherwise ``lxmert-tiny`` (random init, 128 wide) with a loud notice;
 * backbone: ``auto`` = pretrained ``gpt2`` (first 6 layers) when present *and* a GPU is used;
@@ -30,9 +29,9 @@ evaluate ~50 s; README.md records the latest full run):
 * evaluation (ring engine, seed 1000), DT's protocol: Atari actions *sampled* from the policy's softmax with
   greedy episodes played from the same seeds and reported beside them (``--no-eval-greedy`` skips those),
   MuJoCo deterministic; 2 RTG targets taken from the data (best episode return and 90th-percentile return,
-  as DESIGN §4 prescribes for datasets more3s collected), 16 episodes per target in 8 vectorised envs;
+  for datasets more3s collected), 16 episodes per target in 8 vectorised envs;
   the episode cap comes from the dataset (``eval_max_episode_steps="dataset"``): the recorded collection cap
-  (400 here) for datasets more3s collected, none (the full-game protocol) for any other dataset;
+  (1,000 here) for datasets more3s collected, none (the full-game protocol) for any other dataset;
   ``--eval-every N`` also scores the current weights on a few fixed episodes every N steps (curves only).
 
 Baselines through the same code: ``--preset dt`` (RTG token, no memory, window sampler: Decision
@@ -58,7 +57,7 @@ __all__ = [
 ]
 
 RTG_MODES = ("kv", "embed", "token", "none")
-OBJECTIVES = ("semantic", "mse", "linear")
+OBJECTIVES = ("semantic", "mse", "linear")  # as more3s.model.config.OBJECTIVES
 SAMPLERS = ("auto", "window", "stream")
 ENGINES = ("ring", "recompute", "window")
 EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -85,14 +84,15 @@ class TrainConfig:
     # --- data ------------------------------------------------------------------------------------
     env: str = "breakout"
     """Task (more3s.envs.TASKS): breakout, pong, qbert, seaquest, halfcheetah, hopper, walker2d."""
-    dataset: str = "more3s/breakout/mixed-v0"
+    dataset: str = "more3s/breakout/mixed-v1"
     """Local Minari id or path, remote Minari id (online only) or D4RL hdf5 path."""
     collect_if_missing: bool = True
     """Collect ``dataset`` with more3s.data.collect_dataset when it is a missing local Minari id."""
     collect_policy: str = "mixed"
     collect_episodes: int = 40
-    collect_max_episode_steps: int = 400
-    """Cap on agent steps per collected episode: keeps the default collection to ~1-2 minutes."""
+    collect_max_episode_steps: int = 1000
+    """Cap on agent steps per collected episode (~21k steps in all, ~15 s). Long enough that the data's good
+    episodes (low epsilon) stand apart from the noise of a short game; v0 of the dataset had 400."""
     max_episodes: int | None = None
     """Use only the first N episodes of the dataset."""
 
@@ -158,8 +158,8 @@ class TrainConfig:
     eval_episodes: int = 16
     eval_targets: tuple[float, ...] = ()
     """RTG targets (clipped-reward units for Atari). Empty: for datasets more3s collected (their metadata says
-    so), the data's best and 90th-percentile episode returns; for any other dataset DT's published targets
-    (DESIGN §4). Duplicates are evaluated once."""
+    so), the data's best and 90th-percentile episode returns; for any other dataset DT's published targets.
+    Duplicates are evaluated once."""
     eval_num_envs: int = 8
     """Vectorised evaluation environments per process (under torchrun every rank plays its share)."""
     eval_max_episode_steps: int | Literal["dataset", "full"] = "dataset"

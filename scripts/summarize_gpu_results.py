@@ -33,7 +33,7 @@ __all__ = [
     "load_phases", "is_ratio_key", "format_seconds", "render", "main",
 ]
 
-# extra_info keys that hold a ratio against a baseline timed in the same run (STYLE: bench/ habit).
+# extra_info keys that hold a ratio against a baseline timed in the same run (the bench/ habit).
 RATIO_KEY = re.compile(r"speedup|ratio|_vs_|faster|slowdown", re.IGNORECASE)
 # Integer extra_info that is still a measurement (e.g. steps_per_s=round(...)), not a setting.
 INT_MEASUREMENT = re.compile(r"per_s|_ps$|flops|_s$|_ms$|_us$", re.IGNORECASE)

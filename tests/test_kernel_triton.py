@@ -5,7 +5,7 @@ large tiles keep each launch cheap, and the small-tile config forces multi-tile 
 splits and memory-tile skipping with sizes that are not multiples of the tile. The GPU tests run the
 compiled kernels with their default (per-device) tiles in fp32/fp16/bf16 on long windows.
 
-Tolerance (STYLE.md §3.5, as flash-attention's tests): for every output and gradient, the kernel's
+Tolerance (as flash-attention's tests): for every output and gradient, the kernel's
 max error against the float64 oracle must be <= 2x the error of the same math done by PyTorch
 entirely in the kernel's precision (``lowprec_attention``: no upcast, as a fp16/bf16 kernel rounds
 P and dS), plus a small floor relative to the tensor's scale (for fp32 reduction-order noise, where

@@ -13,7 +13,7 @@ import torch
 from more3s.rollout import RingKVCache, kv_cache
 from more3s.rollout import _ops
 
-# Odd sizes on purpose (STYLE §4.5): B, H, C, D.
+# Odd sizes on purpose (as vLLM's kernel tests): B, H, C, D.
 SHAPES = [(3, 2, 5, 7), (4, 3, 7, 37), (2, 1, 2, 16)]  # C=2, n=2: full eviction every step
 CPU_BACKENDS = ["cpp", "reference"]
 
@@ -142,7 +142,7 @@ def test_cpp_matches_reference_fp32(shape, n_choices):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cpp_matches_reference_low_precision(dtype):
     """Both accumulate in float32. Against an fp32 run on the same rounded inputs, the kernel's
-    error must stay within twice the same-precision reference's error (STYLE §3.5)."""
+    error must stay within twice the same-precision reference's error (as flash-attention's tests)."""
     _require_ext()
     shape = (3, 2, 6, 24)
     outs, _ = _run_steps(CPU_BACKENDS, shape, 2, dtype, (1, 2), 15, seed=3)

@@ -6,6 +6,9 @@ build its default Breakout dataset when it is missing). Episodes stream to disk 
 episodes a good tracker plays. Each episode gets its own seed, drawn from ``seed``, for both the env
 reset and the policy's randomness: a collection is reproducible from (env, policy, episodes, seed,
 max_episode_steps).
+
+Atari episodes also record, per step, the console RAM and the facts decoded from it (``facts.py``) in
+the Minari ``infos``: ground truth for ``python -m more3s.probe``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 from more3s import __version__
 from more3s.envs import get_task, make_env
 
+from .facts import FACTS, decode_facts
 from .io import MinariWriter, dataset_path, published_reason
 from .policies import make_policy
 
@@ -99,6 +103,7 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
     except BaseException:
         gym_env.close()
         raise
+    record_ram = spec.name in FACTS  # games with decoded facts; other games' RAM is not interpreted
     seeds = np.random.SeedSequence(seed).generate_state(episodes, dtype=np.uint32)
     returns, lengths = [], []
     meta = {
@@ -132,6 +137,7 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
                 obs, _ = gym_env.reset(seed=ep_seed)
                 attrs = dict(pol.reset(gym_env, np.random.default_rng(ep_seed)))
                 writer.begin_episode(obs, seed=ep_seed)
+                rams = [gym_env.unwrapped.ale.getRAM().copy()] if record_ram else None
                 done = False
                 while not done:
                     if interrupted[0]:  # a KeyboardInterrupt swallowed by a GC callback still stops us
@@ -139,9 +145,15 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
                     action = pol.act(obs, gym_env)
                     obs, reward, term, trunc, _ = gym_env.step(action)
                     writer.add_step(action, obs, float(reward), bool(term), bool(trunc))
+                    if rams is not None:
+                        rams.append(gym_env.unwrapped.ale.getRAM().copy())
                     done = term or trunc
                 attrs["policy"] = getattr(pol, "name", policy)
-                stats = writer.end_episode(attrs)
+                infos = None
+                if rams is not None:
+                    ram = np.stack(rams)  # [T+1, 128] uint8, row t beside observation t
+                    infos = {"ram": ram, **decode_facts(spec.name, ram)}
+                stats = writer.end_episode(attrs, infos)
                 returns.append(stats["raw_return"])
                 lengths.append(stats["length"])
                 bar.update(1)

@@ -298,13 +298,20 @@ class MinariWriter:
         for key in ("observations", "actions", "rewards", "terminations", "truncations"):
             self._ep[key].flush()
 
-    def end_episode(self, attrs: dict[str, Any] | None = None) -> dict[str, float]:
+    def end_episode(self, attrs: dict[str, Any] | None = None,
+                    infos: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+        """Close the episode; ``infos`` are per-step arrays of T+1 rows (Minari's convention: reset included)."""
         ep = self._ep
         if ep is None:
             raise RuntimeError("end_episode() called outside an episode")
         self._flush()
         g = ep["group"]
-        g.create_group("infos")  # Minari reads an empty group as infos == {}
+        gi = g.create_group("infos")  # Minari reads an empty group as infos == {}
+        for k, v in (infos or {}).items():
+            v = np.asarray(v)
+            if v.shape[:1] != (ep["steps"] + 1,):
+                raise ValueError(f"infos[{k!r}] must have {ep['steps'] + 1} rows (steps + 1), got shape {v.shape}")
+            gi.create_dataset(k, data=v, chunks=(min(len(v), 256), *v.shape[1:]), **_COMPRESSION)
         g.attrs["total_steps"] = ep["steps"]
         stats = {"raw_return": ep["raw"], "clipped_return": ep["clip"], "length": ep["steps"]}
         g.attrs["raw_return"] = ep["raw"]

@@ -9,7 +9,8 @@ dataset can be downloaded here, so the behaviour is built from parts:
   ball velocity. RAM addresses were found by regressing on-screen object positions on every RAM
   byte (tests/data/test_policies.py re-checks them against the frames): Breakout paddle x = ram[72]
   (centre pixel = ram - 36.6), ball x = ram[99] (pixel = ram - 48.5), ball y = ram[101] (0 when no
-  ball is in play); Pong own paddle y = ram[51], ball y = ram[54], ball x = ram[49];
+  ball is in play); Pong own paddle y = ram[51], opponent's paddle y = ram[50], ball y = ram[54],
+  ball x = ram[49] (``more3s.data.facts`` decodes the same bytes as ground truth for probes);
 * ``sine`` — an open-loop sine gait for MuJoCo robots (a cheap policy that really moves HalfCheetah
   forward: ~1,950 return per 1,000 steps vs. ~-200 for random), usable in CI (``SINE_GAITS``);
 * ``mixed`` — an epsilon-mixture of the task's best cheap policy (tracker / sine) and random actions,
@@ -138,6 +139,7 @@ class PongTracker(_RamTracker):
 
     NOOP, FIRE, UP, DOWN = 0, 1, 2, 3
     PADDLE_Y, BALL_Y = 51, 54  # RAM addresses (module docstring)
+    ENEMY_Y, BALL_X = 50, 49  # not read by the tracker; decoded as facts (more3s.data.facts)
 
     def __init__(self, offset: float = -10, dead_zone: float = 3, lead: float = 1):
         super().__init__(offset, dead_zone, lead)

@@ -1,8 +1,8 @@
 """Content-addressed embedding cache: the frozen encoder runs once per dataset, never in training.
 
 Key = sha256 of (dataset content fingerprint, encoder weights fingerprint and compute dtype, region
-config with its projection seed, task, prompt set, state caption, format version). Layout under
-``<cache_dir>/<key>/``::
+config with its projection seed, the output layout (slots), task, prompt set, state caption, format
+version). Layout under ``<cache_dir>/<key>/``::
 
     plan.json                 what is being built (key parts, rows, chunk size, d_enc)
     offsets.npy               [E+1] int64 row offsets of the episodes
@@ -48,7 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: regions smallest first with displacements, state/action slots
 FINGERPRINT_MEMO = "fingerprints.json"  # in the cache root, beside the <key> folders (see dataset_fingerprint)
 
 
@@ -155,6 +155,7 @@ def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str, prompt_set: str
         "encoder": encoder.fingerprint,
         "encoder_dtype": str(encoder.dtype).removeprefix("torch."),
         "regions": encoder.config.regions.to_dict(),
+        "layout": encoder.layout(),
         "task": spec.name,
         "prompt_set": prompt_set,
         "caption": state_caption(spec.name),

@@ -1,11 +1,14 @@
-"""The frozen LXMERT encoder: states and actions into one semantic space (DESIGN §3 "Encoder").
+"""The frozen LXMERT encoder: states and actions into one semantic space.
 
 State embedding ``E_s(s) = LXMERT(regions of s, state caption)`` ->
-``concat(pooled [CLS] output, masked mean of the vision outputs)``, so ``d_enc = 2 * hidden``.
+``concat(pooled [CLS] output, masked mean of the vision outputs, vision outputs of S slotted regions)``
+(S = ``RegionConfig.slots``; the regions module fills the slots in stable orders, so a sprite keeps its
+slot; an empty slot is zero), so ``d_enc = (S + 2) * hidden``. The mean alone loses which object is where
+(with random-init weights positions and motion are gone: ``python -m more3s.probe``); the slots keep them.
 Action embedding: LXMERT's language stream on the action prompt alone ->
-``concat(pooled [CLS], masked mean of the prompt's token outputs)`` (the same width, so actions and
-states can be compared); one table per (task, prompt set). Continuous actions: rows
-``e_0, e_1 .. e_A`` and ``E_a(a) = e_0 + sum_i a_i e_i`` (``action_embedding``).
+``concat(pooled [CLS], masked mean of the prompt's token outputs, outputs of its first S word pieces)``
+(the same layout and width, so actions and states can be compared); one table per (task, prompt set).
+Continuous actions: rows ``e_0, e_1 .. e_A`` and ``E_a(a) = e_0 + sum_i a_i e_i`` (``action_embedding``).
 
 Weights: ``unc-nlp/lxmert-base-uncased`` (or a local directory holding a saved LXMERT and its
 tokenizer) through ``from_pretrained``: a local directory, the Hugging Face cache, or the hub when
@@ -122,11 +125,12 @@ class _GraphRunner:
         feats = torch.zeros(b, self.R, self.F, device=dev, dtype=dt)  # [b, R, F]
         boxes = torch.zeros(b, self.R, 4, device=dev, dtype=dt)  # [b, R, 4]
         mask = torch.ones(b, self.R, device=dev, dtype=torch.bool)  # [b, R]
-        replay, out = self._record(feats, boxes, mask)
-        self.graphs[b] = (replay, feats, boxes, mask, out)
+        slots = torch.full((b, enc.config.regions.slots), -1, device=dev, dtype=torch.long)  # [b, S]
+        replay, out = self._record(feats, boxes, mask, slots)
+        self.graphs[b] = (replay, feats, boxes, mask, slots, out)
         return self.graphs[b]
 
-    def _record(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor):
+    def _record(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor):
         """Capture the state path over these static input buffers -> (replay(), static output [b, d_enc]).
         (Tests replace this with an eager twin to check the bucketing and padding on a CPU.)"""
         enc = self.enc
@@ -134,29 +138,32 @@ class _GraphRunner:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(2):  # warm-up: lazy cuBLAS handles and workspaces before capture
-                enc._state_core(self.spec, feats, boxes, mask)
+                enc._state_core(self.spec, feats, boxes, mask, slots)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.inference_mode():
-            out = enc._state_core(self.spec, feats, boxes, mask)  # [b, d_enc]
+            out = enc._state_core(self.spec, feats, boxes, mask, slots)  # [b, d_enc]
         return graph.replay, out
 
-    def __call__(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
+                 slots: torch.Tensor) -> torch.Tensor:
         N = feats.shape[0]
         buckets = sorted(self.enc.config.graph_buckets)
         out = torch.empty(N, self.enc.d_enc, device=self.enc.device, dtype=torch.float32)
         for s in range(0, N, buckets[-1]):
             n = min(buckets[-1], N - s)
             b = next(x for x in buckets if x >= n)
-            replay, f, bx, m, o = self.graphs.get(b) or self._capture(b)
+            replay, f, bx, m, sl, o = self.graphs.get(b) or self._capture(b)
             f[:n].copy_(feats[s:s + n], non_blocking=True)
             bx[:n].copy_(boxes[s:s + n], non_blocking=True)
             m[:n].copy_(mask[s:s + n], non_blocking=True)
+            sl[:n].copy_(slots[s:s + n], non_blocking=True)
             if n < b:  # padding rows: one real region each so no row is fully masked
                 f[n:].zero_()
                 bx[n:].zero_()
                 m[n:].fill_(False)
                 m[n:, 0] = True
+                sl[n:].fill_(-1)
             replay()
             out[s:s + n] = o[:n].float()
         return out
@@ -178,7 +185,7 @@ class FrozenLxmert(nn.Module):
         self.config = config or EncoderConfig()
         self.cuda_graphs = bool(cuda_graphs)
         self.hidden = int(model.config.hidden_size)
-        self.d_enc = 2 * self.hidden
+        self.d_enc = (2 + self.config.regions.slots) * self.hidden
         self._fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # F_raw -> (W' [F, H], b [H])
         self._caption: dict[str, torch.Tensor] = {}  # task -> caption language states [1, L, H]
         self._graphs: dict[tuple, _GraphRunner] = {}
@@ -234,8 +241,9 @@ class FrozenLxmert(nn.Module):
         return self._caption[spec.name]
 
     def _state_core(self, spec: TaskSpec, feats: torch.Tensor, boxes: torch.Tensor,
-                    mask: torch.Tensor) -> torch.Tensor:
-        """feats [B, R, F_raw], boxes [B, R, 4] (model dtype), mask [B, R] bool -> [B, d_enc] (model dtype).
+                    mask: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """feats [B, R, F_raw], boxes [B, R, 4] (model dtype), mask [B, R] bool, slots [B, S] long (region per
+        slot, -1 = empty) -> [B, d_enc] (model dtype).
 
         Static shapes, no host sync: capturable in a CUDA graph.
         """
@@ -253,9 +261,27 @@ class FrozenLxmert(nn.Module):
         for layer in m.encoder.x_layers:
             lang, v = layer(lang, None, v, vis_ext)[:2]
         pooled = m.pooler(lang)  # [B, H]
-        mf = mask[..., None].to(v.dtype)  # [B, R, 1]
-        mean = (v * mf).sum(1) / mf.sum(1).clamp_min(1.0)  # [B, H]
-        return torch.cat([pooled, mean], dim=-1)  # [B, d_enc]
+        return self._layout(pooled, v, mask, slots)  # [B, d_enc]
+
+    def _layout(self, pooled: torch.Tensor, h: torch.Tensor, mask: torch.Tensor,
+                slots: torch.Tensor | None = None) -> torch.Tensor:
+        """pooled [B, H], element outputs h [B, n, H], mask [B, n], slots [B, S] (element per slot, -1 = empty;
+        None = the first S elements) -> [pooled, masked mean, S slots] [B, (2 + S) * H]."""
+        B, n, H = h.shape
+        S = self.config.regions.slots
+        mf = mask[..., None].to(h.dtype)  # [B, n, 1]
+        h = h * mf  # padding elements are zero
+        mean = h.sum(1) / mf.sum(1).clamp_min(1.0)  # [B, H]
+        if slots is None:
+            idx = torch.arange(S, device=h.device).expand(B, S)
+            slots = torch.where(idx < n, idx, -1)  # [B, S]
+        got = h.gather(1, slots.clamp_min(0).clamp_max(max(n - 1, 0))[..., None].expand(B, S, H))  # [B, S, H]
+        got = got * (slots >= 0)[..., None].to(h.dtype)
+        return torch.cat([pooled, mean, got.flatten(1)], dim=-1)
+
+    def layout(self) -> dict:
+        """What forms the state and action vectors (part of the embedding cache key with the region config)."""
+        return {"outputs": "pooled+mean+slots", "slots": self.config.regions.slots}
 
     # -- public API ------------------------------------------------------------------------------
     def regions(self, task: str | TaskSpec, observations, prev_observations=None) -> Regions:
@@ -271,6 +297,7 @@ class FrozenLxmert(nn.Module):
         feats = torch.from_numpy(np.ascontiguousarray(regions.feats)).to(dev, dt)  # [N, R, F]
         boxes = torch.from_numpy(np.ascontiguousarray(regions.boxes)).to(dev, dt)  # [N, R, 4]
         mask = torch.from_numpy(np.ascontiguousarray(regions.mask)).to(dev)  # [N, R]
+        slots = torch.from_numpy(np.ascontiguousarray(regions.slots)).to(dev)  # [N, S]
         if self.cuda_graphs and dev.type == "cuda":
             key = (spec.name, feats.shape[1], feats.shape[2])
             runner = self._graphs.get(key)
@@ -278,9 +305,9 @@ class FrozenLxmert(nn.Module):
                 self._caption_states(spec)
                 self._fused_visual(feats.shape[2])
                 runner = self._graphs[key] = _GraphRunner(self, spec, feats.shape[1], feats.shape[2])
-            return runner(feats, boxes, mask)
+            return runner(feats, boxes, mask, slots)
         bs = self.config.batch_size
-        out = [self._state_core(spec, feats[s:s + bs], boxes[s:s + bs], mask[s:s + bs]).float()
+        out = [self._state_core(spec, feats[s:s + bs], boxes[s:s + bs], mask[s:s + bs], slots[s:s + bs]).float()
                for s in range(0, feats.shape[0], bs)]
         return torch.cat(out) if out else torch.empty(0, self.d_enc, device=dev)
 
@@ -295,14 +322,13 @@ class FrozenLxmert(nn.Module):
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        """Language stream alone, pooled: texts -> [n, d_enc] float32 (pooled [CLS] ++ masked token mean)."""
+        """Language stream alone: texts -> [n, d_enc] float32 (pooled [CLS], mean and slots of the word pieces)."""
         if not texts:
             raise ValueError("embed_texts needs at least one text")
         h, attn = self._language(list(texts))  # [n, L, H], [n, L]
         pooled = self.model.pooler(h)  # [n, H]
-        a = attn[..., None].to(h.dtype)
-        mean = (h * a).sum(1) / a.sum(1).clamp_min(1.0)  # [n, H]
-        return torch.cat([pooled, mean], -1).float()
+        # Slots hold the word pieces after [CLS] (whose output the pooler already reads).
+        return self._layout(pooled, h[:, 1:], attn[:, 1:].bool()).float()
 
     def embed_actions(self, task: str | TaskSpec, prompt_set: str = "original") -> torch.Tensor:
         """Action table: discrete [A, d_enc] (one row per action); continuous [A+1, d_enc] (e_0, e_1..e_A)."""

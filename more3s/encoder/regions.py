@@ -1,19 +1,23 @@
-"""Regions: what LXMERT's vision stream sees of a state (DESIGN §3 "Regions").
+"""Regions: what LXMERT's vision stream sees of a state.
 
 LXMERT was pretrained on 36 Faster R-CNN boxes per image, each a feature vector plus a normalized box.
 We have no detector for Atari or MuJoCo, so regions are built from what the state itself says:
 
 * Atari (``objects``): connected components of non-background colour on the RGB frame, up to 36,
-  largest first. Each region's raw feature holds its box, centroid, area, colour and two small
-  grey crops of its box, one from the current frame and one from the previous frame, so motion
-  is visible to a single-frame encoder. A frame with no objects gets one whole-frame region.
+  smallest box first. Each region's raw feature holds its box, centroid, area, colour, two small
+  grey crops of its box (current and previous frame) and its displacement from the matching object
+  of the previous frame: crops alone do not make motion linearly readable, a displacement does.
+  A frame with no objects gets one whole-frame region.
 * MuJoCo (``bodies``): one region per robot body, placed by forward kinematics (mujoco) from the
-  observation, with the body's pose and velocities as features. Gymnasium v5 observations exclude
-  the root x position, so qpos[0] is set to 0: bodies are placed relative to the root.
+  observation, with the body's pose and velocities and its own joints' positions and velocities as
+  features. Gymnasium v5 observations exclude the root x position, so qpos[0] is set to 0: bodies
+  are placed relative to the root.
 * Any other image env (``grid``): a 6x6 grid of cells with the same crop features as objects.
 
 Raw features of size F_raw map to LXMERT's ``visual_feat_dim`` by a fixed Gaussian projection drawn
-from ``RegionConfig.projection_seed``; the seed is part of the embedding cache key.
+from ``RegionConfig.projection_seed``; the seed is part of the embedding cache key. ``Regions.slots``
+names the regions whose encoder outputs form the state vector's per-object slots (``RegionConfig.slots``),
+in stable orders, so that an object keeps its place in the state vector from frame to frame.
 
 Everything is vectorized over a batch of frames: for each colour present in the batch, one
 ``scipy.ndimage.label`` call labels all frames at once (the structuring element does not connect
@@ -42,6 +46,16 @@ __all__ = [
 ]
 
 MAX_BODIES = 16  # width of the body one-hot in MuJoCo features (gymnasium's robots have <= 13 bodies)
+MAX_BODY_JOINTS = 3  # joints per body in MuJoCo features (a planar root has 3: x, z, pitch)
+JOINT_VEL_SCALE = 10.0  # joint velocities (rad/s, m/s; |v| up to ~10-20) are divided by this: features ~1
+
+# Motion of an object between the previous and the current frame (``_displacement``): the match is the
+# nearest object of the same colour and box size (within MATCH_SIZE_TOL px, sprites keep their size) no
+# farther than MATCH_MAX_PX (Atari balls move <= ~10 px per agent step); displacements are divided by
+# MOTION_SCALE_PX so that they enter the encoder on the scale of the other features (~1).
+MATCH_SIZE_TOL = 2
+MATCH_MAX_PX = 32
+MOTION_SCALE_PX = 4.0
 
 # Luminance weights (ITU-R BT.601) for the grey crops.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -61,10 +75,17 @@ class RegionConfig:
     # wide enough for halfcheetah (~1 m long) and tall enough for walker2d/hopper (~1.25 m).
     mujoco_view: tuple[float, float, float, float] = (-1.5, -0.5, 1.5, 2.0)
     projection_seed: int = 0
+    # Regions whose encoder outputs form the state vector's slots (``Regions.slots``), in stable orders:
+    # Atari objects give half by size (smallest box first: the ball, then the other sprites) and half by
+    # colour (packed RGB, then size: a paddle keeps its slot while bricks and digits change); bodies and
+    # grid cells come in their fixed order. 16 = 8 + 8 covers Breakout's and Pong's sprites.
+    slots: int = 16
 
     def __post_init__(self):
         if self.max_regions < 1 or self.grid < 1 or self.crop < 1 or self.min_area < 1:
             raise ValueError(f"RegionConfig sizes must be >= 1, got {self}")
+        if self.slots < 0 or self.slots % 2:
+            raise ValueError(f"RegionConfig.slots must be an even number >= 0, got {self.slots}")
         if self.image_mode not in ("auto", "objects", "grid"):
             raise ValueError(f"RegionConfig.image_mode must be auto|objects|grid, got {self.image_mode!r}")
         x0, z0, x1, z1 = self.mujoco_view
@@ -83,19 +104,21 @@ class Regions:
     boxes: np.ndarray  # [N, R, 4] float32 (x1, y1, x2, y2) in [0, 1]
     mask: np.ndarray  # [N, R] bool, True = real region (padding is zero)
     kind: str  # "objects" | "grid" | "bodies"
+    slots: np.ndarray  # [N, S] int64: the region in each slot of the state vector, -1 = empty
 
     def __len__(self) -> int:
         return self.feats.shape[0]
 
 
 def image_feature_dim(cfg: RegionConfig) -> int:
-    """F_raw of image regions: box 4, centroid 2, area 2, colour 3, two crops, motion 1."""
-    return 4 + 2 + 2 + 3 + 2 * cfg.crop * cfg.crop + 1
+    """F_raw of image regions: box 4, centroid 2, area 2, colour 3, two crops, displacement 3, motion 1."""
+    return 4 + 2 + 2 + 3 + 2 * cfg.crop * cfg.crop + 3 + 1
 
 
 def mujoco_feature_dim(cfg: RegionConfig | None = None) -> int:
-    """F_raw of body regions: position 3, quaternion 4, spatial velocity 6, body one-hot."""
-    return 3 + 4 + 6 + MAX_BODIES
+    """F_raw of body regions: position 3, quaternion 4, spatial velocity 6, body one-hot, then the body's own
+    joints' positions and velocities (so the observation, joint by joint, is in the body's region)."""
+    return 3 + 4 + 6 + MAX_BODIES + 2 * MAX_BODY_JOINTS
 
 
 @functools.lru_cache(maxsize=32)
@@ -145,11 +168,12 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
 
 def _box_features(cfg: RegionConfig, obs: np.ndarray, prev: np.ndarray, pix: np.ndarray,
                   centroid: np.ndarray, area: np.ndarray, colour: np.ndarray,
-                  mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  mask: np.ndarray, moved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Features shared by objects and grid cells.
 
     obs, prev [N, H, W, 3] uint8; pix [N, R, 4] int pixel boxes (x1, y1, x2, y2), x2/y2 exclusive;
-    centroid [N, R, 2] pixels; area [N, R] pixels; colour [N, R, 3] in [0, 1]; mask [N, R].
+    centroid [N, R, 2] pixels; area [N, R] pixels; colour [N, R, 3] in [0, 1]; mask [N, R];
+    moved [N, R, 3] displacement from the previous frame (``_displacement``; zeros for grid cells).
     Returns (feats, boxes).
     """
     N, H, W, _ = obs.shape
@@ -174,6 +198,7 @@ def _box_features(cfg: RegionConfig, obs: np.ndarray, prev: np.ndarray, pix: np.
         colour,
         crop_cur.reshape(N, R, c * c),
         crop_prev.reshape(N, R, c * c),
+        moved,
         motion[..., None],
     ], axis=-1).astype(np.float32)  # [N, R, F_raw]
     m = mask[..., None]
@@ -200,13 +225,13 @@ def _background(packed: np.ndarray) -> np.ndarray:
     return flat[r[best], col[best]]
 
 
-def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None = None,
-                  cfg: RegionConfig | None = None) -> Regions:
-    """Objects as connected components of non-background colour, up to ``cfg.max_regions``."""
-    cfg = cfg or RegionConfig()
-    obs, prev = _pair_frames(observations, prev_observations)
+def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
+    """Connected components of non-background colour of every frame, smallest box first within a frame.
+
+    obs [N, H, W, 3] uint8 -> flat arrays over the components kept (at most ``cfg.max_regions`` per frame):
+    frame, rank (slot), x1, y1, x2, y2 (pixel box, x2/y2 exclusive), cx, cy, area (pixels), col (packed RGB).
+    """
     N, H, W, _ = obs.shape
-    R = cfg.max_regions
     # Pack RGB into one 32-bit colour id per pixel: copy into 4-byte pixels and reinterpret.
     rgbx = np.zeros((N, H, W, 4), np.uint8)
     rgbx[..., :3] = obs
@@ -243,28 +268,99 @@ def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None
     area = per_col.sum(1)  # [G]
     cx = per_col @ np.arange(W, dtype=np.float64) / np.maximum(area, 1) + 0.5
     cy = per_row @ np.arange(H, dtype=np.float64) / np.maximum(area, 1) + 0.5
-    col = col_all[1:]
+    c = dict(frame=frame, x1=x1, y1=y1, x2=x2, y2=y2, cx=cx, cy=cy, area=area, col=col_all[1:])
     keep = area >= cfg.min_area
-    frame, area, x1, x2, y1, y2, cx, cy, col = (a[keep] for a in (frame, area, x1, x2, y1, y2, cx, cy, col))
-    # Largest first within each frame; ties by position so the order is deterministic.
-    order = np.lexsort((x1, y1, -area, frame))
-    frame, area, x1, x2, y1, y2, cx, cy, col = (a[order] for a in (frame, area, x1, x2, y1, y2, cx, cy, col))
-    first_of_frame = np.searchsorted(frame, np.arange(N))
-    rank = np.arange(len(frame)) - first_of_frame[frame]
-    sel = rank < R
-    f, k = frame[sel], rank[sel]
+    c = {k: v[keep] for k, v in c.items()}
+    # The stable slot order: smallest box first (sprites - ball, paddles - before digits, walls and brick
+    # rows), ties by colour, then left to right, then top to bottom. A sprite keeps its slot from frame to
+    # frame while larger objects come and go, so per-slot encoder outputs keep its position decodable.
+    box = (c["x2"] - c["x1"]) * (c["y2"] - c["y1"])
+    order = np.lexsort((c["y1"], c["x1"], c["col"], box, c["frame"]))
+    c = {k: v[order] for k, v in c.items()}
+    first_of_frame = np.searchsorted(c["frame"], np.arange(N))
+    rank = np.arange(len(c["frame"])) - first_of_frame[c["frame"]]
+    sel = rank < cfg.max_regions
+    c = {k: v[sel] for k, v in c.items()}
+    c["rank"] = rank[sel]
+    # The second stable order of the slots: by colour, then box size, then position.
+    box = (c["x2"] - c["x1"]) * (c["y2"] - c["y1"])
+    by_colour = np.lexsort((c["y1"], c["x1"], box, c["col"], c["frame"]))
+    fr = c["frame"][by_colour]
+    c["colour_rank"] = np.empty_like(c["rank"])
+    c["colour_rank"][by_colour] = np.arange(len(fr)) - np.searchsorted(fr, np.arange(N))[fr]
+    return c
 
+
+def _displacement(cur: dict[str, np.ndarray], prev: dict[str, np.ndarray], N: int, R: int) -> np.ndarray:
+    """Motion of each current object: its centroid minus that of the nearest previous-frame object of the same
+    colour and (within MATCH_SIZE_TOL pixels) the same box size, no farther than MATCH_MAX_PX.
+
+    -> [N, R, 3]: (dx, dy) in pixels / MOTION_SCALE_PX, and 1 when matched (0, 0, 0 otherwise)."""
+    def table(c):  # -> per-frame padded [N, R, 5] (cx, cy, w, h, colour) and mask [N, R]
+        t = np.zeros((N, R, 5), np.float64)
+        m = np.zeros((N, R), bool)
+        t[c["frame"], c["rank"]] = np.stack([c["cx"], c["cy"], c["x2"] - c["x1"], c["y2"] - c["y1"],
+                                             c["col"].astype(np.float64)], -1)
+        m[c["frame"], c["rank"]] = True
+        return t, m
+
+    a, am = table(cur)
+    b, bm = table(prev)
+    d = np.hypot(a[:, :, None, 0] - b[:, None, :, 0], a[:, :, None, 1] - b[:, None, :, 1])  # [N, R, R]
+    same = (a[:, :, None, 4] == b[:, None, :, 4]) & bm[:, None, :] \
+        & (np.abs(a[:, :, None, 2] - b[:, None, :, 2]) + np.abs(a[:, :, None, 3] - b[:, None, :, 3]) <= MATCH_SIZE_TOL)
+    d = np.where(same & (d <= MATCH_MAX_PX), d, np.inf)
+    j = d.argmin(-1)  # [N, R]
+    ok = np.isfinite(np.take_along_axis(d, j[..., None], -1)[..., 0]) & am
+    pb = np.take_along_axis(b, j[..., None], 1)  # [N, R, 5]
+    out = np.zeros((N, R, 3), np.float32)
+    out[..., 0] = np.where(ok, a[..., 0] - pb[..., 0], 0.0) / MOTION_SCALE_PX
+    out[..., 1] = np.where(ok, a[..., 1] - pb[..., 1], 0.0) / MOTION_SCALE_PX
+    out[..., 2] = ok
+    return out
+
+
+def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None = None,
+                  cfg: RegionConfig | None = None) -> Regions:
+    """Objects as connected components of non-background colour, up to ``cfg.max_regions``, smallest first,
+    each with its displacement from the matching object of the previous frame."""
+    cfg = cfg or RegionConfig()
+    sequence = prev_observations is None
+    obs, prev = _pair_frames(observations, prev_observations)
+    N, H, W, _ = obs.shape
+    R = cfg.max_regions
+    if sequence:  # the previous frame of row t is row t-1 (row 0 its own): components once, shifted
+        comps = _components(cfg, obs)
+        prev_comps = {k: v[comps["frame"] < N - 1] for k, v in comps.items()}
+        prev_comps["frame"] = prev_comps["frame"] + 1
+        first = {k: v[comps["frame"] == 0] for k, v in comps.items()}
+        prev_comps = {k: np.concatenate([first[k], prev_comps[k]]) for k in comps}
+    else:
+        both = _components(cfg, np.concatenate([obs, prev]))
+        is_cur = both["frame"] < N
+        comps = {k: v[is_cur] for k, v in both.items()}
+        prev_comps = {k: v[~is_cur] for k, v in both.items()}
+        prev_comps["frame"] = prev_comps["frame"] - N
+    f, k = comps["frame"], comps["rank"]
     pix = np.zeros((N, R, 4), np.int64)
     cen = np.zeros((N, R, 2), np.float32)
     ar = np.zeros((N, R), np.float32)
     colour = np.zeros((N, R, 3), np.float32)
     mask = np.zeros((N, R), bool)
-    pix[f, k] = np.stack([x1, y1, x2, y2], axis=-1)[sel]
-    cen[f, k] = np.stack([cx, cy], axis=-1)[sel]
-    ar[f, k] = area[sel]
-    rgb = np.ascontiguousarray(col.astype(np.uint32)).view(np.uint8).reshape(-1, 4)[:, :3] / np.float32(255.0)
-    colour[f, k] = rgb[sel]
+    pix[f, k] = np.stack([comps["x1"], comps["y1"], comps["x2"], comps["y2"]], axis=-1)
+    cen[f, k] = np.stack([comps["cx"], comps["cy"]], axis=-1)
+    ar[f, k] = comps["area"]
+    rgb = np.ascontiguousarray(comps["col"].astype(np.uint32)).view(np.uint8).reshape(-1, 4)[:, :3]
+    colour[f, k] = rgb / np.float32(255.0)
     mask[f, k] = True
+    moved = _displacement(comps, prev_comps, N, R)  # [N, R, 3]
+    half = cfg.slots // 2
+    slots = np.full((N, cfg.slots), -1, np.int64)
+    by_size = k < half
+    slots[f[by_size], k[by_size]] = k[by_size]  # regions are stored smallest first
+    cr = comps["colour_rank"]
+    by_col = cr < half
+    slots[f[by_col], half + cr[by_col]] = k[by_col]
     # A frame without objects (blank screen) gets one whole-frame region, so attention has a target.
     empty = ~mask.any(axis=1)
     if empty.any():
@@ -273,8 +369,18 @@ def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None
         ar[empty, 0] = H * W
         colour[empty, 0] = obs[empty].reshape(int(empty.sum()), -1, 3).mean(axis=1) / 255.0
         mask[empty, 0] = True
-    feats, boxes = _box_features(cfg, obs, prev, pix, cen, ar, colour, mask)
-    return Regions(feats=feats, boxes=boxes, mask=mask, kind="objects")
+        if cfg.slots:
+            slots[empty, 0] = 0
+    feats, boxes = _box_features(cfg, obs, prev, pix, cen, ar, colour, mask, moved)
+    return Regions(feats=feats, boxes=boxes, mask=mask, kind="objects", slots=slots)
+
+
+def _fixed_slots(cfg: RegionConfig, N: int, n_regions: int) -> np.ndarray:
+    """Slots of regions that come in a fixed order (grid cells, bodies): the first ``cfg.slots`` of them."""
+    row = np.full(cfg.slots, -1, np.int64)
+    n = min(cfg.slots, n_regions)
+    row[:n] = np.arange(n)
+    return np.broadcast_to(row, (N, cfg.slots)).copy()
 
 
 def grid_regions(observations: np.ndarray, prev_observations: np.ndarray | None = None,
@@ -297,8 +403,8 @@ def grid_regions(observations: np.ndarray, prev_observations: np.ndarray | None 
     cen = np.broadcast_to(np.stack([(X1 + X2) / 2, (Y1 + Y2) / 2], -1).astype(np.float32), (N, g * g, 2))
     mask = np.ones((N, g * g), bool)
     feats, boxes = _box_features(cfg, obs, prev, pix, cen,
-                                 np.broadcast_to(area, (N, g * g)), colour, mask)
-    return Regions(feats=feats, boxes=boxes, mask=mask, kind="grid")
+                                 np.broadcast_to(area, (N, g * g)), colour, mask, np.zeros((N, g * g, 3), np.float32))
+    return Regions(feats=feats, boxes=boxes, mask=mask, kind="grid", slots=_fixed_slots(cfg, N, g * g))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +417,8 @@ class _Robot:
     nq: int
     nv: int
     radius: np.ndarray  # [nbody-1] bounding radius of each body's geoms (metres)
+    qpos_idx: np.ndarray  # [nbody-1, MAX_BODY_JOINTS] qpos address of each body's joints, -1 = none
+    qvel_idx: np.ndarray  # [nbody-1, MAX_BODY_JOINTS] dof address of each body's joints, -1 = none
 
 
 @functools.lru_cache(maxsize=8)
@@ -328,7 +436,17 @@ def _robot(task_name: str) -> _Robot:
         if n > 0:
             radius[b - 1] = float(np.max(model.geom_rbound[a:a + n]))
     radius = np.maximum(radius, 0.05)  # a body without geoms still gets a visible box
-    return _Robot(model=model, nq=int(model.nq), nv=int(model.nv), radius=radius)
+    qpos_idx = np.full((model.nbody - 1, MAX_BODY_JOINTS), -1, np.int64)
+    qvel_idx = np.full((model.nbody - 1, MAX_BODY_JOINTS), -1, np.int64)
+    for b in range(1, model.nbody):
+        a, n = model.body_jntadr[b], model.body_jntnum[b]
+        if n > MAX_BODY_JOINTS:
+            raise ValueError(f"{task_name!r}: body {b} has {n} joints, more than MAX_BODY_JOINTS={MAX_BODY_JOINTS}")
+        for i in range(n):
+            qpos_idx[b - 1, i] = model.jnt_qposadr[a + i]
+            qvel_idx[b - 1, i] = model.jnt_dofadr[a + i]
+    return _Robot(model=model, nq=int(model.nq), nv=int(model.nv), radius=radius, qpos_idx=qpos_idx,
+                  qvel_idx=qvel_idx)
 
 
 _MJ_DATA = threading.local()  # one MjData per (thread, task): MjData is not thread-safe
@@ -389,8 +507,13 @@ def mujoco_regions(task: str | TaskSpec, observations: np.ndarray, cfg: RegionCo
     boxes = np.clip(np.stack([u - ru, v - rv, u + ru, v + rv], axis=-1), 0.0, 1.0).astype(np.float32)
     onehot = np.zeros((N, nb, MAX_BODIES), np.float64)
     onehot[:, np.arange(nb), np.arange(nb)] = 1.0
-    feats = np.concatenate([xpos, xquat, cvel, onehot], axis=-1).astype(np.float32)  # [N, nb, F_raw]
-    return Regions(feats=feats, boxes=boxes, mask=np.ones((N, nb), bool), kind="bodies")
+    qpos = np.concatenate([np.zeros((N, 1)), obs64[:, :nq - 1]], axis=1)  # [N, nq], root x = 0 as above
+    qvel = obs64[:, nq - 1:]  # [N, nv]
+    jq = np.where(robot.qpos_idx >= 0, qpos[:, robot.qpos_idx.clip(0)], 0.0)  # [N, nb, MAX_BODY_JOINTS]
+    jv = np.where(robot.qvel_idx >= 0, qvel[:, robot.qvel_idx.clip(0)], 0.0) / JOINT_VEL_SCALE
+    feats = np.concatenate([xpos, xquat, cvel, onehot, jq, jv], axis=-1).astype(np.float32)  # [N, nb, F_raw]
+    return Regions(feats=feats, boxes=boxes, mask=np.ones((N, nb), bool), kind="bodies",
+                   slots=_fixed_slots(cfg, N, nb))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,9 +551,18 @@ def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
     obs, prev = _pair_frames(observations, prev_observations)
     k = min(int(workers), len(obs) // MIN_FRAMES_PER_WORKER)
     if k <= 1:
-        return fn(obs, prev, cfg)
+        return fn(obs, None if prev_observations is None else prev, cfg)
+
+    def part(a: int, b: int) -> Regions:
+        if prev_observations is not None:
+            return fn(obs[a:b], prev[a:b], cfg)
+        # A slice of a sequence starts one frame early (its previous frame), whose row is dropped.
+        r = fn(obs[max(a - 1, 0):b], None, cfg)
+        return r if a == 0 else Regions(r.feats[1:], r.boxes[1:], r.mask[1:], r.kind, r.slots[1:])
+
     bounds = np.linspace(0, len(obs), k + 1).round().astype(int)
     with ThreadPoolExecutor(k, thread_name_prefix="more3s-regions") as pool:
-        parts = list(pool.map(lambda a, b: fn(obs[a:b], prev[a:b], cfg), bounds[:-1], bounds[1:]))
+        parts = list(pool.map(part, bounds[:-1], bounds[1:]))
     return Regions(feats=np.concatenate([p.feats for p in parts]), boxes=np.concatenate([p.boxes for p in parts]),
-                   mask=np.concatenate([p.mask for p in parts]), kind=parts[0].kind)
+                   mask=np.concatenate([p.mask for p in parts]), kind=parts[0].kind,
+                   slots=np.concatenate([p.slots for p in parts]))

@@ -4,7 +4,7 @@ The random-init configurations (``lxmert-tiny``, ``lxmert-base-random``) need a 
 hub. We build a WordPiece vocabulary from the project's own text (every action prompt, base prompt and
 state caption of every task and prompt set), plus single characters and ``##`` continuations so that
 unseen words split into characters instead of collapsing to [UNK]. It is wrapped with
-``BertTokenizer(vocab=...)``: ENVIRONMENT.md notes that ``BertTokenizer(vocab_file=...)`` silently
+``BertTokenizer(vocab=...)``: ``BertTokenizer(vocab_file=...)`` silently
 ignores the file in transformers 5.
 
 Every tokenizer (pretrained or built here) goes through ``check_tokenizer``: transformers 5 returns a

@@ -25,8 +25,9 @@ Why it looks like this:
   phi(R) to the step's tokens, ``token`` is DT's RTG token, ``none`` is behaviour cloning.
 * Memory: per layer, the injected K'/V' of the last M steps of the same stream, detached (Transformer-XL style).
 * Objective ``semantic``: the state token maps into the encoder space and scores actions by cosine similarity with
-  the frozen action table's rows (centred on their mean) over a learned temperature (CE); the action token of step t predicts E_s(s_t) (MSE, weight
-  lambda). ``mse``: both heads regress encoder vectors; actions decode as the nearest table row. Continuous actions:
+  the frozen action table's rows (centred on their mean) over a learned temperature (CE); the action token of
+  step t predicts E_s(s_t) (MSE, weight lambda). ``mse``: both heads regress encoder vectors; actions decode as the nearest table row. ``linear``: a plain
+  Linear(C, A) action head on the same tokens (the baseline of the semantic head). Continuous actions:
   tanh head + MSE, plus the same state MSE, whatever the objective.
 * No attention dropout: the fused kernel has none (GPT-2 and DT have 0.1); residual and embedding dropout remain.
 The trainer, the engine and the GPT-2 weight mapping live elsewhere (train.py, rollout/engine.py, backbones.py).

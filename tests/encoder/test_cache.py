@@ -54,7 +54,7 @@ def test_cache_equals_direct_encoding_and_hits(tiny, atari_eps, tmp_path):
     direct = _direct(tiny, atari_eps, "breakout")
     np.testing.assert_allclose(c.states[:].astype(np.float32), direct, atol=2e-3, rtol=2e-3)
     np.testing.assert_allclose(c.action_table, tiny.embed_actions("breakout").numpy(), rtol=1e-6)
-    assert c.meta["task"] == "breakout" and c.meta["prompt_set"] == "original" and c.meta["d_enc"] == 256
+    assert c.meta["task"] == "breakout" and c.meta["prompt_set"] == "original" and c.meta["d_enc"] == tiny.d_enc == 2304
     # memmap-like indexing: a sampler batch of (episode, steps)
     ep, steps = np.array([2, 0]), np.array([[3, 4, 5], [0, 1, 2]])
     np.testing.assert_array_equal(c.gather(ep, steps), c.states[np.array([[22, 23, 24], [0, 1, 2]])])
@@ -72,6 +72,8 @@ def test_key_covers_prompts_regions_and_data(tiny, atari_eps, tmp_path, monkeypa
     assert syn.path != base.path and not np.allclose(syn.action_table, base.action_table)
     other = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(projection_seed=1)))
     assert build_or_load_cache(atari_eps, other, cache_dir=tmp_path, config=CFG).path != base.path
+    fewer = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(slots=8)))
+    assert build_or_load_cache(atari_eps, fewer, cache_dir=tmp_path, config=CFG).path != base.path  # the layout
     assert dataset_fingerprint(atari_eps) != dataset_fingerprint(atari_eps[:2])
     monkeypatch.setenv("MORE3S_CACHE", str(tmp_path / "env"))
     assert default_cache_dir() == tmp_path / "env"
@@ -144,7 +146,7 @@ def test_two_builders_share_the_work(tiny, cheetah_run, tmp_path):
     assert n.rows == 13  # each chunk once, although both threads walked all chunks
     np.testing.assert_array_equal(results[0].states[:], results[1].states[:])
     meta = json.loads((results[0].path / "meta.json").read_text())
-    assert meta["n_chunks"] == 2 and meta["action_table_shape"] == [7, 256]
+    assert meta["n_chunks"] == 2 and meta["action_table_shape"] == [7, 2304]
     direct = _direct(tiny, eps, "halfcheetah")
     np.testing.assert_allclose(open_cache(results[0].path).states[:].astype(np.float32), direct,
                                atol=2e-3, rtol=2e-3)

@@ -21,10 +21,11 @@ def test_frozen_and_shapes(tiny, breakout_frames, cheetah_run):
     tiny.train()
     assert not tiny.model.training  # frozen: train() keeps eval mode (no dropout)
     e = tiny.embed_states("breakout", breakout_frames[:9])
-    assert e.shape == (9, tiny.d_enc) == (9, 256) and e.dtype == torch.float32
+    assert e.shape == (9, tiny.d_enc) == (9, 128 * (2 + 16)) and e.dtype == torch.float32  # pooled, mean, 16 slots
     assert torch.isfinite(e).all() and not e.requires_grad
     m = tiny.embed_states("halfcheetah", cheetah_run[0])
-    assert m.shape == (13, 256) and torch.isfinite(m).all()
+    assert m.shape == (13, tiny.d_enc) and torch.isfinite(m).all()
+    assert (m[:, 128 * 9:] == 0).all() and (m[:, 128 * 8:128 * 9] != 0).any()  # 7 bodies: slots 8.. are empty
     assert tiny.name == "lxmert-tiny" and len(tiny.fingerprint) == 40
 
 
@@ -41,7 +42,9 @@ def test_composed_forward_equals_lxmert_model(tiny, breakout_frames):
                          visual_feats=torch.from_numpy(r.feats) @ P, visual_pos=torch.from_numpy(r.boxes),
                          visual_attention_mask=mask.float())
     vis_mean = (out.vision_output * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    ref = torch.cat([out.pooled_output, vis_mean], -1)
+    slots = torch.from_numpy(r.slots)  # [N, 16] region per slot, -1 = empty
+    slotted = out.vision_output[torch.arange(len(frames))[:, None], slots.clamp_min(0)] * (slots >= 0)[..., None]
+    ref = torch.cat([out.pooled_output, vis_mean, slotted.flatten(1)], -1)
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)
 
 
@@ -156,20 +159,21 @@ def test_graph_buckets_pad_and_split_like_the_eager_path(tiny, breakout_frames, 
     recorded = []
 
     class EagerTwin(_GraphRunner):
-        def _record(self, feats, boxes, mask):
+        def _record(self, feats, boxes, mask, slots):
             recorded.append(feats.shape[0])
             out = torch.empty(feats.shape[0], tiny.d_enc, dtype=tiny.dtype)
-            return (lambda: out.copy_(tiny._state_core(self.spec, feats, boxes, mask))), out
+            return (lambda: out.copy_(tiny._state_core(self.spec, feats, boxes, mask, slots))), out
 
     regions = tiny.regions("breakout", breakout_frames)
-    feats, boxes, mask = (torch.from_numpy(np.ascontiguousarray(x)) for x in (regions.feats, regions.boxes,
-                                                                            regions.mask))
+    feats, boxes, mask, slots = (torch.from_numpy(np.ascontiguousarray(x)) for x in (
+        regions.feats, regions.boxes, regions.mask, regions.slots))
     feats, boxes = feats.to(tiny.dtype), boxes.to(tiny.dtype)
     runner = EagerTwin(tiny, spec, feats.shape[1], feats.shape[2])
     with torch.inference_mode():
-        ref = tiny._state_core(spec, feats, boxes, mask).float()  # [41, d_enc], one eager batch
+        ref = tiny._state_core(spec, feats, boxes, mask, slots).float()  # [41, d_enc], one eager batch
         for n in (1, 3, 8, 19, 41):  # exact bucket, padded bucket, full bucket, 8 + 8 + 3, 5 pieces
-            torch.testing.assert_close(runner(feats[:n], boxes[:n], mask[:n]), ref[:n], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(runner(feats[:n], boxes[:n], mask[:n], slots[:n]), ref[:n],
+                                       atol=1e-5, rtol=1e-5)
     assert recorded == [1, 4, 8]  # one capture per bucket, then replays
 
 

@@ -12,6 +12,7 @@ from more3s.encoder import (
 )
 
 AREA, MOTION = 6, -1  # feature columns: area fraction, motion
+DX, DY, MATCHED = -4, -3, -2  # displacement from the matching previous-frame object (/ 4 px), matched flag
 
 
 def _check_boxes(r):
@@ -35,10 +36,10 @@ def test_atari_regions_on_real_frames(breakout_frames):
     _check_boxes(r)
     counts = r.mask.sum(1)
     assert np.all((counts >= 10) & (counts < 36))  # walls, 6 brick rows, score digits, paddle, ball...
-    # largest first within each frame
+    # smallest box first within each frame (the slot order of sprites)
     for i in range(N):
-        a = r.feats[i, r.mask[i], AREA]
-        assert np.all(np.diff(a) <= 0)
+        b = r.boxes[i, r.mask[i]] * [160, 210, 160, 210]
+        assert np.all(np.diff(np.round((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) >= 0)
     # the six brick rows of Breakout: 144 px wide, 6 px high, starting at y=57
     rows = [(b * [160, 210, 160, 210]).round() for b in r.boxes[0, r.mask[0]]]
     bricks = [b for b in rows if b[0] == 8 and b[2] == 152 and b[3] - b[1] == 6]
@@ -62,6 +63,31 @@ def test_motion_features_follow_moving_objects(breakout_frames):
     np.testing.assert_array_equal(seq.feats[0], atari_regions(first, first).feats[0])
 
 
+def test_displacement_is_the_matched_objects_motion():
+    """Each object's displacement is its centroid minus that of the same-coloured, same-sized object of the
+    previous frame; an object without a match (new, or of another size) gets zeros."""
+    prev = np.zeros((1, 60, 60, 3), np.uint8)
+    cur = np.zeros((1, 60, 60, 3), np.uint8)
+    prev[0, 10:14, 10:12] = cur[0, 13:17, 18:20] = (200, 72, 72)  # a 2x4 ball moves by (+8, +3)
+    prev[0, 50:54, 20:36] = cur[0, 50:54, 16:32] = (200, 72, 72)  # a 16x4 paddle, same colour, by (-4, 0)
+    cur[0, 30:36, 40:48] = (66, 72, 200)  # a brick that was not there
+    r = atari_regions(cur, prev)  # smallest box first: ball (8 px), brick (48), paddle (64)
+    np.testing.assert_allclose(r.feats[0, :3, DX] * 4, [8, 0, -4])
+    np.testing.assert_allclose(r.feats[0, :3, DY] * 4, [3, 0, 0])
+    np.testing.assert_array_equal(r.feats[0, :3, MATCHED], [1, 0, 1])
+
+
+def test_ball_displacement_follows_the_ram(breakout_frames):
+    """On real frames the ball's displacement (slot 0: the smallest object) is its per-step motion."""
+    r = atari_regions(breakout_frames)
+    b = r.boxes[:, 0] * [160, 210, 160, 210]
+    ball = np.round((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) == 8  # a 2x4 ball is in slot 0
+    both = ball[1:] & ball[:-1]
+    assert both.sum() > 10
+    cx = (b[:, 0] + b[:, 2]) / 2
+    np.testing.assert_allclose(r.feats[1:, 0, DX][both] * 4, np.diff(cx)[both], atol=1e-3)
+
+
 def test_synthetic_objects_exact():
     f = np.zeros((1, 50, 40, 3), np.uint8)
     f[0, 5:15, 2:22] = (200, 0, 0)  # 200 px red
@@ -70,10 +96,12 @@ def test_synthetic_objects_exact():
     f[0, 40, 35] = (0, 0, 200)  # 1 px blue, not connected to the other blue
     r = atari_regions(f)
     assert r.mask[0].sum() == 4
-    px = (r.boxes[0, :4] * [40, 50, 40, 50]).round().astype(int)
-    np.testing.assert_array_equal(px, [[2, 5, 22, 15], [22, 5, 30, 15], [10, 30, 13, 33], [35, 40, 36, 41]])
-    np.testing.assert_allclose(r.feats[0, :4, AREA] * 2000, [200, 80, 9, 1], rtol=1e-5)
-    np.testing.assert_allclose(r.feats[0, 0, 8:11], [200 / 255, 0, 0], rtol=1e-6)  # colour
+    px = (r.boxes[0, :4] * [40, 50, 40, 50]).round().astype(int)  # smallest box first
+    np.testing.assert_array_equal(px, [[35, 40, 36, 41], [10, 30, 13, 33], [22, 5, 30, 15], [2, 5, 22, 15]])
+    np.testing.assert_allclose(r.feats[0, :4, AREA] * 2000, [1, 9, 80, 200], rtol=1e-5)
+    np.testing.assert_allclose(r.feats[0, 3, 8:11], [200 / 255, 0, 0], rtol=1e-6)  # colour
+    # slots: the first 8 by size, then the first 8 by colour (packed RGB: red < green < blue), -1 = empty
+    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, -1, -1, -1, -1, 3, 2, 0, 1, -1, -1, -1, -1])
 
 
 def test_object_cap_and_blank_frame():
@@ -82,9 +110,9 @@ def test_object_cap_and_blank_frame():
         y, x = 2 * (k // 10) * 2, 4 * (k % 10)
         f[0, y, x:x + k % 3 + 1] = 255
     r = atari_regions(f)
-    assert r.mask[0].all()  # capped at 36, the largest kept
+    assert r.mask[0].all()  # capped at 36, the smallest kept
     sizes = np.round(r.feats[0, :, AREA] * 1600).astype(int)  # 16 dots of 3 px, 17 of 2, 17 of 1
-    np.testing.assert_array_equal(sizes, [3] * 16 + [2] * 17 + [1] * 3)
+    np.testing.assert_array_equal(sizes, [1] * 17 + [2] * 17 + [3] * 2)
     assert r.mask[1].sum() == 1  # a blank frame: one whole-frame region
     np.testing.assert_allclose(r.boxes[1, 0], [0, 0, 1, 1])
 
@@ -109,7 +137,7 @@ def test_mujoco_bodies_match_forward_kinematics(cheetah_run):
     r = extract_regions("halfcheetah", obs)
     model = env.unwrapped.model
     nb = model.nbody - 1
-    assert r.kind == "bodies" and r.feats.shape == (len(obs), nb, 3 + 4 + 6 + MAX_BODIES)
+    assert r.kind == "bodies" and r.feats.shape == (len(obs), nb, 3 + 4 + 6 + MAX_BODIES + 6)
     assert r.mask.all()
     _check_boxes(r)
     # the env's own state, with the root moved to x=0: body positions must agree exactly
@@ -123,6 +151,12 @@ def test_mujoco_bodies_match_forward_kinematics(cheetah_run):
     np.testing.assert_allclose(r.feats[-1, :, 7:13], data.cvel[1:], atol=1e-4)
     # bodies move between steps
     assert np.abs(np.diff(r.feats[:, :, :3], axis=0)).max() > 1e-3
+    # each body carries its own joints: the observation is in the regions, joint by joint
+    j = 3 + 4 + 6 + MAX_BODIES
+    np.testing.assert_allclose(r.feats[:, 0, j + 1:j + 3], obs[:, 0:2], atol=1e-6)  # root z, pitch (x is 0)
+    np.testing.assert_allclose(r.feats[:, 1:, j], obs[:, 2:8], atol=1e-6)  # the 6 hinge angles
+    np.testing.assert_allclose(r.feats[:, 1:, j + 3] * 10, obs[:, 11:17], rtol=1e-5, atol=1e-5)  # their velocities
+    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 4, 5, 6] + [-1] * 9)
     hop = mujoco_regions("hopper", np.zeros((2, 11)))
     assert hop.feats.shape[1] == 4
 
@@ -159,7 +193,7 @@ def test_threaded_extraction_is_identical(breakout_frames, task):
     for workers in (2, 3, 16):
         many = extract_regions(task, breakout_frames, workers=workers)
         assert many.kind == one.kind
-        for field in ("feats", "boxes", "mask"):
+        for field in ("feats", "boxes", "mask", "slots"):
             np.testing.assert_array_equal(getattr(many, field), getattr(one, field))
             np.testing.assert_array_equal(getattr(paired, field), getattr(one, field)[1:])
     for bad in (0, -1, 1.5, True):

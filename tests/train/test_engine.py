@@ -42,7 +42,7 @@ def _play(model, encoder, mode, target=5.0, **kw):
 
 
 # seeds picked so that the greedy actions of the random model vary along the rollouts
-@pytest.mark.parametrize("rtg_mode, memory_steps, seed", [("kv", 2, 4), ("token", 0, 2)])
+@pytest.mark.parametrize("rtg_mode, memory_steps, seed", [("kv", 2, 6), ("token", 0, 0)])
 def test_ring_equals_recompute_over_resets(encoder, rtg_mode, memory_steps, seed):
     model = _model(encoder, rtg_mode, memory_steps, seed)
     ring = _play(model, encoder, "ring")

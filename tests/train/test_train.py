@@ -195,3 +195,21 @@ def test_evaluate_refuses_an_encoder_with_other_weights(tiny_config):
     other.fingerprint = "0" * 40  # as if other weights had been loaded
     with pytest.raises(ValueError, match="fingerprint"):
         evaluate_run(run, episodes=1, num_envs=1, max_episode_steps=5, encoder=other)
+
+
+def test_linear_head_and_held_out_action_accuracy(tiny_config):
+    """objective=linear trains a plain logits head on the same tokens; the probe scores trained runs on the
+    episodes after the ones they trained on (teacher-forced, memory carried), and refuses a run without any."""
+    from more3s.evaluate import load_run_model
+    from more3s.probe import run_action_accuracy
+
+    runs = {obj: train(tiny_config(name=obj, objective=obj, max_episodes=4, max_steps=3, ckpt_every=3))
+            for obj in ("semantic", "linear")}
+    model, _, _ = load_run_model(runs["linear"])
+    assert model.head_action.out_features == 4  # Breakout's 4 actions, not the encoder space
+    for obj, run in runs.items():
+        r = run_action_accuracy(run, tiny_config().dataset, tiny_config().cache_dir)
+        assert r["objective"] == obj and r["heldout_episodes"] == [4, 5] and 0 <= r["action_accuracy"] <= 1
+    everything = train(tiny_config(name="all", max_steps=2, ckpt_every=2))
+    with pytest.raises(ValueError, match="no others to hold out"):
+        run_action_accuracy(everything, tiny_config().dataset, tiny_config().cache_dir)

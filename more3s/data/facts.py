@@ -1,0 +1,99 @@
+"""Ground truth recorded beside the data, for probes of what a state embedding keeps.
+
+Collection stores, per step of an episode (``T+1`` rows, aligned with the observations, reset
+included — Minari's ``infos`` convention):
+
+* Atari: ``ram`` [T+1, 128] uint8, the console RAM, and the decoded facts the scripted trackers read
+  (``FACTS``), in screen pixels, float32, NaN on steps where the object is not on screen as an object of
+  its own (the ball touching a same-coloured paddle or wall counts as off screen). The ball's
+  velocity (``ball_vx``, ``ball_vy``, pixels per agent step) is the difference of consecutive steps
+  where the ball is on screen in both.
+* MuJoCo: nothing extra: the observation is the ground truth.
+
+The RAM addresses are the trackers' (``more3s.data.policies``: one source of truth); the pixel offsets
+were measured against the frames' object boxes and are re-checked by tests/data/test_facts.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .policies import BreakoutTracker, PongTracker
+
+__all__ = ["FACTS", "RAM_BYTES", "decode_facts", "fact_names", "load_step_infos"]
+
+RAM_BYTES = 128  # the Atari 2600's RAM
+
+# Facts per Atari task, in the order probes report them.
+FACTS: dict[str, tuple[str, ...]] = {
+    "breakout": ("paddle_x", "ball_x", "ball_y", "ball_vx", "ball_vy"),
+    "pong": ("ball_x", "ball_y", "paddle_y", "enemy_y", "ball_vx", "ball_vy"),
+}
+
+
+def fact_names(task: str) -> tuple[str, ...]:
+    """The facts recorded for ``task`` (empty for tasks whose observation is the ground truth)."""
+    return FACTS.get(task, ())
+
+
+def _velocity(pos: np.ndarray) -> np.ndarray:
+    """[N] positions (NaN = off screen) -> [N] difference to the previous step (NaN unless both on screen)."""
+    v = np.full_like(pos, np.nan)
+    v[1:] = pos[1:] - pos[:-1]  # NaN propagates from either end
+    return v
+
+
+def decode_facts(task: str, ram: np.ndarray) -> dict[str, np.ndarray]:
+    """RAM of consecutive steps of one episode [N, 128] uint8 -> {fact: [N] float32 pixels, NaN off screen}."""
+    ram = np.asarray(ram)
+    if ram.ndim != 2 or ram.shape[1] != RAM_BYTES:
+        raise ValueError(f"ram must be [N, {RAM_BYTES}] (one row per step), got shape {ram.shape}")
+    r = ram.astype(np.float32)
+    if task == "breakout":
+        t = BreakoutTracker
+        by_ram = r[:, t.BALL_Y]
+        # 0 = no ball in play; from row 187 on the ball touches the rows of the paddle, which shares its
+        # colour: it is drawn as one object with the paddle (or has passed it).
+        on = (by_ram > 0) & (by_ram + 11 < 187)
+        out = {"paddle_x": r[:, t.PADDLE_X] - 39,  # centre pixel column
+               "ball_x": np.where(on, r[:, t.BALL_X] - 48, np.nan),
+               "ball_y": np.where(on, by_ram + 11, np.nan)}
+    elif task == "pong":
+        t = PongTracker
+        bx, by = r[:, t.BALL_X] - 48, r[:, t.BALL_Y] - 12
+        # Between the walls and not touching them (they share the ball's colour), inside the screen.
+        on = (by > 36) & (by < 191) & (bx >= 0) & (bx < 160)
+        out = {"ball_x": np.where(on, bx, np.nan), "ball_y": np.where(on, by, np.nan),
+               "paddle_y": r[:, t.PADDLE_Y] - 5, "enemy_y": r[:, t.ENEMY_Y] - 5}
+    else:
+        raise ValueError(f"no RAM facts for task {task!r}; known: {sorted(FACTS)}")
+    out["ball_vx"] = _velocity(out["ball_x"])
+    out["ball_vy"] = _velocity(out["ball_y"])
+    return {k: out[k].astype(np.float32) for k in FACTS[task]}
+
+
+def load_step_infos(source: str | Path, max_episodes: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Per-episode step infos of a local Minari dataset (id or directory): [{key: [T+1, ...]}].
+
+    Episodes recorded without infos give empty dicts; a D4RL file or a non-hdf5 Minari dataset gives
+    an empty dict per episode as well (nothing recorded), never an error.
+    """
+    import h5py
+
+    from .io import _minari_dir, dataset_path
+
+    p = Path(source)
+    d = _minari_dir(p) if p.exists() else _minari_dir(dataset_path(str(source)))
+    if d is None or not (d / "main_data.hdf5").exists():
+        return []
+    meta = json.loads((d / "metadata.json").read_text())
+    n = int(meta["total_episodes"]) if max_episodes is None else min(int(meta["total_episodes"]), max_episodes)
+    out = []
+    with h5py.File(d / "main_data.hdf5", "r") as f:
+        for i in range(n):
+            g = f[f"episode_{i}"].get("infos")
+            out.append({} if g is None else {k: g[k][()] for k in g if isinstance(g[k], h5py.Dataset)})
+    return out

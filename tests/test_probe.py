@@ -1,0 +1,121 @@
+"""The probe: what the state embedding keeps of the game, on held-out episodes of a small seeded dataset.
+
+Thresholds are measured values with a margin (see each test); the same probe fails them when the representation
+is broken on purpose (previous frames dropped: no motion; slots shuffled: no stable object identity)."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from more3s.data import collect_dataset
+from more3s.encoder import FrozenLxmert, Regions
+from more3s.probe import ProbeConfig, format_report, main, run_probe
+
+EPISODES, STEPS = 8, 150  # 8 x 150 Breakout steps of the mixed tracker; 2 episodes held out (seed 0)
+# Held-out R² floors of the lxmert-tiny embedding; measured 0.998, 0.997, 0.993, 0.992, 0.995.
+FLOORS = {"paddle_x": 0.98, "ball_x": 0.98, "ball_y": 0.97, "ball_vx": 0.95, "ball_vy": 0.95}
+
+
+@pytest.fixture(scope="module")
+def breakout(tmp_path_factory):
+    """A small seeded Breakout `mixed` dataset (directory) and a cache root for it."""
+    import os
+
+    root = tmp_path_factory.mktemp("probe_minari")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        path = collect_dataset("breakout", "mixed", EPISODES, "probe/breakout-v0", seed=3,
+                               max_episode_steps=STEPS, progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    return path, tmp_path_factory.mktemp("probe_cache")
+
+
+def _probe(path, cache, **kw):
+    return run_probe(ProbeConfig(dataset=str(path), encoder="lxmert-tiny", cache_dir=str(cache), **kw))
+
+
+def test_probe_keeps_positions_and_motion(breakout, tmp_path):
+    path, cache = breakout
+    out = tmp_path / "probe.json"
+    assert main(["--dataset", str(path), "--encoder", "lxmert-tiny", "--cache-dir", str(cache),
+                 "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert len(rep["split"]["test_episodes"]) == 2 and len(rep["split"]["train_episodes"]) == 6
+    assert set(rep["features"]) == {"embedding", "facts", "ram"}
+    emb = rep["features"]["embedding"]["facts"]
+    for fact, floor in FLOORS.items():
+        assert emb[fact]["r2"] >= floor, (fact, emb)
+    facts = rep["features"]["facts"]
+    assert facts["facts"]["ball_x"]["r2"] > 0.999  # the facts decode themselves
+    action = rep["features"]["embedding"]["action"]
+    assert set(action) == {"accuracy", "mlp_accuracy"} and 0 <= action["mlp_accuracy"] <= 1
+    assert 0 < rep["features"]["embedding"]["majority"] < 1
+    cos = np.array(rep["action_table"]["cosine"])
+    assert cos.shape == (4, 4) and np.allclose(np.diag(cos), 1, atol=1e-4)
+    assert rep["action_table"]["labels"] == ["NOOP", "FIRE", "RIGHT", "LEFT"]
+
+
+def _broken(monkeypatch, how: str):
+    """Break the representation on purpose, inside the encoder's region step."""
+    real = FrozenLxmert.regions
+
+    def regions(self, task, observations, prev_observations=None):
+        if how == "no previous frame":
+            obs = np.asarray(observations)
+            return real(self, task, obs, obs)  # every state paired with itself: motion is gone
+        r = real(self, task, observations, prev_observations)
+        rng = np.random.default_rng(0)
+        slots = np.stack([rng.permutation(row) for row in r.slots])  # no object keeps its slot
+        return Regions(r.feats, r.boxes, r.mask, r.kind, slots)
+
+    monkeypatch.setattr(FrozenLxmert, "regions", regions)
+
+
+def test_probe_fails_without_previous_frames(breakout, tmp_path, monkeypatch):
+    path, _ = breakout
+    _broken(monkeypatch, "no previous frame")
+    emb = _probe(path, tmp_path, features=("embedding",))["features"]["embedding"]["facts"]
+    assert emb["ball_vx"]["r2"] < FLOORS["ball_vx"] and emb["ball_vy"]["r2"] < FLOORS["ball_vy"], emb
+
+
+def test_probe_fails_with_shuffled_slots(breakout, tmp_path, monkeypatch):
+    path, _ = breakout
+    _broken(monkeypatch, "shuffled slots")
+    emb = _probe(path, tmp_path, features=("embedding",))["features"]["embedding"]["facts"]
+    assert emb["paddle_x"]["r2"] < FLOORS["paddle_x"] and emb["ball_x"]["r2"] < FLOORS["ball_x"], emb
+
+
+def test_dataset_without_ram_names_the_missing_facts(breakout, tmp_path):
+    path, cache = breakout
+    bare = tmp_path / "bare"
+    shutil.copytree(path, bare)
+    with h5py.File(bare / "data" / "main_data.hdf5", "r+") as f:
+        for ep in f.values():
+            del ep["infos"]
+            ep.create_group("infos")
+    rep = _probe(bare, cache)
+    assert rep["missing_facts"] == ["paddle_x", "ball_x", "ball_y", "ball_vx", "ball_vy"]
+    assert set(rep["features"]) == {"embedding"}
+    assert "accuracy" in rep["features"]["embedding"]["action"]
+    assert "cannot score (no RAM recorded with this dataset): paddle_x, ball_x" in format_report(rep)
+
+
+def test_bad_input(breakout, capsys):
+    path, cache = breakout
+    with pytest.raises(ValueError, match=r"unknown feature set\(s\) \['pixels'\]"):
+        _probe(path, cache, features=("pixels",))
+    with pytest.raises(ValueError, match="at least 5 episodes, the dataset has 4"):
+        _probe(path, cache, max_episodes=4)
+    with pytest.raises(ValueError, match=r"\['obs'\] not available"):
+        _probe(path, cache, features=("obs",))
+    assert main(["--dataset", str(path), "--encoder", "lxmert-tiny", "--cache-dir", str(cache),
+                 "--max-episodes", "3"]) == 2
+    assert "at least 5 episodes" in capsys.readouterr().err
