@@ -22,19 +22,10 @@ FLOORS = {"paddle_x": 0.98, "ball_x": 0.98, "ball_y": 0.97, "ball_vx": 0.95, "ba
 @pytest.fixture(scope="module")
 def breakout(tmp_path_factory):
     """A small seeded Breakout `mixed` dataset (directory) and a cache root for it."""
-    import os
-
-    root = tmp_path_factory.mktemp("probe_minari")
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("probe_minari")))
         path = collect_dataset("breakout", "mixed", EPISODES, "probe/breakout-v0", seed=3,
                                max_episode_steps=STEPS, progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
     return path, tmp_path_factory.mktemp("probe_cache")
 
 

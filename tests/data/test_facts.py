@@ -14,12 +14,8 @@ from more3s.envs import make_env
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """{task: (minari episode, step infos, episode seed)} of one short collected episode per game."""
-    import os
-
-    root = tmp_path_factory.mktemp("minari_facts")
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari_facts")))
         out = {}
         for task, steps in (("breakout", 150), ("pong", 150)):
             collect_dataset(task, "eps:0.3", 1, f"{task}/facts-v0", seed=5, max_episode_steps=steps, progress=False)
@@ -27,11 +23,6 @@ def recorded(tmp_path_factory):
             seed = int(next(iter(ds.storage.get_episode_metadata([0])))["seed"])
             out[task] = (next(ds.iterate_episodes()), load_step_infos(f"{task}/facts-v0")[0], seed)
         yield out
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
 
 
 @pytest.mark.parametrize("task", ["breakout", "pong"])

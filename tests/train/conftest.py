@@ -1,6 +1,4 @@
-"""Shared fixtures for the trainer tests: one tiny collected Breakout dataset and embedding cache root."""
-
-import os
+"""Shared fixtures for the trainer tests: tiny collected Breakout and HalfCheetah datasets, an embedding cache root."""
 
 import pytest
 
@@ -11,18 +9,10 @@ def _collect_once(tmp_path_factory, env: str, episodes: int, dataset_id: str, se
     """A small ``mixed``-policy dataset under its own Minari root; returns the dataset directory."""
     from more3s.data import collect_dataset
 
-    root = tmp_path_factory.mktemp(f"minari_{env}")
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        path = collect_dataset(env, "mixed", episodes, dataset_id, seed=seed, max_episode_steps=max_steps,
-                               progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
-    return str(path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp(f"minari_{env}")))
+        return str(collect_dataset(env, "mixed", episodes, dataset_id, seed=seed, max_episode_steps=max_steps,
+                                   progress=False))
 
 
 @pytest.fixture(scope="session")
