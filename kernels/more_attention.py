@@ -41,25 +41,74 @@ import triton
 import triton.language as tl
 
 __all__ = [
+    "KERNEL_DTYPES",
+    "MAX_FEATURES",
+    "MAX_GRID_Y",
+    "MAX_HEAD_DIM",
     "AttentionKernelConfig",
     "MoreAttentionFunction",
     "more_attention_triton",
     "more_attention_fwd",
     "more_attention_bwd",
     "aot_compile",
+    "interpreting",
+    "supports",
+    "unsupported_reason",
 ]
+
+# What the kernel covers (``unsupported_reason`` says which limit a call breaks; ``more3s.model.attention``
+# falls back to the reference there). Head dims that are not a power of two are padded inside the kernel with
+# masked loads, so any D in [1, MAX_HEAD_DIM] works.
+MAX_HEAD_DIM = 128
+MAX_FEATURES = 16  # RTG features F; larger F > 2 runs as one dot over F zero-padded to MAX_FEATURES
+MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which carries B*H
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_TILE = 16  # smallest tile side tl.dot takes (tiles, the padded head dim and padded F are at least this)
+_F_PAD = tl.constexpr(MAX_FEATURES)  # the same limit, visible inside @triton.jit functions
 
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * log2(e)); exp2 is the native GPU instruction
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unsupported_reason(q: torch.Tensor, rtg: torch.Tensor, w_k: torch.Tensor) -> str | None:
+    """Why the kernel cannot take a call with q [B, H, T, D], rtg [B, T, F], w_k / w_v [H, F, D] (None when it can).
+
+    Shapes are taken as consistent (``more3s.model.attention.check_attention_inputs`` checks them first)."""
+    B, H, T, D = q.shape
+    Fdim = rtg.shape[-1]
+    if q.device.type == "cpu" and not interpreting():
+        return "Triton needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)"
+    if q.device.type not in ("cpu", "cuda"):
+        return f"Triton kernel does not run on device type {q.device.type!r}"
+    if q.dtype not in KERNEL_DTYPES:
+        return f"Triton kernel supports float32/float16/bfloat16, not {q.dtype}"
+    if w_k.dtype not in KERNEL_DTYPES or rtg.dtype not in KERNEL_DTYPES:
+        return f"Triton kernel needs rtg / w_k / w_v in float32/float16/bfloat16, got {rtg.dtype} / {w_k.dtype}"
+    if not 1 <= D <= MAX_HEAD_DIM:
+        return f"Triton kernel supports head dim 1..{MAX_HEAD_DIM}, got {D}"
+    if not 1 <= Fdim <= MAX_FEATURES:
+        return f"Triton kernel supports 1..{MAX_FEATURES} RTG features, got {Fdim}"
+    if T == 0 or B * H == 0:
+        return f"empty input (B={B}, H={H}, T={T})"
+    if B * H > MAX_GRID_Y:
+        return f"Triton grid axis 1 (B*H) is limited to {MAX_GRID_Y}, got B*H={B * H}"
+    return None
+
+
+def supports(q: torch.Tensor, rtg: torch.Tensor, w_k: torch.Tensor) -> bool:
+    """Whether the kernel covers this call (see ``unsupported_reason``)."""
+    return unsupported_reason(q, rtg, w_k) is None
 
 
 @dataclass(frozen=True)
 class AttentionKernelConfig:
     """Tile sizes and launch options (None everywhere = pick by device: fixed large tiles under the
-    CPU interpreter, where each program costs time; a small autotuned set on the GPU).
+    CPU interpreter, where each program costs time; on the GPU a fixed choice by head dim, T and dtype
+    (``_default_config``; nothing is autotuned).
 
     block_m / block_n: forward query / key tiles (block_m must be a multiple of block_n, so the
     causal mask is needed only on the diagonal tiles). block: the backward's window tile (dK/dV for
@@ -79,8 +128,8 @@ class AttentionKernelConfig:
     def __post_init__(self):
         for name in ("block_m", "block_n", "block", "block_inner"):
             val = getattr(self, name)
-            if val < 16 or val & (val - 1):
-                raise ValueError(f"AttentionKernelConfig.{name} must be a power of two >= 16, got {val}")
+            if val < MIN_TILE or val & (val - 1):
+                raise ValueError(f"AttentionKernelConfig.{name} must be a power of two >= {MIN_TILE}, got {val}")
         if self.block_m % self.block_n:
             raise ValueError(f"block_m ({self.block_m}) must be a multiple of block_n ({self.block_n})")
         if self.block % self.block_inner:
@@ -104,8 +153,8 @@ def _inject_tile(x_base, rtg_base, w_base, offs_t, offs_d, n_rows, D,
                  F: tl.constexpr, INJ_PREC: tl.constexpr):
     """x[t, :] + sum_f rtg[t, f] * w[f, :] for one [rows, BLOCK_D] tile, in fp32 (0 outside bounds).
 
-    F <= 2 (the default model has F = 1): F unrolled fp32 FMAs, exact. Larger F: one [rows, 16] x
-    [16, BLOCK_D] tensor-core dot over F zero-padded to 16 in near-fp32 precision (INJ_PREC =
+    F <= 2 (the default model has F = 1): F unrolled fp32 FMAs, exact. Larger F: one [rows, F_PAD] x
+    [F_PAD, BLOCK_D] tensor-core dot over F zero-padded to F_PAD = MAX_FEATURES in near-fp32 precision (INJ_PREC =
     "tf32x3" on the GPU): unrolled, the F weight rows stay live across the key loop in a replicated
     layout and the forward spills registers.
     """
@@ -119,11 +168,11 @@ def _inject_tile(x_base, rtg_base, w_base, offs_t, offs_d, n_rows, D,
             w = tl.load(w_base + f * stride_wf + offs_d * stride_wd, mask=offs_d < D, other=0.0).to(tl.float32)
             x += r[:, None] * w[None, :]
     else:
-        offs_f = tl.arange(0, 16)  # F <= 16, zero-padded
+        offs_f = tl.arange(0, _F_PAD)  # F <= MAX_FEATURES, zero-padded
         r = tl.load(rtg_base + offs_t[:, None] * stride_rt + offs_f[None, :] * stride_rf,
-                    mask=row_ok[:, None] & (offs_f[None, :] < F), other=0.0).to(tl.float32)  # [rows, 16]
+                    mask=row_ok[:, None] & (offs_f[None, :] < F), other=0.0).to(tl.float32)  # [rows, F_PAD]
         w = tl.load(w_base + offs_f[:, None] * stride_wf + offs_d[None, :] * stride_wd,
-                    mask=(offs_f[:, None] < F) & (offs_d[None, :] < D), other=0.0).to(tl.float32)  # [16, BLOCK_D]
+                    mask=(offs_f[:, None] < F) & (offs_d[None, :] < D), other=0.0).to(tl.float32)  # [F_PAD, BLOCK_D]
         x += tl.dot(r, w, input_precision=INJ_PREC)
     return x
 
@@ -195,16 +244,11 @@ def _fwd_inner(acc, l_i, m_i, q, offs_m, offs_n, offs_d, lo, hi, valid_lo, n_key
 def _more_attn_fwd_kernel(
     Q, K, V, RTG, WK, WV, KM, VM, MEMLEN, KPM,
     Out, KInj, VInj, LSE,
-    stride_qb, stride_qh, stride_qt, stride_qd,
-    stride_kb, stride_kh, stride_kt, stride_kd,
-    stride_vb, stride_vh, stride_vt, stride_vd,
-    stride_rb, stride_rt, stride_rf,
-    stride_wkh, stride_wkf, stride_wkd,
-    stride_wvh, stride_wvf, stride_wvd,
-    stride_kmb, stride_kmh, stride_kmt, stride_kmd,
-    stride_vmb, stride_vmh, stride_vmt, stride_vmd,
-    stride_kpb, stride_kpt,
-    stride_ob, stride_oh, stride_ot, stride_od,  # Out, KInj, VInj: contiguous [B, H, T, D]
+    stride_qb, stride_qh, stride_qt, stride_qd, stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd, stride_rb, stride_rt, stride_rf,
+    stride_wkh, stride_wkf, stride_wkd, stride_wvh, stride_wvf, stride_wvd,
+    stride_kmb, stride_kmh, stride_kmt, stride_kmd, stride_vmb, stride_vmh, stride_vmt, stride_vmd,
+    stride_kpb, stride_kpt, stride_ob, stride_oh, stride_ot, stride_od,  # Out, KInj, VInj: contiguous [B, H, T, D]
     H, T, M, D, qk_scale,
     F: tl.constexpr, HAS_MEM: tl.constexpr, HAS_MEMLEN: tl.constexpr, HAS_KPM: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PREC: tl.constexpr, INJ_PREC: tl.constexpr,
@@ -426,9 +470,6 @@ def _more_attn_bwd_kernel(
 # launchers
 
 
-_SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
-
-
 def _default_config(T: int, D: int, device: torch.device,
                     dtype: torch.dtype = torch.float16) -> AttentionKernelConfig:
     """Tiles per device: large ones under the interpreter; on the GPU a choice by head dim and T.
@@ -443,7 +484,7 @@ def _default_config(T: int, D: int, device: torch.device,
     """
     if device.type == "cpu":
         return INTERPRETER_CONFIG
-    wide = max(16, triton.next_power_of_2(D)) > 64
+    wide = _block_d(D) > 64
     if dtype == torch.float32:  # exact fp32 dots run on FMA units: small tiles keep them in registers
         return AttentionKernelConfig(block_m=32, block_n=32, block=32, block_inner=16, num_warps=8 if wide else 4,
                                      num_stages=1, bwd_num_warps=8 if wide else 4, bwd_num_stages=1)
@@ -453,6 +494,11 @@ def _default_config(T: int, D: int, device: torch.device,
                                      num_stages=2, **bwd)
     return AttentionKernelConfig(block_m=128, block_n=32 if wide else 64, num_warps=8, num_stages=2 if wide else 3,
                                  **bwd)
+
+
+def _block_d(D: int) -> int:
+    """The head dim padded to a power of two that tl.dot takes."""
+    return max(MIN_TILE, triton.next_power_of_2(D))
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -476,24 +522,24 @@ def _check_launch(q, k, v, rtg, w_k, w_v, k_mem, v_mem, mem_len, key_padding_mas
         raise ValueError(f"q must have shape [B, H, T, D], got {list(q.shape)}")
     B, H, T, D = q.shape
     dev = q.device
-    if dev.type == "cpu" and not _interpreting():
+    if dev.type == "cpu" and not interpreting():
         raise ValueError("the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
-    if not (1 <= D <= 128):
-        raise ValueError(f"head dim D must be in [1, 128] for the Triton kernel, got {D}")
+    if not (1 <= D <= MAX_HEAD_DIM):
+        raise ValueError(f"head dim D must be in [1, {MAX_HEAD_DIM}] for the Triton kernel, got {D}")
     if T == 0 or B * H == 0:
         raise ValueError(f"empty input: B={B}, H={H}, T={T}")
-    if B * H > 65535:
-        raise ValueError(f"B*H={B * H} exceeds the grid axis-1 limit 65535")
-    _check("q", q, (B, H, T, D), dev, _SUPPORTED)
+    if B * H > MAX_GRID_Y:
+        raise ValueError(f"B*H={B * H} exceeds the grid axis-1 limit {MAX_GRID_Y}")
+    _check("q", q, (B, H, T, D), dev, KERNEL_DTYPES)
     for name, x in (("k", k), ("v", v)):
         _check(name, x, (B, H, T, D), dev, (q.dtype,))
     if rtg.dim() != 3:
         raise ValueError(f"rtg must have shape [B, T, F], got {list(rtg.shape)}")
     Fdim = rtg.shape[2]
-    if not (1 <= Fdim <= 16):
-        raise ValueError(f"rtg must have 1..16 features for the Triton kernel, got F={Fdim}")
-    _check("rtg", rtg, (B, T, Fdim), dev, _SUPPORTED)
-    _check("w_k", w_k, (H, Fdim, D), dev, _SUPPORTED)
+    if not (1 <= Fdim <= MAX_FEATURES):
+        raise ValueError(f"rtg must have 1..{MAX_FEATURES} features for the Triton kernel, got F={Fdim}")
+    _check("rtg", rtg, (B, T, Fdim), dev, KERNEL_DTYPES)
+    _check("w_k", w_k, (H, Fdim, D), dev, KERNEL_DTYPES)
     _check("w_v", w_v, (H, Fdim, D), dev, (w_k.dtype,))
     M = 0
     if k_mem is not None:
@@ -558,7 +604,7 @@ def more_attention_fwd(q, k, v, rtg, w_k, w_v, k_mem=None, v_mem=None, mem_len=N
             F=Fdim, HAS_MEM=has_mem, HAS_MEMLEN=has_memlen, HAS_KPM=has_kpm,
             UPCAST=q.device.type == "cpu", DOT_PREC=_dot_precision(q.dtype),
             INJ_PREC="ieee" if q.device.type == "cpu" else "tf32x3",
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=max(16, triton.next_power_of_2(D)),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(D),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return out, k_inj, v_inj, lse
@@ -601,7 +647,7 @@ def more_attention_bwd(dout, q, k_inj, v_inj, out, lse, k_mem=None, v_mem=None, 
             H, T, M, D, sm_scale, sm_scale * LOG2E,
             HAS_MEM=has_mem, HAS_MEMLEN=has_memlen, HAS_KPM=has_kpm,
             UPCAST=q.device.type == "cpu", DOT_PREC=_dot_precision(q.dtype),
-            BLOCK=cfg.block, BLOCK_INNER=cfg.block_inner, BLOCK_D=max(16, triton.next_power_of_2(D)),
+            BLOCK=cfg.block, BLOCK_INNER=cfg.block_inner, BLOCK_D=_block_d(D),
             num_warps=cfg.bwd_num_warps, num_stages=cfg.bwd_num_stages,
         )
     return dq, dk, dv
@@ -630,7 +676,7 @@ def aot_compile(arch: int = 90, dtype: torch.dtype = torch.float16, head_dim: in
         raise TypeError(f"dtype / w_dtype must be one of {list(_TRITON_TYPES)}")
     cfg = config or _default_config(window, head_dim, torch.device("cuda"), dtype)
     t, wt = "*" + _TRITON_TYPES[dtype], "*" + _TRITON_TYPES[w_dtype]
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = _block_d(head_dim)
     dot_prec = "ieee" if dtype == torch.float32 else "tf32"
     target = GPUTarget("cuda", arch, 32)
 

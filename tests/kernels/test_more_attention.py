@@ -341,3 +341,17 @@ def test_gpu_auto_uses_triton(monkeypatch):
     inp = make_inputs(2, 2, 33, 64, 1, 10, dtype=torch.float16, device="cuda")
     more_attention(**inp, backend="auto")
     assert calls == [1]
+
+
+def test_unsupported_reason_names_the_limit():
+    """The kernel's limits, in one place (kmod.MAX_*): ``supports`` is True inside them, a reason names each one."""
+    def q_rtg_w(B=1, H=1, T=4, D=16, F=1, dtype=torch.float32):
+        q = torch.zeros(1, 1, 1, 1, dtype=dtype).expand(B, H, T, D)  # shapes only: no memory for large B*H
+        return q, torch.zeros(B, T, F, dtype=dtype), torch.zeros(H, F, D, dtype=dtype)
+
+    assert kmod.supports(*q_rtg_w()) and kmod.unsupported_reason(*q_rtg_w(D=kmod.MAX_HEAD_DIM)) is None
+    assert f"head dim 1..{kmod.MAX_HEAD_DIM}" in kmod.unsupported_reason(*q_rtg_w(D=kmod.MAX_HEAD_DIM + 1))
+    assert f"1..{kmod.MAX_FEATURES} RTG features" in kmod.unsupported_reason(*q_rtg_w(F=kmod.MAX_FEATURES + 1))
+    assert str(kmod.MAX_GRID_Y) in kmod.unsupported_reason(*q_rtg_w(B=kmod.MAX_GRID_Y + 1))
+    assert "float64" in kmod.unsupported_reason(*q_rtg_w(dtype=torch.float64))
+    assert "empty input" in kmod.unsupported_reason(*q_rtg_w(T=0))
