@@ -7,9 +7,15 @@ is where it is written down in code. ``more_attention`` validates the inputs onc
   are computed in float32 and rounded back, float64 stays float64; or
 * ``"triton"``: the fused kernel in ``more3s.kernels.more_attention`` (RTG injection on the fly,
   online softmax over memory + current window, forward and backward). Cases the kernel does not
-  cover fall back to the reference with a one-time log line, never a wrong answer.
+  cover (its limits and ``unsupported_reason`` live with the kernel) fall back to the reference with
+  a one-time log line, never a wrong answer.
 
 ``"auto"`` picks Triton for CUDA tensors and the reference for CPU tensors.
+
+It also holds the two pieces every attention path of the model shares: ``inject_rtg`` (K' = K + phi W,
+the one RTG injection) and ``masked_attention`` (attention under an explicit visibility mask, the one
+masked-attention reference: this contract's reference path, the model's banded oracle and the ring
+cache's reference op all call it).
 
 Contract (B batch, H heads, T window tokens, D head dim, F RTG features, M memory slots)::
 
@@ -37,30 +43,25 @@ from __future__ import annotations
 
 import logging
 import math
-import os
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "BACKENDS",
+    "AttentionBackend",
     "more_attention",
     "more_attention_reference",
+    "masked_attention",
     "inject_rtg",
     "attention_mask",
     "check_attention_inputs",
-    "triton_unsupported_reason",
 ]
 
-BACKENDS = ("auto", "reference", "triton")
+AttentionBackend = Literal["auto", "reference", "triton"]
+BACKENDS: tuple[AttentionBackend, ...] = get_args(AttentionBackend)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-# Limits of the Triton kernel (issue 5: head dim 16-128, F 1-16, fp32/fp16/bf16). Head dims that are
-# not a power of two are padded inside the kernel with masked loads, so any D <= 128 works.
-TRITON_MAX_HEAD_DIM = 128
-TRITON_MAX_FEATURES = 16
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_MAX_GRID_Y = 65535  # CUDA's limit on grid axis 1, which carries B*H
 
 _log = logging.getLogger(__name__)
 _logged_reasons: set[str] = set()
@@ -70,13 +71,13 @@ _logged_reasons: set[str] = set()
 # validation
 
 
-def _need_tensor(name: str, x) -> torch.Tensor:
+def _need_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     return x
 
 
-def _need_shape(name: str, x: torch.Tensor, shape: tuple, letters: str) -> None:
+def _need_shape(name: str, x: torch.Tensor, shape: tuple[int, ...], letters: str) -> None:
     if tuple(x.shape) != tuple(shape):
         want = "[" + ", ".join(f"{c}={n}" for c, n in zip(letters.split(","), shape)) + "]"
         raise ValueError(f"{name} must have shape {want}, got {list(x.shape)}")
@@ -92,8 +93,11 @@ def _need_device(name: str, x: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"{name} is on {x.device} but q is on {device}; all inputs must share a device")
 
 
-def check_attention_inputs(q, k, v, rtg, w_k, w_v, k_mem=None, v_mem=None, mem_len=None,
-                           key_padding_mask=None) -> tuple[int, int, int, int, int, int]:
+def check_attention_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rtg: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor,
+    k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None, mem_len: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> tuple[int, int, int, int, int, int]:
     """Validates the contract's inputs; returns (B, H, T, D, F, M) with M = 0 without memory.
 
     Raises TypeError (wrong type / dtype) or ValueError (wrong shape / device / values) naming the
@@ -129,8 +133,8 @@ def check_attention_inputs(q, k, v, rtg, w_k, w_v, k_mem=None, v_mem=None, mem_l
     if (k_mem is None) != (v_mem is None):
         raise ValueError("k_mem and v_mem must be given together (or both None)")
     if k_mem is not None:
-        _need_tensor("k_mem", k_mem)
-        _need_tensor("v_mem", v_mem)
+        k_mem = _need_tensor("k_mem", k_mem)
+        v_mem = _need_tensor("v_mem", v_mem)
         if k_mem.dim() != 4:
             raise ValueError(f"k_mem must have shape [B={B}, H={H}, M, D={D}], got {list(k_mem.shape)}")
         M = k_mem.shape[2]
@@ -178,6 +182,21 @@ def inject_rtg(x: torch.Tensor, rtg: torch.Tensor, w: torch.Tensor) -> torch.Ten
     return (x.to(acc) + term).to(x.dtype)
 
 
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale where ``mask``) v, computed in float32 (float64 for float64 q), returned in q's dtype.
+
+    q [..., Tq, D], k, v [..., Tk, D], mask bool broadcastable to [..., Tq, Tk] (True = visible), scale defaults
+    to 1/sqrt(D). A query row that sees no key gives 0 (never NaN), with no gradient.
+    """
+    acc = _acc_dtype(q.dtype)
+    seen = mask.any(dim=-1, keepdim=True)  # [..., Tq, 1]
+    out = F.scaled_dot_product_attention(
+        q.to(acc), k.to(acc), v.to(acc), attn_mask=mask | ~seen, scale=scale
+    )  # an empty row attends everywhere, then is zeroed
+    return torch.where(seen, out, torch.zeros((), dtype=acc, device=out.device)).to(q.dtype)
+
+
 def attention_mask(T: int, M: int, mem_len: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
                    batch: int, device: torch.device | str = "cpu", include_self: bool = False) -> torch.Tensor:
     """Which keys each query may see: bool [B, T, M + T] (a broadcast view), keys ordered
@@ -203,63 +222,34 @@ def attention_mask(T: int, M: int, mem_len: torch.Tensor | None, key_padding_mas
     return allowed.expand(batch, T, M + T)
 
 
-def more_attention_reference(q, k, v, rtg, w_k, w_v, k_mem=None, v_mem=None, mem_len=None,
-                             key_padding_mask=None):
+def more_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rtg: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor,
+    k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None, mem_len: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The contract in plain PyTorch (no validation: call ``more_attention`` for that)."""
     B, H, T, D = q.shape
-    dtype = q.dtype
-    acc = _acc_dtype(dtype)
+    acc = _acc_dtype(q.dtype)
     k_inj = inject_rtg(k, rtg, w_k)  # [B, H, T, D]
     v_inj = inject_rtg(v, rtg, w_v)  # [B, H, T, D]
-    M = 0 if k_mem is None else k_mem.shape[2]
     keys, values = k_inj.to(acc), v_inj.to(acc)
-    if M > 0:
+    M = 0
+    if k_mem is not None and v_mem is not None:
+        M = k_mem.shape[2]
         keys = torch.cat([k_mem.detach().to(acc), keys], dim=2)  # [B, H, M+T, D]
         values = torch.cat([v_mem.detach().to(acc), values], dim=2)  # [B, H, M+T, D]
-    # A padding query may see no key at all (left padding, no memory): its row would be all False and
-    # softmax would give NaN. Letting every query see its own slot keeps each row non-empty (real
-    # queries see it anyway); padding rows are zeroed below, which also zeroes their gradient.
+    # A padding query may see no key at all (left padding, no memory). Letting every query see its own slot
+    # keeps each row non-empty (real queries see it anyway); padding rows are zeroed below, which also zeroes
+    # their gradient.
     allowed = attention_mask(T, M, mem_len, key_padding_mask, B, q.device, include_self=True)  # [B, T, M+T]
-    out = F.scaled_dot_product_attention(
-        q.to(acc), keys, values, attn_mask=allowed[:, None], scale=1.0 / math.sqrt(D)
-    )  # [B, H, T, D]
+    out = masked_attention(q, keys, values, allowed[:, None], scale=1.0 / math.sqrt(D))  # [B, H, T, D], q's dtype
     if key_padding_mask is not None:
-        out = torch.where(key_padding_mask[:, None, :, None], out, torch.zeros((), dtype=acc, device=q.device))
-    return out.to(dtype), k_inj, v_inj
+        out = torch.where(key_padding_mask[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=q.device))
+    return out, k_inj, v_inj
 
 
 # ----------------------------------------------------------------------------------------------
 # dispatch
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def triton_unsupported_reason(q: torch.Tensor, B: int, H: int, T: int, D: int, Fdim: int,
-                              w_dtype: torch.dtype, rtg_dtype: torch.dtype) -> str | None:
-    """Why the Triton kernel cannot take this call (None when it can)."""
-    if q.device.type == "cpu" and not _interpreting():
-        return "Triton needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU)"
-    if q.device.type not in ("cpu", "cuda"):
-        return f"Triton kernel does not run on device type {q.device.type!r}"
-    if q.dtype not in TRITON_DTYPES:
-        return f"Triton kernel supports float32/float16/bfloat16, not {q.dtype}"
-    if w_dtype not in TRITON_DTYPES or rtg_dtype not in TRITON_DTYPES:
-        return f"Triton kernel needs rtg / w_k / w_v in float32/float16/bfloat16, got {rtg_dtype} / {w_dtype}"
-    if D > TRITON_MAX_HEAD_DIM:
-        return f"Triton kernel supports head dim <= {TRITON_MAX_HEAD_DIM}, got {D}"
-    if Fdim > TRITON_MAX_FEATURES:
-        return f"Triton kernel supports <= {TRITON_MAX_FEATURES} RTG features, got {Fdim}"
-    if T == 0 or B * H == 0:
-        return "empty input (T=0 or B*H=0)"
-    if B * H > TRITON_MAX_GRID_Y:
-        return f"Triton grid axis 1 (B*H) is limited to {TRITON_MAX_GRID_Y}, got B*H={B * H}"
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - triton is a hard dependency
-        return f"triton is not importable ({exc})"
-    return None
 
 
 def _log_once(reason: str) -> None:
@@ -268,25 +258,29 @@ def _log_once(reason: str) -> None:
         _log.warning("more_attention: falling back to the reference path: %s", reason)
 
 
-def more_attention(q, k, v, rtg, w_k, w_v, k_mem=None, v_mem=None, mem_len=None, key_padding_mask=None,
-                   backend: str = "auto"):
+def more_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rtg: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor,
+    k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None, mem_len: torch.Tensor | None = None,
+    key_padding_mask: torch.Tensor | None = None, backend: AttentionBackend = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RTG-in-K/V causal attention over (memory, window); see the module docstring for the contract.
 
     Returns (out [B, H, T, D], k_inj [B, H, T, D], v_inj [B, H, T, D]), all in q's dtype.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    B, H, T, D, Fdim, M = check_attention_inputs(q, k, v, rtg, w_k, w_v, k_mem, v_mem, mem_len,
-                                                 key_padding_mask)
+    M = check_attention_inputs(q, k, v, rtg, w_k, w_v, k_mem, v_mem, mem_len, key_padding_mask)[5]
     if M == 0:
         k_mem = v_mem = mem_len = None
     if backend == "auto":
         backend = "triton" if q.device.type == "cuda" else "reference"
     if backend == "triton":
-        reason = triton_unsupported_reason(q, B, H, T, D, Fdim, w_k.dtype, rtg.dtype)
-        if reason is None:
-            from more3s.kernels.more_attention import more_attention_triton
+        from more3s.kernels.more_attention import more_attention_triton, unsupported_reason  # imports Triton
 
-            return more_attention_triton(q, k, v, rtg, w_k, w_v, k_mem, v_mem, mem_len, key_padding_mask)
+        reason = unsupported_reason(q, rtg, w_k)
+        if reason is None:
+            out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = more_attention_triton(
+                q, k, v, rtg, w_k, w_v, k_mem, v_mem, mem_len, key_padding_mask)
+            return out
         _log_once(reason)
     return more_attention_reference(q, k, v, rtg, w_k, w_v, k_mem, v_mem, mem_len, key_padding_mask)
