@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 
-from more3s.rollout import RingKVCache
-from more3s.rollout import _ops
+from more3s.model import ring_ops
+from more3s.model.kv_cache import RingKVCache
 
 __all__: list[str] = []
 
@@ -82,15 +82,15 @@ def _run(benchmark, backend: str, H: int, dtype: torch.dtype, device: str) -> No
 
 @pytest.mark.parametrize("H", HEADS)
 def test_attend_cpp_vs_reference(benchmark, H):
-    if _ops.extension_error() is not None:
-        pytest.skip(f"more3s._C not built: {_ops.extension_error()}")
+    if ring_ops.extension_error() is not None:
+        pytest.skip(f"more3s._C not built: {ring_ops.extension_error()}")
     _run(benchmark, "cpp", H, torch.float32, "cpu")
 
 
 @pytest.mark.parametrize("H", [8])
 def test_attend_cpp_vs_reference_bf16(benchmark, H):
-    if _ops.extension_error() is not None:
-        pytest.skip(f"more3s._C not built: {_ops.extension_error()}")
+    if ring_ops.extension_error() is not None:
+        pytest.skip(f"more3s._C not built: {ring_ops.extension_error()}")
     _run(benchmark, "cpp", H, torch.bfloat16, "cpu")
 
 
@@ -98,6 +98,6 @@ def test_attend_cpp_vs_reference_bf16(benchmark, H):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("H", HEADS)
 def test_attend_cuda_vs_reference(benchmark, H, dtype):
-    if not _ops.has_kernel("cuda"):
+    if not ring_ops.has_kernel("cuda"):
         pytest.skip("more3s._C was built without CUDA kernels")
     _run(benchmark, "cuda", H, dtype, "cuda")

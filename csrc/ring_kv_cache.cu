@@ -9,7 +9,7 @@
 // Decode attention splits each query's visible keys into partitions of kPartitionSize
 // (grid axis y); every partition writes a softmax-normalized partial output with its max
 // logit and exp-sum, and a combine kernel merges them (split-K). When the capacity fits one
-// partition (the rollout case, C = 2 x steps) the split kernel writes the output directly.
+// partition (the rollout case, C = 2 or 3 tokens x steps) the split kernel writes the output directly.
 // No kernel reads `lengths` on the host, so a step can be captured in a CUDA graph.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -1,7 +1,7 @@
 // CPU ring-buffer KV cache: append and decode attention, parallel over batch x head.
 //
 // Semantics (shared with the CUDA kernels and the PyTorch reference in
-// more3s/rollout/_ops.py): the token with absolute index a (tokens since the environment's
+// more3s/model/ring_ops.py): the token with absolute index a (tokens since the environment's
 // last reset) lives in slot a % C. After appending n tokens to an environment that had
 // L = lengths[b] tokens, the ring holds absolute indices [max(0, L + n - C), L + n - 1], and
 // new query j (absolute index L + j) attends to the held tokens with index <= L + j.

@@ -1,7 +1,7 @@
 // All schemas of the more3s torch ops, and the Python module stub `more3s._C`.
 //
 // Importing more3s._C runs the static registrations below; the Python wrappers live in
-// more3s/rollout/_ops.py (which also registers the fake implementations for torch.compile).
+// more3s/model/ring_ops.py (which also registers the fake implementations for torch.compile).
 #include <Python.h>
 #include <torch/library.h>
 

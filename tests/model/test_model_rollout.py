@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from more3s.rollout import _ops
-from more3s.rollout.kv_cache import RingKVCache
+from more3s.model import ring_ops
+from more3s.model.kv_cache import RingKVCache
 
 BACKENDS = ["reference", pytest.param("cpp", marks=pytest.mark.skipif(
-    not _ops.has_kernel("cpu"), reason="more3s._C not built (pip install --no-build-isolation -e .)"))]
+    not ring_ops.has_kernel("cpu"), reason="more3s._C not built (pip install --no-build-isolation -e .)"))]
 
 
 def _episode_stream(N: int, L: int, starts: list[list[int]], discrete: bool, make_inputs):
@@ -52,7 +52,7 @@ def test_step_equals_banded_forward(make_model, make_inputs, mode, discrete, bac
     assert not torch.allclose(wide[0, 5:], want[0, 5:])
 
 
-def test_recompute_equals_step_before_eviction(make_model, make_inputs):
+def test_step_without_cache_equals_step_before_eviction(make_model, make_inputs):
     """Within the first S steps of an episode the ring holds the whole history: the cache-less baseline agrees."""
     model = make_model(window=3, memory_steps=2, dtype=torch.float32)
     S, N = 5, 2
@@ -62,7 +62,7 @@ def test_recompute_equals_step_before_eviction(make_model, make_inputs):
     for t in range(S):
         logits = model.step(cache, inputs["states"][:, t], inputs["prev_actions"][:, t], inputs["rtg"][:, t],
                             inputs["timesteps"][:, t], first[:, t])
-        rec = model.recompute(**{k: v[:, : t + 1] for k, v in inputs.items()})
+        rec = model.step_without_cache(**{k: v[:, : t + 1] for k, v in inputs.items()})
         torch.testing.assert_close(logits, rec, rtol=1e-5, atol=1e-5)
     assert model.predict_action(logits).shape == (N,)
 
@@ -84,14 +84,14 @@ def test_step_validates_inputs(make_model, make_inputs):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(objective="mse"), dict(rtg_mode="token"), dict(discrete=False)])
-def test_lean_recompute_equals_full_forward(make_model, make_inputs, kw):
+def test_lean_step_without_cache_equals_full_forward(make_model, make_inputs, kw):
     """The cache-less baseline runs only the last token's action head; its decision is the full forward's."""
     model = make_model(window=5, **kw)
     discrete = kw.get("discrete", True)
     inputs, _ = make_inputs(3, 5, discrete=discrete, t0=2)
     mask = torch.ones(3, 5, dtype=torch.bool)
     mask[1, :2] = False  # left padding
-    got = model.recompute(**inputs, mask=mask)
+    got = model.step_without_cache(**inputs, mask=mask)
     with torch.no_grad():
         want = model(**inputs, mask=mask).logits[:, -1]
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -4,8 +4,10 @@ Why: a rollout step of the sequence model adds one block of tokens ``[a_{t-1}, s
 environment. Recomputing the whole window every step costs O(window) per layer; the ring keeps
 every layer's RTG-injected K/V of the last ``capacity`` tokens, so a step only appends n tokens
 and runs a decode attention of the n new queries over the ring (the rollout semantics,
-§5). The kernels are torch ops in csrc/ (C++ on CPU, CUDA on GPU); the plain-PyTorch reference
-in `more3s.rollout._ops` has the same semantics and is the oracle.
+the README's 'Rollouts'). The kernels are torch ops in csrc/ (C++ on CPU, CUDA on GPU), reached
+through `more3s.model.ring_ops`, whose plain-PyTorch reference has the same semantics and is the
+oracle. ``attend`` validates its inputs once (the Python boundary of a ring step) and calls the ops
+unchecked; the C++ host checks remain the last line of defence.
 
 Layout and counters. Per layer the ring stores ``K, V [B, H, C, D]``; the token with absolute
 index ``a`` (tokens since the environment's last reset) lives in slot ``a % C``. One set of
@@ -22,23 +24,25 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-from more3s.rollout import _ops
+from more3s.model import ring_ops
 
-__all__ = ["BACKENDS", "RingKVCache", "RingKVCacheConfig", "resolve_backend"]
+__all__ = ["BACKENDS", "CacheBackend", "RingKVCache", "RingKVCacheConfig", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cpp", "cuda", "reference")
+CacheBackend = Literal["auto", "cpp", "cuda", "reference"]
+BACKENDS: tuple[CacheBackend, ...] = get_args(CacheBackend)
 
 # Device types whose missing-extension fallback has already been announced (once per process).
 _FALLBACK_WARNED: set[str] = set()
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
+def resolve_backend(backend: str, device: torch.device | str) -> Literal["cpp", "cuda", "reference"]:
     """Maps a requested backend to the one that runs: "cpp", "cuda" or "reference".
 
     "auto" picks the compiled kernels for the device and falls back to the reference with a
@@ -57,24 +61,24 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
                 f"backend {backend!r} runs on {want} tensors, but device is {device} "
                 f"(use backend='auto' or the matching device)"
             )
-        if not _ops.has_kernel(want):
+        if not ring_ops.has_kernel(want):
             raise RuntimeError(
                 f"backend {backend!r} needs the compiled extension more3s._C with {want} kernels: "
-                f"{_ops.extension_error() or 'it was built without them'}. Build it with "
+                f"{ring_ops.extension_error() or 'it was built without them'}. Build it with "
                 "`pip install --no-build-isolation -c constraints.txt -e .` (CUDA kernels need a "
                 "CUDA build of torch), or use backend='reference'."
             )
         return backend
     # auto
-    if device.type in ("cpu", "cuda") and _ops.has_kernel(device.type):
+    if device.type in ("cpu", "cuda") and ring_ops.has_kernel(device.type):
         return "cpp" if device.type == "cpu" else "cuda"
     if device.type in ("cpu", "cuda") and device.type not in _FALLBACK_WARNED:
         _FALLBACK_WARNED.add(device.type)
         log.warning(
-            "more3s.rollout.RingKVCache: no compiled %s kernels (%s); using the slower PyTorch "
+            "more3s.model.RingKVCache: no compiled %s kernels (%s); using the slower PyTorch "
             "reference. Build them with `pip install --no-build-isolation -c constraints.txt -e .`.",
             device.type,
-            _ops.extension_error() or "more3s._C was built without them",
+            ring_ops.extension_error() or "more3s._C was built without them",
         )
     return "reference"
 
@@ -86,7 +90,7 @@ class RingKVCacheConfig:
     num_layers: int  # L: one ring per transformer layer
     batch_size: int  # B: environments
     num_heads: int  # H
-    capacity: int  # C: tokens held per environment; 2 x (window + memory steps) in the engine
+    capacity: int  # C: tokens held per environment; tokens_per_step (2 or 3) x (window + memory steps) for a model
     head_dim: int  # D
 
     def __post_init__(self) -> None:
@@ -119,10 +123,10 @@ class RingKVCache:
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-        backend: str = "auto",
+        backend: CacheBackend = "auto",
     ) -> None:
         self.config = RingKVCacheConfig(num_layers, batch_size, num_heads, capacity, head_dim)
-        if dtype not in _ops.SUPPORTED_DTYPES:
+        if dtype not in ring_ops.RING_DTYPES:
             raise TypeError(f"RingKVCache: dtype must be float32, float16 or bfloat16, got {dtype}")
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
@@ -138,34 +142,13 @@ class RingKVCache:
         self._tokens = torch.zeros(B, dtype=torch.int64, device=self.device)  # [B]
         self._next_layer = 0  # the layer the current step expects next
         self._step_n: int | None = None  # n of the step in progress (set after layer 0)
-        if self.backend == "reference":
-            self._append, self._attention = _ops.ring_append_reference, _ops.ring_attention_reference
-        else:
-            # The C++ host functions repeat the checks below; attend() validates first so every
-            # backend raises the same Python errors.
-            self._append = torch.ops.more3s.ring_append
-            self._attention = torch.ops.more3s.ring_attention
+        self._impl: ring_ops.RingImpl = "reference" if self.backend == "reference" else "compiled"
 
-    # --- sizes -----------------------------------------------------------------------------
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_layers
-
-    @property
-    def batch_size(self) -> int:
-        return self.config.batch_size
-
-    @property
-    def num_heads(self) -> int:
-        return self.config.num_heads
-
+    # --- sizes (the rest: self.config) -------------------------------------------------------
     @property
     def capacity(self) -> int:
+        """C: tokens held per environment."""
         return self.config.capacity
-
-    @property
-    def head_dim(self) -> int:
-        return self.config.head_dim
 
     @property
     def tokens_seen(self) -> torch.Tensor:  # [B] int64
@@ -211,9 +194,10 @@ class RingKVCache:
             )
         # The ring never carries autograd history (it would grow with every step).
         k_ring, v_ring = self._k_layers[layer], self._v_layers[layer]
-        self._append(k_ring, v_ring, k.detach(), v.detach(), self._tokens)
-        out = self._attention(q, k_ring, v_ring, self._tokens, self.scale)
-        if layer == self.num_layers - 1:
+        # Validated above; the ring's own tensors are valid by construction.
+        ring_ops.ring_append(k_ring, v_ring, k.detach(), v.detach(), self._tokens, impl=self._impl, check=False)
+        out = ring_ops.ring_attention(q, k_ring, v_ring, self._tokens, self.scale, impl=self._impl, check=False)
+        if layer == self.config.num_layers - 1:
             self._tokens += n  # in place: no host sync, stable address for CUDA graphs
             self._next_layer, self._step_n = 0, None
         else:
@@ -225,61 +209,35 @@ class RingKVCache:
         if self._next_layer != 0:
             raise RuntimeError(
                 f"RingKVCache.reset: a step is in progress (layers 0..{self._next_layer - 1} of "
-                f"{self.num_layers} attended); reset between steps"
+                f"{self.config.num_layers} attended); reset between steps"
             )
         if not isinstance(mask, torch.Tensor):
             mask = torch.as_tensor(np.asarray(mask))
         if mask.dtype != torch.bool:
             raise TypeError(f"RingKVCache.reset: mask must be bool, got {mask.dtype}")
-        if tuple(mask.shape) != (self.batch_size,):
+        if tuple(mask.shape) != (self.config.batch_size,):
             raise ValueError(
-                f"RingKVCache.reset: mask must have shape [B] = [{self.batch_size}], "
+                f"RingKVCache.reset: mask must have shape [B] = [{self.config.batch_size}], "
                 f"got {list(mask.shape)}"
             )
         # Stale slots need no clearing: a zero counter makes every older slot invisible.
         self._tokens.masked_fill_(mask.to(self.device, non_blocking=True), 0)
 
-    def clear(self) -> None:
-        """Empties every environment and abandons a step in progress."""
-        self._tokens.zero_()
-        self._next_layer, self._step_n = 0, None
-
     # --- validation ------------------------------------------------------------------------
     def _check_layer(self, layer: int) -> None:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise TypeError(f"RingKVCache.attend: layer must be an int, got {type(layer).__name__}")
-        if not 0 <= layer < self.num_layers:
+        if not 0 <= layer < self.config.num_layers:
             raise ValueError(
-                f"RingKVCache.attend: layer {layer} is out of range [0, {self.num_layers})"
+                f"RingKVCache.attend: layer {layer} is out of range [0, {self.config.num_layers})"
             )
         if layer != self._next_layer:
             raise ValueError(
                 f"RingKVCache.attend: expected layer {self._next_layer}, got layer {layer} "
-                f"(each step attends layers 0..{self.num_layers - 1} in order, once each)"
+                f"(each step attends layers 0..{self.config.num_layers - 1} in order, once each)"
             )
 
-    def _check_tokens(self, name: str, t: torch.Tensor) -> None:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"RingKVCache.attend: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"RingKVCache.attend: {name} must be 4-D [B, H, n, D], got shape {list(t.shape)}"
-            )
-        B, H, D = self.batch_size, self.num_heads, self.head_dim
-        if (t.shape[0], t.shape[1], t.shape[3]) != (B, H, D):
-            raise ValueError(
-                f"RingKVCache.attend: {name} shape {list(t.shape)} does not match [B, H, n, D] with "
-                f"B={B}, H={H}, D={D}"
-            )
-        n = t.shape[2]
-        if not 1 <= n <= self.capacity:
-            raise ValueError(
-                f"RingKVCache.attend: {name} has n={n} new tokens; need 1 <= n <= capacity="
-                f"{self.capacity}" + (" (n > capacity)" if n > self.capacity else "")
-            )
-        if t.dtype != self.dtype:
-            raise TypeError(
-                f"RingKVCache.attend: {name} dtype {t.dtype} differs from the cache dtype {self.dtype}"
-            )
-        if t.device != self.device:
-            raise ValueError(f"RingKVCache.attend: {name} is on {t.device} but the cache is on {self.device}")
+    def _check_tokens(self, name: str, t: object) -> None:
+        c = self.config
+        ring_ops.check_tokens("RingKVCache.attend", name, t, c.batch_size, c.num_heads, c.capacity, c.head_dim,
+                              self.dtype, self.device)

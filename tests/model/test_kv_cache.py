@@ -1,5 +1,6 @@
-"""Ring-buffer KV cache: every backend against the PyTorch reference, the reference against a
-naive per-environment history oracle, the registered ops through opcheck, and the errors."""
+"""Ring-buffer KV cache (more3s.model.kv_cache): every backend against the PyTorch reference, the reference
+against a naive per-environment history oracle, the errors and the backend selection. The ops themselves:
+test_ring_ops.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from more3s.rollout import RingKVCache, kv_cache
-from more3s.rollout import _ops
+from more3s.model import kv_cache, ring_ops
+from more3s.model.kv_cache import RingKVCache
 
 # Odd sizes on purpose (as vLLM's kernel tests): B, H, C, D.
 SHAPES = [(3, 2, 5, 7), (4, 3, 7, 37), (2, 1, 2, 16)]  # C=2, n=2: full eviction every step
@@ -19,7 +20,7 @@ CPU_BACKENDS = ["cpp", "reference"]
 
 
 def _require_ext() -> None:
-    err = _ops.extension_error()
+    err = ring_ops.extension_error()
     if err is not None:
         pytest.fail(f"more3s._C did not load ({err}); build it with pip install -e .")
 
@@ -178,8 +179,6 @@ def test_lengths_and_reset_mask_types():
     assert cache.lengths.tolist() == [4, 4, 4]
     cache.reset(np.array([True, False, True]))  # numpy masks come straight from vector envs
     assert cache.tokens_seen.tolist() == [0, 6, 0]
-    cache.clear()
-    assert cache.tokens_seen.tolist() == [0, 0, 0]
 
 
 def test_noncontiguous_inputs():
@@ -192,82 +191,6 @@ def test_noncontiguous_inputs():
         assert not q.is_contiguous()
         a, b = (c.attend(0, q, k, v) for c in caches)
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-
-
-# ------------------------------------------------------------------------------------------------
-# Registered ops
-# ------------------------------------------------------------------------------------------------
-
-
-def test_opcheck_cpu_ops():
-    _require_ext()
-    B, H, C, D, n = 2, 3, 5, 7, 2
-    kc, vc = torch.randn(B, H, C, D), torch.randn(B, H, C, D)
-    key, value, query = (torch.randn(B, H, n, D) for _ in range(3))
-    lengths = torch.tensor([0, 9])
-    torch.library.opcheck(torch.ops.more3s.ring_append.default, (kc, vc, key, value, lengths))
-    torch.library.opcheck(torch.ops.more3s.ring_attention.default, (query, kc, vc, lengths, 0.25))
-
-
-def test_op_wrappers_match_reference_twins():
-    _require_ext()
-    B, H, C, D, n = 3, 2, 4, 9, 2
-    kc, vc = torch.randn(B, H, C, D), torch.randn(B, H, C, D)
-    kr, vr = kc.clone(), vc.clone()
-    key, value, query = (torch.randn(B, H, n, D) for _ in range(3))
-    lengths = torch.tensor([0, 3, 10])
-    _ops.ring_append(kc, vc, key, value, lengths)
-    _ops.ring_append_reference(kr, vr, key, value, lengths)
-    assert torch.equal(kc, kr) and torch.equal(vc, vr)
-    torch.testing.assert_close(
-        _ops.ring_attention(query, kc, vc, lengths, 0.3),
-        _ops.ring_attention_reference(query, kr, vr, lengths, 0.3),
-        atol=1e-5,
-        rtol=1e-5,
-    )
-
-
-@pytest.mark.parametrize("impl", ["op", "reference"])
-def test_op_errors(impl):
-    """The C++ host checks and the Python twins raise the same error types and messages."""
-    if impl == "op":
-        _require_ext()
-        append, attention = torch.ops.more3s.ring_append, torch.ops.more3s.ring_attention
-    else:
-        append, attention = _ops.ring_append_reference, _ops.ring_attention_reference
-    B, H, C, D = 2, 2, 3, 4
-    kc, vc = torch.zeros(B, H, C, D), torch.zeros(B, H, C, D)
-    x = torch.zeros(B, H, 2, D)
-    lengths = torch.zeros(B, dtype=torch.int64)
-    with pytest.raises(ValueError, match="n > capacity"):
-        append(kc, vc, torch.zeros(B, H, 4, D), torch.zeros(B, H, 4, D), lengths)
-    with pytest.raises(ValueError, match="query shape"):
-        attention(torch.zeros(B, H + 1, 2, D), kc, vc, lengths, 0.5)
-    with pytest.raises(ValueError, match="k_cache must be 4-D"):
-        attention(x, kc[0], vc[0], lengths, 0.5)
-    with pytest.raises(TypeError, match="query dtype"):
-        attention(x.half(), kc, vc, lengths, 0.5)
-    with pytest.raises(TypeError, match="k_cache dtype must be"):
-        attention(x.double(), kc.double(), vc.double(), lengths, 0.5)
-    with pytest.raises(TypeError, match="lengths must be int64"):
-        append(kc, vc, x, x, lengths.int())
-    with pytest.raises(ValueError, match="lengths must have shape"):
-        append(kc, vc, x, x, lengths[:1])
-    with pytest.raises(ValueError, match="value shape"):
-        append(kc, vc, x, x[:, :, :1], lengths)
-    with pytest.raises(ValueError, match="scale must be"):
-        attention(x, kc, vc, lengths, 0.0)
-    with pytest.raises(ValueError, match="is on meta"):
-        attention(x.to("meta"), kc, vc, lengths, 0.5) if impl == "reference" else attention(
-            x, kc, vc, lengths.to("meta"), 0.5
-        )
-
-
-def test_op_rejects_negative_lengths():
-    _require_ext()
-    kc = torch.zeros(1, 1, 2, 2)
-    with pytest.raises(ValueError, match="lengths must be >= 0"):
-        torch.ops.more3s.ring_attention(torch.zeros(1, 1, 1, 2), kc, kc.clone(), torch.tensor([-1]), 1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,9 +264,9 @@ def test_auto_backend_and_fallback_notice(monkeypatch, caplog):
     _require_ext()
     assert RingKVCache(1, 1, 1, 2, 2).backend == "cpp"
     # Simulate a checkout whose extension failed to build.
-    monkeypatch.setattr(_ops, "_EXT_ERROR", "ImportError: No module named 'more3s._C'")
+    monkeypatch.setattr(ring_ops, "_EXT_ERROR", "ImportError: No module named 'more3s._C'")
     monkeypatch.setattr(kv_cache, "_FALLBACK_WARNED", set())
-    with caplog.at_level(logging.WARNING, logger="more3s.rollout.kv_cache"):
+    with caplog.at_level(logging.WARNING, logger="more3s.model.kv_cache"):
         a = RingKVCache(1, 1, 1, 2, 2)
         b = RingKVCache(1, 1, 1, 2, 2)
     assert a.backend == b.backend == "reference"
@@ -391,19 +314,12 @@ def test_cuda_split_k_long_history_and_cpp_agree():
 
 
 @pytest.mark.gpu
-def test_cuda_errors_and_opcheck():
+def test_cuda_errors():
     _require_ext()
     cache = RingKVCache(1, 2, 2, 4, 8, device="cuda", backend="cuda")
     with pytest.raises(ValueError, match="is on cpu"):
         x = torch.zeros(2, 2, 1, 8, device="cuda")
         cache.attend(0, x.cpu(), x, x)
-    kc = torch.randn(2, 2, 5, 8, device="cuda")
-    vc, x = torch.randn_like(kc), torch.randn(2, 2, 2, 8, device="cuda")
-    lengths = torch.tensor([0, 7], device="cuda")
-    with pytest.raises(ValueError, match="lengths is on cpu"):
-        torch.ops.more3s.ring_attention(x, kc, vc, lengths.cpu(), 0.5)
-    torch.library.opcheck(torch.ops.more3s.ring_append.default, (kc, vc, x, x, lengths))
-    torch.library.opcheck(torch.ops.more3s.ring_attention.default, (x, kc, vc, lengths, 0.5))
 
 
 @pytest.mark.gpu
