@@ -2,13 +2,13 @@
 
 * ``ring``: ``model.step`` with a RingKVCache (backend auto: the C++ op when built, else the reference), one new
   block per environment, K/V computed once per token;
-* ``recompute``: the cache-less baseline, a plain forward over the last S = 60 steps every step, lean:
-  only what a decision needs (``model.recompute`` runs the action head on the last token alone);
+* ``no_cache``: the cache-less baseline, a plain forward over the last S = 60 steps every step, lean:
+  only what a decision needs (``model.step_without_cache`` runs the action head on the last token alone);
 * ``hf_dt``: ``transformers.DecisionTransformerModel`` at the same width, depth and window (30 steps = 90 tokens),
   re-run over the window every step as its users do.
 
 All three are also timed side by side (alternating blocks) once per run, so every entry's extra_info carries
-speedups that host-load drift cannot skew (``ring`` goal: >= 20x over the lean ``recompute`` and over ``hf_dt`` on
+speedups that host-load drift cannot skew (``ring`` goal: >= 20x over the lean ``no_cache`` and over ``hf_dt`` on
 one CPU thread; reported, not asserted).
 Run: ``pytest bench/test_rollout.py --benchmark-only``.
 """
@@ -56,10 +56,10 @@ def make_ring():
     return (lambda: model.step(cache, s, a, r, ts, first)), {"backend": cache.backend, "capacity": cache.capacity}
 
 
-def make_recompute():
+def make_no_cache():
     model = _model()
     h = _history(S)
-    return (lambda: model.recompute(**h)), {"steps_recomputed": S}
+    return (lambda: model.step_without_cache(**h)), {"steps_per_decision": S}
 
 
 def make_hf_dt():
@@ -80,10 +80,10 @@ def make_hf_dt():
         return model(states=h["states"], actions=actions, rewards=None, returns_to_go=h["rtg"][..., None],
                      timesteps=h["timesteps"], attention_mask=mask, return_dict=False)[1][:, -1]
 
-    return step, {"steps_recomputed": WINDOW}
+    return step, {"steps_per_decision": WINDOW}
 
 
-PROVIDERS = {"ring": make_ring, "recompute": make_recompute, "hf_dt": make_hf_dt}
+PROVIDERS = {"ring": make_ring, "no_cache": make_no_cache, "hf_dt": make_hf_dt}
 
 
 def _side_by_side_seconds(fns: dict, rounds: int = 8, block_s: float = 0.5) -> dict[str, dict[str, float]]:
@@ -124,7 +124,7 @@ def test_rollout_step(benchmark, side_by_side, provider):
     benchmark.extra_info.update(info)
     benchmark.extra_info.update(envs=N_ENVS, window=WINDOW, memory_steps=MEMORY, d_enc=D_ENC, backbone="dt-small",
                                 decisions_per_s=N_ENVS / benchmark.stats.stats.median)
-    for base in ("recompute", "hf_dt"):
+    for base in ("no_cache", "hf_dt"):
         benchmark.extra_info[f"{base}_median_s"] = side_by_side[base]["median"]
         benchmark.extra_info[f"speedup_vs_{base}"] = side_by_side[base]["median"] / mine["median"]
         benchmark.extra_info[f"speedup_vs_{base}_min"] = side_by_side[base]["min"] / mine["min"]

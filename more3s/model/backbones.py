@@ -56,11 +56,12 @@ def load_gpt2_weights(model: MoreModel, name_or_path: str = "gpt2", require: boo
                      "to make this an error", msg)
         return False
     g = gpt2.config
+    n_layer, n_head, n_embd = cfg.geometry
     mismatch = [f"{k}: gpt2 {a} vs config {b}" for k, a, b in (
-        ("n_embd", g.n_embd, cfg.n_embd), ("n_head", g.n_head, cfg.n_head),
+        ("n_embd", g.n_embd, n_embd), ("n_head", g.n_head, n_head),
         ("layer_norm_epsilon", g.layer_norm_epsilon, cfg.layer_norm_eps)) if a != b]
-    if g.n_layer < cfg.n_layer:
-        mismatch.append(f"n_layer: gpt2 has {g.n_layer} < config {cfg.n_layer}")
+    if g.n_layer < n_layer:
+        mismatch.append(f"n_layer: gpt2 has {g.n_layer} < config {n_layer}")
     if g.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         mismatch.append(f"activation_function: gpt2 {g.activation_function!r}, model uses tanh-GELU")
     if not cfg.bias:
@@ -73,13 +74,13 @@ def load_gpt2_weights(model: MoreModel, name_or_path: str = "gpt2", require: boo
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
     names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.bias", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
              "mlp.c_fc.bias", "mlp.c_proj.bias") + conv1d
-    for i in range(cfg.n_layer):
+    for i in range(n_layer):
         for name in names:
             w = src[f"h.{i}.{name}"]
             dst[f"blocks.{i}.{name}"].copy_(w.t() if name in conv1d else w)
     dst["ln_f.weight"].copy_(src["ln_f.weight"])
     dst["ln_f.bias"].copy_(src["ln_f.bias"])
-    _log.info("loaded GPT-2 blocks 0..%d and ln_f from %s", cfg.n_layer - 1, source)
+    _log.info("loaded GPT-2 blocks 0..%d and ln_f from %s", n_layer - 1, source)
     return True
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-__all__ = ["ModelConfig", "BACKBONES", "RTG_MODES", "OBJECTIVES", "STATE_EMBEDDERS"]
+from more3s.model.attention import AttentionBackend
+
+__all__ = ["ModelConfig", "BACKBONES", "RtgMode", "RTG_MODES", "Objective", "OBJECTIVES", "StateEmbedder",
+           "STATE_EMBEDDERS"]
 
 # Named geometries. "gpt2" = the first 6 of GPT-2 small's 12 layers (the paper's backbone); the
 # random twin has the same shape; "dt-small" is the paper's small variant (width 128, 1 head, 6 layers).
@@ -19,13 +22,17 @@ BACKBONES: dict[str, dict[str, int]] = {
     "gpt2-6l-random": {"n_layer": 6, "n_head": 12, "n_embd": 768},
     "dt-small": {"n_layer": 6, "n_head": 1, "n_embd": 128},
 }
-RTG_MODES = ("kv", "embed", "token", "none")
+# kv: RTG in every layer's K/V (MORE-3S); embed: added to the step's tokens; token: DT's RTG token; none: BC
+RtgMode = Literal["kv", "embed", "token", "none"]
+RTG_MODES: tuple[RtgMode, ...] = get_args(RtgMode)
 # semantic: cosine to the action table (MORE-3S); mse: the paper literally; linear: a plain linear head on the
 # same state tokens (discrete actions; the baseline the semantic head is measured against)
-OBJECTIVES = ("semantic", "mse", "linear")
+Objective = Literal["semantic", "mse", "linear"]
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 # How the state input becomes a token: a linear map of the (frozen) encoder's embedding, or DT's Nature CNN over
 # stacked frames trained end to end (``--encoder raw`` on Atari: d_enc = frame_stack * frame_size**2 pixels).
-STATE_EMBEDDERS = ("linear", "nature_cnn")
+StateEmbedder = Literal["linear", "nature_cnn"]
+STATE_EMBEDDERS: tuple[StateEmbedder, ...] = get_args(StateEmbedder)
 
 
 @dataclass
@@ -42,19 +49,19 @@ class ModelConfig:
     # Largest timestep with an embedding row (max_timestep + 1 rows); larger timesteps map to it, as DT clamps to
     # max_ep_len. The trainer sets it to the largest timestep training sees, so no untrained row is ever read.
     max_timestep: int = 10_000
-    rtg_mode: str = "kv"
+    rtg_mode: RtgMode = "kv"
     rtg_scale: float = 1.0  # Atari 1, MuJoCo 1000
     rtg_features: int = 1  # F: 1 = R/scale; odd F > 1 adds (F-1)/2 sin/cos pairs at octave frequencies
-    objective: str = "semantic"
+    objective: Objective = "semantic"
     state_loss_weight: float = 1.0  # lambda; the MSE is a mean over d_enc components, so O(1) like the CE
     dropout: float = 0.1  # residual/embedding dropout, as GPT-2 and DT (no attention dropout: fused kernel)
     bias: bool = True  # GPT-2 has biases everywhere; needed to load its weights
     layer_norm_eps: float = 1e-5  # GPT-2's value
     init_temperature: float = 0.07  # cosine-logit temperature at init (CLIP's), learned afterwards
-    state_embedder: str = "linear"
+    state_embedder: StateEmbedder = "linear"
     frame_stack: int = 1  # nature_cnn: frames per state input (DT: 4)
     frame_size: int = 84  # nature_cnn: frames are frame_size x frame_size grayscale (DT: 84)
-    attention_backend: str = "auto"  # more_attention backend: auto | reference | triton
+    attention_backend: AttentionBackend = "auto"  # more_attention backend: auto | reference | triton
     backbone_path: str = "gpt2"  # gpt2 only: local dir or hub id for GPT2Model.from_pretrained
     require_pretrained: bool = False  # gpt2 only: error instead of a logged random-init fallback
 
@@ -83,8 +90,9 @@ class ModelConfig:
                 raise ValueError(f"{name}={value!r}: expected an int >= {least}")
         if not isinstance(self.memory_steps, int) or self.memory_steps < 0:
             raise ValueError(f"memory_steps={self.memory_steps!r}: expected an int >= 0")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        _, n_head, n_embd = self.geometry
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
         if self.rtg_features < 1 or self.rtg_features % 2 == 0:
             raise ValueError(f"rtg_features={self.rtg_features}: expected 1 or an odd number (R + sin/cos pairs)")
         if not self.rtg_scale > 0:
@@ -100,8 +108,17 @@ class ModelConfig:
         return 3 if self.rtg_mode == "token" else 2
 
     @property
+    def geometry(self) -> tuple[int, int, int]:
+        """(n_layer, n_head, n_embd), resolved: the fields are None only until ``__post_init__`` fills them in."""
+        L, H, C = self.n_layer, self.n_head, self.n_embd
+        if L is None or H is None or C is None:  # pragma: no cover - __post_init__ resolves them
+            raise ValueError("ModelConfig geometry is unresolved")
+        return L, H, C
+
+    @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        _, H, C = self.geometry
+        return C // H
 
     @property
     def context_steps(self) -> int:

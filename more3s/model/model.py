@@ -12,16 +12,17 @@ API::
     mem = model.empty_memory(B)                   # stream training: out.memory feeds the next window
     cache = model.new_rollout_cache(N)            # RingKVCache with tokens_per_step * (window + memory) slots
     logits = model.step(cache, state_emb [N,d_enc], prev_action [N] | [N,A], rtg [N], timestep [N], first [N])
-    model.forward_banded(...)  # the exact oracle of step(): full sequence, step-banded causal mask
-    model.recompute(...)       # the cache-less baseline: plain forward over the last S steps
+    model.forward_banded(...)       # the exact oracle of step(): full sequence, step-banded causal mask
+    model.step_without_cache(...)   # the cache-less baseline: plain forward over the last S steps
 
 Why it looks like this:
 
 * Tokens: each step t is the block ``[a_{t-1}, s_t]`` (``[R_t, a_{t-1}, s_t]`` for ``rtg_mode="token"``), each
   token ``P(E(.)) + tau(t)``; a learned start token stands in for ``a_{-1}``. No position embedding: a token's
   index in the window means nothing, which is what makes sliding windows, memory and the ring cache exact.
-* RTG (``rtg_mode="kv"``): in every layer and head ``K' = K + phi(R) W_k``, ``V' = V + phi(R) W_v`` inside
-  ``more_attention`` (the fused kernel on CUDA, its reference on CPU). Other modes: ``embed`` adds a linear map of
+* RTG (``rtg_mode="kv"``): in every layer and head ``K' = K + phi(R) W_k``, ``V' = V + phi(R) W_v``: inside
+  ``more_attention`` when training (the fused kernel on CUDA, its reference on CPU), through the same
+  ``attention.inject_rtg`` on the ring and banded paths. Other modes: ``embed`` adds a linear map of
   phi(R) to the step's tokens, ``token`` is DT's RTG token, ``none`` is behaviour cloning.
 * Memory: per layer, the injected K'/V' of the last M steps of the same stream, detached (Transformer-XL style).
 * Objective ``semantic``: the state token maps into the encoder space and scores actions by cosine similarity with
@@ -30,7 +31,8 @@ Why it looks like this:
   Linear(C, A) action head on the same tokens (the baseline of the semantic head). Continuous actions:
   tanh head + MSE, plus the same state MSE, whatever the objective.
 * No attention dropout: the fused kernel has none (GPT-2 and DT have 0.1); residual and embedding dropout remain.
-The trainer, the engine and the GPT-2 weight mapping live elsewhere (train.py, rollout/engine.py, backbones.py).
+The ring cache it steps (``kv_cache.py``, over the ops of ``ring_ops.py``) sits beside it; the engine that drives
+it (``more3s.rollout.engine``), the trainer and the GPT-2 weight mapping (``backbones.py``) live elsewhere.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from more3s.model.attention import more_attention
+from more3s.model.attention import inject_rtg, masked_attention, more_attention
 from more3s.model.config import ModelConfig
+from more3s.model.kv_cache import CacheBackend, RingKVCache
 
 __all__ = ["MoreModel", "Memory", "ModelOutput", "rtg_features", "banded_attention_mask"]
 
@@ -140,62 +143,66 @@ class SelfAttention(nn.Module):
     Three ways to attend, one set of weights: ``more_attention`` (training: causal window + memory), an explicit
     ``attn_mask`` (the banded oracle), or a ``RingKVCache`` (rollouts: K/V computed once per token)."""
 
+    w_k: nn.Parameter | None
+    w_v: nn.Parameter | None
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        _, self.n_head, C = cfg.geometry
+        self.head_dim = cfg.head_dim
+        self.c_attn = nn.Linear(C, 3 * C, bias=cfg.bias)
+        self.c_proj = nn.Linear(C, C, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
         self.backend = cfg.attention_backend
         if cfg.rtg_mode == "kv":
-            self.w_k = nn.Parameter(torch.empty(cfg.n_head, cfg.rtg_features, cfg.head_dim))
-            self.w_v = nn.Parameter(torch.empty(cfg.n_head, cfg.rtg_features, cfg.head_dim))
+            self.w_k = nn.Parameter(torch.empty(self.n_head, cfg.rtg_features, self.head_dim))
+            self.w_v = nn.Parameter(torch.empty(self.n_head, cfg.rtg_features, self.head_dim))
         else:
             self.w_k = self.w_v = None
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, C] -> q, k, v [B, nh, T, hs] (no RTG)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x [B, T, C]
-        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hs]
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        return q, k, v
+
+    def rtg_weights(self, like: torch.Tensor, num_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_k, W_v) [nh, F, hs] in ``like``'s dtype; zeros without kv-mode RTG (zero weights are the identity)."""
+        if self.w_k is None or self.w_v is None:
+            zeros = like.new_zeros(self.n_head, num_features, self.head_dim)
+            return zeros, zeros
+        return self.w_k.to(like.dtype), self.w_v.to(like.dtype)
 
     def qkv_injected(self, x: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q, K', V') [B, nh, T, hs] with K' = K + phi W_k, V' = V + phi W_v (plain K, V without kv-mode RTG).
+        """(q, K', V') [B, nh, T, hs] with K' = K + phi W_k, V' = V + phi W_v (plain K, V without kv-mode RTG):
+        the K'/V' that ``more_attention`` computes (and returns) on the training path, by the same function."""
+        q, k, v = self.qkv(x)
+        if self.w_k is None:
+            return q, k, v
+        w_k, w_v = self.rtg_weights(q, phi.shape[-1])
+        phi = phi.to(q.dtype)
+        return q, inject_rtg(k, phi, w_k), inject_rtg(v, phi, w_v)
 
-        Both RTG terms are one addmm [B*T, F] @ [F, 2C] onto the fused projection's K|V columns: on the rollout
-        path, where a step is many tiny ops, the per-head broadcast products would be a visible share."""
-        B, T, C = x.shape
-        qkv = self.c_attn(x).view(B * T, 3 * C)
-        kv = qkv[:, C:]  # [B*T, 2C] (a strided view)
-        if self.w_k is not None:
-            dt = qkv.dtype
-            w = torch.stack((self.w_k, self.w_v)).to(dt).permute(2, 0, 1, 3).reshape(-1, 2 * C)  # [F, 2C]
-            kv = torch.addmm(kv, phi.to(dt).reshape(B * T, -1), w)
-        q, k, v = qkv[:, :C], kv[:, :C], kv[:, C:]
-        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-
-    def forward(self, x, phi, key_padding_mask=None, k_mem=None, v_mem=None, mem_len=None, attn_mask=None,
-                cache=None, layer=None):
+    def forward(self, x: torch.Tensor, phi: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None,
+                mem_len: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                cache: RingKVCache | None = None, layer: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x [B, T, C], phi [B, T, F] -> (y [B, T, C], k' [B, nh, T, hs] | None, v' | None)."""
         B, T, C = x.shape
         k_inj = v_inj = None
         if cache is not None:  # rollout: append the new tokens' K'/V' to the ring and attend over it
             y = cache.attend(layer, *self.qkv_injected(x, phi))  # [B, nh, T, hs]
-        elif attn_mask is not None:  # explicit mask (oracle): plain math, fully masked rows give 0
+        elif attn_mask is not None:  # explicit mask (oracle): fully masked rows give 0
             q, k, v = self.qkv_injected(x, phi)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # [B, nh, T, T]
-            att = att.masked_fill(~attn_mask[:, None], float("-inf"))
-            att = torch.nan_to_num(torch.softmax(att, dim=-1), nan=0.0)
-            y = att @ v  # [B, nh, T, hs]
+            y = masked_attention(q, k, v, attn_mask[:, None])  # [B, nh, T, hs]
         else:
             q, k, v = self.qkv(x)
-            w_k, w_v = self.w_k, self.w_v
-            if w_k is None:  # the contract always injects: with zero weights it is the identity
-                w_k = w_v = x.new_zeros(self.n_head, phi.shape[-1], self.head_dim)
-            if k_mem is not None:  # memory may be kept wider than the activations (e.g. fp32 under autocast)
+            w_k, w_v = self.rtg_weights(q, phi.shape[-1])  # the contract always injects
+            if k_mem is not None and v_mem is not None:  # memory may be kept wider than the activations
                 k_mem, v_mem = k_mem.to(q.dtype), v_mem.to(q.dtype)
-            y, k_inj, v_inj = more_attention(q, k, v, phi.to(q.dtype), w_k.to(q.dtype), w_v.to(q.dtype),
-                                             k_mem=k_mem, v_mem=v_mem, mem_len=mem_len,
-                                             key_padding_mask=key_padding_mask, backend=self.backend)
+            y, k_inj, v_inj = more_attention(q, k, v, phi.to(q.dtype), w_k, w_v, k_mem=k_mem, v_mem=v_mem,
+                                             mem_len=mem_len, key_padding_mask=key_padding_mask, backend=self.backend)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: [B, T, C]
         return self.resid_drop(self.c_proj(y)), k_inj, v_inj
 
@@ -203,13 +210,15 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        C = cfg.geometry[2]
+        self.c_fc = nn.Linear(C, 4 * C, bias=cfg.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * C, C, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.c_proj(self.gelu(self.c_fc(x))))
+        y: torch.Tensor = self.drop(self.c_proj(self.gelu(self.c_fc(x))))
+        return y
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -221,13 +230,19 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        C = cfg.geometry[2]
+        self.ln_1 = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.attn = SelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ln_2 = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, phi, **attn_kwargs):
-        y, k_inj, v_inj = self.attn(self.ln_1(x), phi, **attn_kwargs)
+    def forward(self, x: torch.Tensor, phi: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
+                k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None,
+                mem_len: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                cache: RingKVCache | None = None, layer: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The arguments after ``phi`` go to ``SelfAttention.forward`` (which way to attend)."""
+        y, k_inj, v_inj = self.attn(self.ln_1(x), phi, key_padding_mask, k_mem, v_mem, mem_len, attn_mask, cache, layer)
         x = x + y
         return x + self.mlp(self.ln_2(x)), k_inj, v_inj
 
@@ -245,7 +260,7 @@ class NatureCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]  # x: [..., frames * size * size]
-        y = self.net(x.reshape(-1, self.frames, self.size, self.size) / 255.0)  # [N, C]
+        y: torch.Tensor = self.net(x.reshape(-1, self.frames, self.size, self.size) / 255.0)  # [N, C]
         return y.reshape(*lead, -1)
 
 
@@ -254,6 +269,14 @@ class NatureCNN(nn.Module):
 
 
 class MoreModel(nn.Module):
+    """The sequence model (module docstring): training ``forward``, the rollout ``step`` over a ``RingKVCache``,
+    its exact oracle ``forward_banded`` and the cache-less baseline ``step_without_cache``."""
+
+    pretrained_source: str | None = None  # where backbone weights came from (backbones.build_model); None: random
+    action_table: torch.Tensor  # buffers (declared for the type checker)
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
+
     def __init__(self, cfg: ModelConfig, action_table: torch.Tensor):
         super().__init__()
         rows = cfg.act_dim if cfg.discrete else cfg.act_dim + 1
@@ -262,12 +285,12 @@ class MoreModel(nn.Module):
             raise ValueError(f"action_table: expected a tensor of shape ({rows}, {cfg.d_enc}) "
                              f"({'A' if cfg.discrete else 'A+1 = e_0, e_1..e_A'} x d_enc), got {got}")
         self.config = cfg
-        C = cfg.n_embd
+        L, _, C = cfg.geometry
         self.register_buffer("action_table", action_table.detach().float().clone())  # frozen E_a, saved with the model
         # Per-dimension standardization of E_s (identity until set_state_normalization): a frozen encoder's state
         # embeddings share a large common vector, and the differences between states that decide the action are a
         # few percent of it (random-init LXMERT: |mean| 10.5 vs 0.45 per state). Saved with the weights, so training,
-        # the ring engine and recompute all see the same inputs; also the space of the next-state prediction target.
+        # every rollout engine mode and the cache-less baseline see the same inputs; also the space of the next-state prediction target.
         self.register_buffer("state_mean", torch.zeros(cfg.d_enc))
         self.register_buffer("state_std", torch.ones(cfg.d_enc))
         self.embed_state = (NatureCNN(cfg.frame_stack, cfg.frame_size, C) if cfg.state_embedder == "nature_cnn"
@@ -278,7 +301,7 @@ class MoreModel(nn.Module):
         self.embed_rtg = nn.Linear(cfg.rtg_features, C) if cfg.rtg_mode in ("embed", "token") else None
         self.embed_ln = nn.LayerNorm(C, eps=cfg.layer_norm_eps)  # as DT: normalize the mixed token embeddings
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(L)])
         self.ln_f = nn.LayerNorm(C, eps=cfg.layer_norm_eps, bias=cfg.bias)
         head_out = cfg.d_enc if cfg.discrete and cfg.objective != "linear" else cfg.act_dim
         # state token -> encoder space (semantic, mse) | logits (linear) | action (continuous)
@@ -290,7 +313,7 @@ class MoreModel(nn.Module):
         nn.init.normal_(self.start_token, std=0.02)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * L))
             elif name.endswith(("attn.w_k", "attn.w_v")):
                 nn.init.normal_(p, std=0.02)
 
@@ -298,8 +321,9 @@ class MoreModel(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+            bias = getattr(module, "bias", None)
+            if bias is not None:
+                nn.init.zeros_(bias)
 
     @torch.no_grad()
     def set_state_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -318,15 +342,18 @@ class MoreModel(nn.Module):
         """The dtype the model computes in (its weights')."""
         return self.embed_action.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives (its buffers')."""
+        return self.action_table.device
+
     def _norm_states(self, states: torch.Tensor) -> torch.Tensor:
         return (states.float() - self.state_mean) / self.state_std  # [..., d_enc] float32
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     # ---- inputs -> tokens ------------------------------------------------------------------------------------
 
-    def _embed(self, states, prev_actions, rtg, timesteps, first, mask):
+    def _embed(self, states: torch.Tensor, prev_actions: torch.Tensor, rtg: torch.Tensor, timesteps: torch.Tensor,
+               first: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens ``x [B, K*n, C]`` and their RTG features ``phi [B, K*n, F]`` (n = tokens per step)."""
         cfg = self.config
         B, K = states.shape[:2]
@@ -342,16 +369,18 @@ class MoreModel(nn.Module):
         tau = self.embed_timestep(timesteps.clamp(0, cfg.max_timestep))  # [B, K, C]
         phi = rtg_features(rtg, cfg.rtg_scale, cfg.rtg_features).to(dtype)  # [B, K, F]
         tokens = [a + tau, s + tau]
-        if cfg.rtg_mode == "token":
+        if cfg.rtg_mode == "token" and self.embed_rtg is not None:
             tokens = [self.embed_rtg(phi) + tau] + tokens  # [R_t, a_{t-1}, s_t]
-        elif cfg.rtg_mode == "embed":
+        elif cfg.rtg_mode == "embed" and self.embed_rtg is not None:
             r = self.embed_rtg(phi)  # [B, K, C]
             tokens = [t + r for t in tokens]
         n = len(tokens)
         x = torch.stack(tokens, dim=2).reshape(B, K * n, -1)  # interleave steps: [B, K*n, C]
         return self.drop(self.embed_ln(x)), phi.repeat_interleave(n, dim=1)  # phi: [B, K*n, F]
 
-    def _check(self, states, prev_actions, rtg, timesteps, first, mask):
+    def _check(self, states: torch.Tensor, prev_actions: torch.Tensor, rtg: torch.Tensor, timesteps: torch.Tensor,
+               first: torch.Tensor | None, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validates the inputs' shapes and dtypes; returns (first & mask, mask) with their defaults filled in."""
         cfg = self.config
         if states.dim() != 3 or states.shape[-1] != cfg.d_enc:
             raise ValueError(f"states: expected [B, K, {cfg.d_enc}], got {tuple(states.shape)}")
@@ -395,11 +424,14 @@ class MoreModel(nn.Module):
             # differ in one word (RIGHT/LEFT) at cosine ~0.9, which caps the logit gap at (1 - 0.9)/temperature
             # and keeps the policy from being sure; the centred rows are ~0.3-0.6 apart and keep their geometry.
             table = table - table.mean(0, keepdim=True)  # [A, d_enc]
-            return z, scale * F.normalize(z, dim=-1) @ F.normalize(table, dim=-1).T  # cosine / temperature
+            logits: torch.Tensor = scale * F.normalize(z, dim=-1) @ F.normalize(table, dim=-1).T  # cosine / temp.
+            return z, logits
         d2 = (z * z).sum(-1, keepdim=True) - 2 * z @ table.T + (table * table).sum(-1)  # squared distance [..., A]
         return z, -d2  # argmax = nearest row
 
-    def _loss(self, z, logits, state_pred, states, actions, first, mask):
+    def _loss(self, z: torch.Tensor, logits: torch.Tensor, state_pred: torch.Tensor | None, states: torch.Tensor,
+              actions: torch.Tensor, first: torch.Tensor, mask: torch.Tensor,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.config
         w = mask.to(logits.dtype)  # [B, K] action targets exist at every real step
         n_act = w.sum().clamp(min=1.0)
@@ -431,27 +463,34 @@ class MoreModel(nn.Module):
             metrics["temperature"] = (1.0 / self.logit_scale.exp().clamp(max=100.0)).detach()
         return loss, metrics
 
-    def _outputs(self, h, K, states, actions, first, mask, memory):
+    def _outputs(self, h: torch.Tensor, K: int, states: torch.Tensor, actions: torch.Tensor | None,
+                 first: torch.Tensor, mask: torch.Tensor, memory: Memory | None) -> ModelOutput:
         n = self.config.tokens_per_step
         h = h.view(h.shape[0], K, n, -1)  # [B, K, n, C]
         z, logits = self._action_head(h[:, :, -1])  # state token: last of the block
         state_pred = self.head_state(h[:, :, -2]) if self.head_state is not None else None  # a_{t-1} -> E_s(s_t)
-        loss, metrics = (None, {}) if actions is None else self._loss(z, logits, state_pred, states, actions, first, mask)
+        if actions is None:
+            return ModelOutput(logits, state_pred, memory)
+        loss, metrics = self._loss(z, logits, state_pred, states, actions, first, mask)
         return ModelOutput(logits, state_pred, memory, loss, metrics)
 
     # ---- training forward ------------------------------------------------------------------------------------
 
-    def empty_memory(self, batch_size: int, device=None, dtype=None) -> Memory:
+    def empty_memory(self, batch_size: int, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> Memory:
         cfg = self.config
         if cfg.memory_steps == 0:
             raise ValueError("empty_memory: this model has memory_steps=0")
-        device = device or self.action_table.device
+        device = device or self.device
         dtype = dtype or self.param_dtype
-        shape = (batch_size, cfg.n_head, cfg.tokens_per_step * cfg.memory_steps, cfg.head_dim)
-        zeros = tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer))
+        L, H, _ = cfg.geometry
+        shape = (batch_size, H, cfg.tokens_per_step * cfg.memory_steps, cfg.head_dim)
+        zeros = tuple(torch.zeros(shape, device=device, dtype=dtype) for _ in range(L))
         return Memory(zeros, tuple(torch.zeros_like(t) for t in zeros), torch.zeros(batch_size, dtype=torch.long, device=device))
 
-    def forward(self, states, prev_actions, rtg, timesteps, first=None, mask=None, memory=None, actions=None) -> ModelOutput:
+    def forward(self, states: torch.Tensor, prev_actions: torch.Tensor, rtg: torch.Tensor, timesteps: torch.Tensor,
+                first: torch.Tensor | None = None, mask: torch.Tensor | None = None, memory: Memory | None = None,
+                actions: torch.Tensor | None = None) -> ModelOutput:
         """One window per row (left-padded). With ``memory`` (from ``empty_memory`` or the previous window of the same
         streams) queries also see those K'/V' and the updated, detached memory is returned."""
         first, mask = self._check(states, prev_actions, rtg, timesteps, first, mask)
@@ -481,11 +520,14 @@ class MoreModel(nn.Module):
             memory = Memory(tuple(new_k), tuple(new_v), (memory.mem_len + tok_mask.sum(1)).clamp(max=Mt))
         return self._outputs(self.ln_f(x), K, states, actions, first, mask, memory)
 
-    def forward_banded(self, states, prev_actions, rtg, timesteps, first=None, mask=None, band_steps=None,
-                       actions=None, attn_mask=None) -> ModelOutput:
+    def forward_banded(self, states: torch.Tensor, prev_actions: torch.Tensor, rtg: torch.Tensor,
+                       timesteps: torch.Tensor, first: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                       band_steps: int | None = None, actions: torch.Tensor | None = None,
+                       attn_mask: torch.Tensor | None = None) -> ModelOutput:
         """Whole sequences with the step-banded causal mask (``banded_attention_mask``): what ``step`` computes,
         token by token, over the same stream (episodes may start anywhere in a row). ``attn_mask [B, T, T]``
-        overrides the band (tests build other visibility patterns with it). Plain math: the oracle, not fast."""
+        overrides the band (tests build other visibility patterns with it). ``attention.masked_attention``: the
+        oracle, not fast."""
         first, mask = self._check(states, prev_actions, rtg, timesteps, first, mask)
         B, K = states.shape[:2]
         n = self.config.tokens_per_step
@@ -500,20 +542,22 @@ class MoreModel(nn.Module):
 
     # ---- rollouts --------------------------------------------------------------------------------------------
 
-    def new_rollout_cache(self, batch_size: int, backend: str = "auto", device=None, dtype=None):
-        """A ``RingKVCache`` holding the last window + memory steps of ``batch_size`` environments.
+    def new_rollout_cache(self, batch_size: int, backend: CacheBackend = "auto",
+                          device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> RingKVCache:
+        """A ``RingKVCache`` holding the last window + memory steps of ``batch_size`` environments
+        (capacity ``tokens_per_step * (window + memory_steps)`` tokens: 2x, or 3x with ``rtg_mode="token"``).
 
         ``dtype`` defaults to the parameters' (cast the model, e.g. ``.half()``, rather than autocast ``step``:
         the ring requires K/V in its own dtype)."""
-        from more3s.rollout.kv_cache import RingKVCache
-
         cfg = self.config
-        return RingKVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.tokens_per_step * cfg.context_steps, cfg.head_dim,
-                           dtype=dtype or self.param_dtype, device=device or self.action_table.device,
+        L, H, _ = cfg.geometry
+        return RingKVCache(L, batch_size, H, cfg.tokens_per_step * cfg.context_steps, cfg.head_dim,
+                           dtype=dtype or self.param_dtype, device=device or self.device,
                            backend=backend)
 
     @torch.inference_mode()  # no autograd bookkeeping at all: a few % of a ring step
-    def step(self, cache, state_emb, prev_action, rtg, timestep, first) -> torch.Tensor:
+    def step(self, cache: RingKVCache, state_emb: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor,
+             timestep: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         """Append one block per environment and return the state token's prediction: ``[N, A]`` (discrete logits or
         continuous action). Resets the ring of the environments where ``first [N]`` (idempotent). No host syncs."""
         cfg = self.config
@@ -537,7 +581,9 @@ class MoreModel(nn.Module):
         return self._action_head(self.ln_f(x[:, -1]))[1]  # the state token is the block's last
 
     @torch.inference_mode()
-    def recompute(self, states, prev_actions, rtg, timesteps, first=None, mask=None) -> torch.Tensor:
+    def step_without_cache(self, states: torch.Tensor, prev_actions: torch.Tensor, rtg: torch.Tensor,
+                           timesteps: torch.Tensor, first: torch.Tensor | None = None,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
         """Cache-less baseline: a plain forward over the last S steps [N, S, ...] -> the last state token's [N, A].
 
         Lean on purpose (an honest baseline): only the decision's head runs, on the last token; ``forward`` would
