@@ -59,7 +59,7 @@ __all__ = [
 RTG_MODES = ("kv", "embed", "token", "none")
 OBJECTIVES = ("semantic", "mse", "linear")  # as more3s.model.config.OBJECTIVES
 SAMPLERS = ("auto", "window", "stream")
-ENGINES = ("ring", "recompute", "window")
+ENGINES = ("ring", "banded", "window")
 EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -172,8 +172,8 @@ class TrainConfig:
     MuJoCo actions are deterministic either way."""
     eval_greedy: bool = True
     """When sampling, also play greedy episodes from the same seeds and report them beside the sampled ones."""
-    eval_engine: Literal["ring", "recompute", "window"] = "ring"
-    """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
+    eval_engine: Literal["ring", "banded", "window"] = "ring"
+    """ring = KV-cache engine; banded = its exact oracle (forward_banded); window = cache-less DT-style baseline."""
     eval_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """dtype of the rollout model step: auto = bf16 on a GPU, fp32 on the CPU (fp16 needs a GPU)."""
     eval_every: int | None = None

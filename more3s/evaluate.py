@@ -2,8 +2,8 @@
 
 Loads the run's model config and its newest intact checkpoint (or ``--checkpoint``), the encoder the
 run was trained with (run.json), and plays RTG-conditioned episodes with the rollout engine
-(more3s.rollout.engine; the ring-buffer engine by default, ``--engine recompute`` for the reference
-path, ``--engine window`` for the cache-less DT-style baseline). For each RTG target it reports the
+(more3s.rollout.engine; the ring-buffer engine by default, ``--engine banded`` for its exact oracle,
+``--engine window`` for the cache-less DT-style baseline). For each RTG target it reports the
 normalized score (more3s.envs.normalized_score on RAW returns) as mean ± std over episodes, how many
 distinct trajectories those episodes are, next to the dataset's behaviour returns, and which checkpoint was
 evaluated.
@@ -59,8 +59,8 @@ class EvalConfig:
     """RTG targets; empty = the run's (run.json). Each distinct target is evaluated once."""
     seeds: tuple[int, ...] = (1000,)
     """Environment seeds (env i of the vector gets seed + i); episodes run per seed and target."""
-    engine: Literal["ring", "recompute", "window"] = "ring"
-    """ring = KV-cache engine; recompute = exact reference path; window = cache-less DT-style baseline."""
+    engine: Literal["ring", "banded", "window"] = "ring"
+    """ring = KV-cache engine; banded = its exact oracle (forward_banded); window = cache-less DT-style baseline."""
     max_episode_steps: int | Literal["run", "full"] = "run"
     """Cap on agent steps per episode: run = the run's (from its dataset: the recorded collection cap for datasets
     more3s collected, none for others); full = the task's full protocol; N >= 1 = a cap of N steps."""

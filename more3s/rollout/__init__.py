@@ -1,5 +1,9 @@
-"""Rollouts: the ring-buffer KV cache (csrc/ kernels behind torch ops) for batched model steps."""
+"""Rollouts: the engine that plays batched, RTG-conditioned episodes with a MoreModel (``engine.py``).
 
-from more3s.rollout.kv_cache import BACKENDS, RingKVCache, RingKVCacheConfig, resolve_backend
+The engine sits above the model and drives it through its rollout API; the ring-buffer KV cache it steps
+(``more3s.model.kv_cache``, over the torch ops of ``more3s.model.ring_ops``) belongs to the model.
+"""
 
-__all__ = ["BACKENDS", "RingKVCache", "RingKVCacheConfig", "resolve_backend"]
+from more3s.rollout.engine import ENGINE_MODES, EngineMode, RolloutEngine, RolloutResult, StateEncoder
+
+__all__ = ["ENGINE_MODES", "EngineMode", "RolloutEngine", "RolloutResult", "StateEncoder"]

@@ -1,51 +1,64 @@
-"""The rollout engine: RTG-conditioned episodes of N vectorised environments at once (greedy or sampled actions).
+"""The rollout engine: RTG-conditioned episodes of N vectorised environments at once (argmax or sampled actions).
 
 Per step, for all N environments together: regions of the current and previous frame -> frozen
-encoder (``encoder.embed_states``, batched) -> one model step -> greedy action -> ``venv.step``.
+encoder (``encoder.embed_states``, batched) -> one model decision -> an action (the argmax, or a draw
+from the softmax with ``sample=True``; continuous actions are the model's output) -> ``venv.step``.
 Environments reset independently (gymnasium's same-step autoreset): a finished environment starts
 its next episode in the same step, with a fresh RTG, timestep 0 and a start token, while the others
 carry on. The RTG is decremented by the reward as in training (clipped to [-1, 1] for Atari, whose
 RTG is built from clipped rewards); returns are reported raw.
 
-Three ways to get the model's decision (``mode``), all over the same tokens:
+The engine sits above the model: it drives a ``MoreModel`` through its typed rollout API (``step`` over
+the ring cache of ``new_rollout_cache``, ``forward_banded``, ``step_without_cache``). Three ways to get
+the model's decision (``mode``, one of ``ENGINE_MODES``), all over the same tokens:
 
 * ``ring`` (default): ``model.step`` appends the block ``[a_{t-1}, s_t]`` to a ring-buffer KV cache
-  per layer (more3s.rollout.kv_cache) and attends once — O(S) per step. On CUDA the model step is
+  per layer (more3s.model.kv_cache) and attends once — O(S) per step. On CUDA the model step is
   captured once as a CUDA graph (static shapes, no host synchronisation inside) and replayed;
   the frozen encoder replays its own CUDA graphs (FrozenLxmert captures its state path per batch
   bucket), so a GPU step is region extraction on the host, one encoder graph replay, one model
   graph replay and a single device-to-host copy of the N actions.
-* ``recompute``: the reference path. It keeps each environment's recent history and re-runs
+* ``banded``: the exact oracle of ``ring``. It keeps each environment's recent history and re-runs
   ``model.forward_banded`` (the step-banded causal mask of the rollout semantics) over it every step. With S
   context steps and L layers, the last token's output depends on the last L*(S-1)+1 steps only, so
   that much history makes it exactly what the ring computes (the equality test relies on this) at
   O((L*S)^2) per step.
 * ``window``: the cache-less DT-style baseline: a plain forward over the last S steps
-  (``model.recompute``), as a cache-less implementation must do to give each decision the same
+  (``model.step_without_cache``), as a cache-less implementation must do to give each decision the same
   horizon. Not step-for-step equal to the ring (early tokens of the window see less context).
 
 Every finished episode carries a digest of its action and reward sequence, so a report can say how many distinct
 trajectories a score averages. A failed CUDA-graph capture falls back to eager steps with a warning, or raises
-where ``strict_graph`` (default: the environment variable ``MORE3S_STRICT_CUDA_GRAPH=1``, set by the test suite).
+where ``strict_graph`` (default: the environment variable ``MORE3S_STRICT_CUDA_GRAPH=1``, set by the test suite;
+``more3s.cuda_graphs``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
 
+from more3s import cuda_graphs
 from more3s.envs import TaskSpec, get_task
+from more3s.model import MoreModel
+from more3s.model.kv_cache import CacheBackend, RingKVCache
 
-__all__ = ["RolloutEngine", "RolloutResult", "ENGINE_MODES"]
+__all__ = ["RolloutEngine", "RolloutResult", "ENGINE_MODES", "EngineMode", "StateEncoder"]
 
-ENGINE_MODES = ("ring", "recompute", "window")
+EngineMode = Literal["ring", "banded", "window"]
+ENGINE_MODES: tuple[EngineMode, ...] = get_args(EngineMode)
+
+
+class StateEncoder(Protocol):
+    """What the engine needs of an encoder (FrozenLxmert, RawPixels): states of N environments -> [N, d_enc]."""
+
+    def embed_states(self, task: str, observations: np.ndarray, prev_observations: np.ndarray) -> Any: ...
 
 
 @dataclass
@@ -72,7 +85,8 @@ class _FrameStack:
     episode's first step repeats its own frame k times, as the trainer's stacks do at an episode start."""
 
     def __init__(self, k: int):
-        self.k, self.buf = k, None
+        self.k = k
+        self.buf: torch.Tensor | None = None
 
     def push(self, x: torch.Tensor, first: np.ndarray) -> torch.Tensor:
         """``x [N, d]`` this step's encodings, ``first [N]`` episode starts -> ``[N, k * d]``."""
@@ -98,9 +112,10 @@ class _History:
         self.length = torch.zeros(N, dtype=torch.long, device=device)  # [N] valid steps
         self.cols = torch.arange(H, device=device)  # [H]
 
-    def push(self, state, prev_action, rtg, timestep, first) -> None:
+    def push(self, state: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
+             first: torch.Tensor) -> None:
         """Append one step per environment; ``first [N]`` drops the previous episode's history."""
-        def shift(buf, new):
+        def shift(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
             return torch.cat([buf[:, 1:], new[:, None].to(buf.dtype)], dim=1)
 
         self.states = shift(self.states, state)
@@ -115,15 +130,40 @@ class _History:
         return self.states, self.prev_actions, self.rtg, self.timesteps, first, mask
 
 
+@dataclass
+class _Streams:
+    """Per-environment state of a run between steps (numpy arrays over the N environments)."""
+
+    obs: np.ndarray
+    prev_obs: np.ndarray
+    rtg: np.ndarray  # RTG units
+    timestep: np.ndarray
+    first: np.ndarray
+    prev_action: np.ndarray  # [N] int64 | [N, A] float32
+    ep_ret: np.ndarray
+    ep_train: np.ndarray
+    done_count: np.ndarray
+    digest: list[Any]  # per env: blake2b of its episode's (action, reward)s
+    target: float  # the RTG every episode starts from
+
+    @classmethod
+    def start(cls, obs: np.ndarray, target: float, discrete: bool, action_dim: int) -> _Streams:
+        N = obs.shape[0]
+        prev_action = np.zeros(N, dtype=np.int64) if discrete else np.zeros((N, action_dim), dtype=np.float32)
+        return cls(obs, obs.copy(), np.full(N, float(target), dtype=np.float64), np.zeros(N, dtype=np.int64),
+                   np.ones(N, dtype=bool), prev_action, np.zeros(N), np.zeros(N), np.zeros(N, dtype=np.int64),
+                   [hashlib.blake2b(digest_size=8) for _ in range(N)], float(target))
+
+
 class RolloutEngine:
     """Batched rollouts of ``model`` with ``encoder`` on ``task`` (see the module docstring).
 
-    ``model``: a more3s.model.MoreModel (eval mode is set here); ``encoder``: a FrozenLxmert-like
-    object with ``embed_states(task, observations, prev_observations) -> [N, d_enc]``.
+    ``model``: a MoreModel (eval mode is set here); ``encoder``: a ``StateEncoder`` (e.g. FrozenLxmert), whose
+    optional ``frame_stack`` > 1 stacks its per-step encodings as the trainer does.
     """
 
-    def __init__(self, model, encoder, task: str | TaskSpec, *,
-                 mode: Literal["ring", "recompute", "window"] = "ring", cache_backend: str = "auto",
+    def __init__(self, model: MoreModel, encoder: StateEncoder, task: str | TaskSpec, *,
+                 mode: EngineMode = "ring", cache_backend: CacheBackend = "auto",
                  cuda_graph: bool | None = None, history_steps: int | None = None, sample: bool = False,
                  strict_graph: bool | None = None):
         if mode not in ENGINE_MODES:
@@ -132,12 +172,12 @@ class RolloutEngine:
         self.encoder = encoder
         self.task = task if isinstance(task, TaskSpec) else get_task(task)
         self.mode = mode
-        # sample=True draws discrete actions from softmax(logits), as DT's Atari evaluation does (greedy
-        # argmax makes every episode of a deterministic game identical); continuous actions stay greedy.
+        # sample=True draws discrete actions from softmax(logits), as DT's Atari evaluation does (the argmax
+        # makes every episode of a deterministic game identical); continuous actions are the model's output.
         self.sample = bool(sample)
-        self.cache_backend = cache_backend
+        self.cache_backend: CacheBackend = cache_backend
         cfg = model.config
-        self.device = model.action_table.device
+        self.device = model.device
         self.dtype = model.param_dtype
         self.discrete = cfg.discrete
         if self.discrete != (self.task.action_kind == "discrete"):
@@ -147,25 +187,23 @@ class RolloutEngine:
             raise ValueError(f"model has act_dim={cfg.act_dim}, task {self.task.name!r} has "
                              f"{self.task.action_dim} actions")
         self.context = cfg.context_steps  # S
-        # recompute: L*(S-1)+1 steps make the last token exact (module docstring); more is allowed.
-        self.history_steps = {"recompute": cfg.n_layer * (self.context - 1) + 1,
-                              "window": self.context}.get(mode, 0)
+        # banded: L*(S-1)+1 steps make the last token exact (module docstring); more is allowed.
+        self.history_steps = {"banded": cfg.geometry[0] * (self.context - 1) + 1, "window": self.context}.get(mode, 0)
         if history_steps is not None:
-            if mode != "recompute" or history_steps < self.history_steps:
-                raise ValueError(f"history_steps={history_steps}: only for mode='recompute', and at least "
+            if mode != "banded" or history_steps < self.history_steps:
+                raise ValueError(f"history_steps={history_steps}: only for mode='banded', and at least "
                                  f"{self.history_steps} (= n_layer * (S - 1) + 1) for exact decisions")
             self.history_steps = int(history_steps)
         self.cuda_graph = (self.device.type == "cuda") if cuda_graph is None else bool(cuda_graph)
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
-        self._graph: Any = None
-        if strict_graph is None:
-            strict_graph = os.environ.get("MORE3S_STRICT_CUDA_GRAPH", "0") == "1"
-        self.strict_graph = bool(strict_graph)
+        self._graph: _CudaGraphStep | None = None
+        self.strict_graph = cuda_graphs.strict_default() if strict_graph is None else bool(strict_graph)
         self.graph_replays = 0  # model steps served by a captured CUDA graph (tests assert they happened)
 
     # ---- one decision for all N environments --------------------------------------------------
-    def _decide(self, state, prev_action, rtg, timestep, first) -> torch.Tensor:
+    def _decide(self, state: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
+                first: torch.Tensor) -> torch.Tensor:
         """[N, A] logits (or continuous actions) for this step's inputs (all [N, ...] on device)."""
         if self.mode == "ring":
             if self._graph is not None:
@@ -175,11 +213,11 @@ class RolloutEngine:
         self._hist.push(state, prev_action, rtg, timestep, first)
         states, prev_actions, rtgs, ts, firsts, mask = self._hist.view()
         with torch.no_grad():
-            if self.mode == "recompute":
+            if self.mode == "banded":
                 out = self.model.forward_banded(states, prev_actions, rtgs, ts, first=firsts, mask=mask,
                                                 band_steps=self.context)
                 return out.logits[:, -1]  # [N, A] the current step's state token
-            return self.model.recompute(states, prev_actions, rtgs, ts, first=firsts, mask=mask)
+            return self.model.step_without_cache(states, prev_actions, rtgs, ts, first=firsts, mask=mask)
 
     def _setup(self, N: int) -> None:
         cfg = self.model.config
@@ -189,18 +227,68 @@ class RolloutEngine:
         if self.mode == "ring":
             self._cache = self.model.new_rollout_cache(N, backend=self.cache_backend, device=self.device)
             if self.cuda_graph:
-                self._graph = _CudaGraphStep.try_capture(self.model, self._cache, N, cfg.d_enc, act_shape,
-                                                         act_dtype, self.device, self.dtype,
-                                                         strict=self.strict_graph)
+                cache = self._cache
+                self._graph = cuda_graphs.try_capture(
+                    lambda: _CudaGraphStep(self.model, cache, N, cfg.d_enc, act_shape, act_dtype, self.device,
+                                           self.dtype), "the model step", strict=self.strict_graph)
         else:
             self._hist = _History(N, self.history_steps, cfg.d_enc, act_shape, act_dtype, self.device,
                                   self.dtype)
 
+    def _act(self, s: _Streams, stack: _FrameStack | None, gen: torch.Generator) -> tuple[np.ndarray, torch.Tensor]:
+        """Encode the N current states, decide, pick the actions -> (actions on the host, logits [N, A])."""
+        dev = self.device
+        state = self.encoder.embed_states(self.task.name, s.obs, s.prev_obs)  # [N, d_enc] (or one frame: stacked)
+        if stack is not None:
+            state = stack.push(torch.as_tensor(state), s.first)
+        # Rounded through fp16 as the embedding cache stores it: the model sees the values it trained on.
+        state = torch.as_tensor(state).to(dev, torch.float16).to(self.dtype)
+        logits = self._decide(
+            state, torch.as_tensor(s.prev_action, device=dev), torch.as_tensor(s.rtg, dtype=torch.float32, device=dev),
+            torch.as_tensor(s.timestep, device=dev), torch.as_tensor(s.first, device=dev))
+        if self.sample and self.discrete:
+            probs = torch.softmax(logits.float(), dim=-1)  # [N, A]
+            action_t = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [N]
+        else:
+            action_t = self.model.predict_action(logits)
+        return action_t.cpu().numpy(), logits  # the one host sync per step
+
+    def _advance(self, s: _Streams, res: RolloutResult, action: np.ndarray, next_obs: np.ndarray,
+                 reward: np.ndarray, r_train: np.ndarray, done: np.ndarray, quota: np.ndarray, g: np.ndarray) -> None:
+        """Book the step's rewards, close the finished episodes (counted within their env's quota) and move every
+        stream to its next step (same-step autoreset: a finished env's ``next_obs`` starts its next episode)."""
+        N = len(done)
+        for env in range(N):
+            s.digest[env].update(action[env].tobytes() + reward[env].tobytes())
+        s.ep_ret += reward
+        s.ep_train += r_train
+        s.rtg -= r_train
+        s.timestep += 1
+        res.env_steps += N
+        for i in np.flatnonzero(done):
+            if s.done_count[i] < quota[i]:
+                res.returns.append(float(s.ep_ret[i]))
+                res.train_returns.append(float(s.ep_train[i]))
+                res.lengths.append(int(s.timestep[i]))
+                res.env_index.append(int(g[i]))
+                res.digests.append(s.digest[i].hexdigest())
+            s.done_count[i] += 1
+            s.digest[i] = hashlib.blake2b(digest_size=8)
+        s.prev_obs = np.where(done.reshape(-1, *([1] * (s.obs.ndim - 1))), next_obs, s.obs)
+        s.obs = next_obs
+        s.prev_action = np.where(done.reshape(-1, *([1] * (s.prev_action.ndim - 1))),
+                                 np.zeros_like(s.prev_action), action.astype(s.prev_action.dtype))
+        s.rtg = np.where(done, s.target, s.rtg)
+        s.timestep = np.where(done, 0, s.timestep)
+        s.ep_ret = np.where(done, 0.0, s.ep_ret)
+        s.ep_train = np.where(done, 0.0, s.ep_train)
+        s.first = done
+
     # ---- the loop ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, venv, target: float, num_episodes: int, *, seed: int | None = None,
+    def run(self, venv: Any, target: float, num_episodes: int, *, seed: int | None = None,
             record: bool = False, first_env: int = 0, total_envs: int | None = None,
-            recorder=None) -> RolloutResult:
+            recorder: Any = None) -> RolloutResult:
         """Play ``num_episodes`` episodes at RTG ``target`` on ``venv`` (a gymnasium VectorEnv with
         same-step autoreset, e.g. more3s.envs.make_vector_env); returns per-episode results.
 
@@ -228,79 +316,28 @@ class RolloutEngine:
         g = first_env + np.arange(N)  # [N] global env indices
         quota = num_episodes // G + (g < num_episodes % G)  # [N]
         self._setup(N)
-        stack = _FrameStack(self.encoder.frame_stack) if getattr(self.encoder, "frame_stack", 1) > 1 else None
-        clip = self.task.clip_rewards
-        dev = self.device
+        frame_stack = int(getattr(self.encoder, "frame_stack", 1))
+        stack = _FrameStack(frame_stack) if frame_stack > 1 else None
         t0 = time.perf_counter()
         obs, _ = venv.reset(seed=None if seed is None else [seed + int(i) for i in g])
-        gen = torch.Generator(device=dev)
+        gen = torch.Generator(device=self.device)
         # Sampled actions are reproducible per (seed, shard); shards of one run draw independent streams.
         gen.manual_seed(int(np.random.SeedSequence([0 if seed is None else int(seed), first_env]).generate_state(1)[0]))
-        prev_obs = obs.copy()
-        rtg = np.full(N, float(target), dtype=np.float64)  # [N] RTG units
-        timestep = np.zeros(N, dtype=np.int64)
-        first = np.ones(N, dtype=bool)
-        if self.discrete:
-            prev_action: np.ndarray = np.zeros(N, dtype=np.int64)
-        else:
-            prev_action = np.zeros((N, self.task.action_dim), dtype=np.float32)
-        ep_ret = np.zeros(N)
-        ep_train = np.zeros(N)
-        done_count = np.zeros(N, dtype=np.int64)
+        s = _Streams.start(obs, target, self.discrete, self.task.action_dim)
         res = RolloutResult([], [], [], [])
-        digest = [hashlib.blake2b(digest_size=8) for _ in range(N)]  # per env: its episode's (action, reward)s
-        while np.any(done_count < quota):
-            state = self.encoder.embed_states(self.task.name, obs, prev_obs)  # [N, d_enc] (or one frame: stacked)
-            if stack is not None:
-                state = stack.push(torch.as_tensor(state), first)
-            # Rounded through fp16 as the embedding cache stores it: the model sees the values it trained on.
-            state = torch.as_tensor(state).to(dev, torch.float16).to(self.dtype)
-            logits = self._decide(
-                state, torch.as_tensor(prev_action, device=dev),
-                torch.as_tensor(rtg, dtype=torch.float32, device=dev),
-                torch.as_tensor(timestep, device=dev), torch.as_tensor(first, device=dev))
-            if self.sample and self.discrete:
-                probs = torch.softmax(logits.float(), dim=-1)  # [N, A]
-                action_t = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [N]
-            else:
-                action_t = self.model.predict_action(logits)
-            action = action_t.cpu().numpy()  # the one host sync per step
+        while np.any(s.done_count < quota):
+            action, logits = self._act(s, stack, gen)
             if record:
                 res.logits.append(logits.float().cpu().numpy())
                 res.actions.append(action.copy())
-            frames = None if recorder is None else recorder.frames(venv, obs, g)
+            frames = None if recorder is None else recorder.frames(venv, s.obs, g)
             next_obs, reward, term, trunc, _ = venv.step(action)
             reward = np.asarray(reward, dtype=np.float64)
-            for i in range(N):
-                digest[i].update(action[i].tobytes() + reward[i].tobytes())
-            r_train = np.clip(reward, -1.0, 1.0) if clip else reward
-            if recorder is not None:  # rtg and timestep are still this decision's
-                recorder.record(frames, g, action, logits, reward, rtg, timestep, np.asarray(term) | np.asarray(trunc))
-            ep_ret += reward
-            ep_train += r_train
-            rtg -= r_train
-            timestep += 1
-            res.env_steps += N
+            r_train = np.clip(reward, -1.0, 1.0) if self.task.clip_rewards else reward
             done = np.asarray(term) | np.asarray(trunc)
-            for i in np.flatnonzero(done):
-                if done_count[i] < quota[i]:
-                    res.returns.append(float(ep_ret[i]))
-                    res.train_returns.append(float(ep_train[i]))
-                    res.lengths.append(int(timestep[i]))
-                    res.env_index.append(int(g[i]))
-                    res.digests.append(digest[i].hexdigest())
-                done_count[i] += 1
-                digest[i] = hashlib.blake2b(digest_size=8)
-            # Same-step autoreset: next_obs of a finished env is already its next episode's first frame.
-            prev_obs = np.where(done.reshape(-1, *([1] * (obs.ndim - 1))), next_obs, obs)
-            obs = next_obs
-            prev_action = np.where(done.reshape(-1, *([1] * (prev_action.ndim - 1))),
-                                   np.zeros_like(prev_action), action.astype(prev_action.dtype))
-            rtg = np.where(done, float(target), rtg)
-            timestep = np.where(done, 0, timestep)
-            ep_ret = np.where(done, 0.0, ep_ret)
-            ep_train = np.where(done, 0.0, ep_train)
-            first = done
+            if recorder is not None:  # rtg and timestep are still this decision's
+                recorder.record(frames, g, action, logits, reward, s.rtg, s.timestep, done)
+            self._advance(s, res, action, next_obs, reward, r_train, done, quota, g)
         res.wall_s = time.perf_counter() - t0
         return res
 
@@ -310,10 +347,11 @@ class _CudaGraphStep:
 
     The ring cache's state lives in device tensors, the step has no host synchronisation, and all
     shapes are static, so replaying the graph after copying the inputs into the static buffers is
-    the same computation as an eager step. Captured once per rollout batch size.
+    the same computation as an eager step. Captured once per rollout batch size (``cuda_graphs.capture``).
     """
 
-    def __init__(self, model, cache, N, d_enc, act_shape, act_dtype, device, dtype):
+    def __init__(self, model: MoreModel, cache: RingKVCache, N: int, d_enc: int, act_shape: tuple[int, ...],
+                 act_dtype: torch.dtype, device: torch.device | str, dtype: torch.dtype):
         self.model, self.cache = model, cache
         self.state = torch.zeros(N, d_enc, device=device, dtype=dtype)
         self.prev = torch.zeros(N, *act_shape, device=device, dtype=act_dtype)
@@ -326,34 +364,13 @@ class _CudaGraphStep:
     def _step(self) -> torch.Tensor:
         return self.model.step(self.cache, self.state, self.prev, self.rtg, self.t, self.first)
 
-    def _record(self):
+    def _record(self) -> tuple[Callable[[], Any], torch.Tensor]:
         """Capture one step over the static buffers -> (replay(), static output). (Tests replace this with an
         eager twin to check the buffer and reset bookkeeping on a CPU.)"""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(3):  # warm-up: lazy init, autotuning, allocator pools
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            out = self._step()
-        return graph.replay, out
+        return cuda_graphs.capture(self._step, warmup=3)  # warm-up: lazy init, allocator pools
 
-    @classmethod
-    def try_capture(cls, *args, strict: bool = False) -> "_CudaGraphStep | None":
-        """The captured step, or None (eager steps, with a warning) when capture fails; ``strict`` raises instead."""
-        try:
-            return cls(*args)
-        except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager steps
-            if strict:
-                raise RuntimeError(f"CUDA graph capture of the model step failed ({type(e).__name__}: {e}); "
-                                   "strict_graph / MORE3S_STRICT_CUDA_GRAPH=1 makes that an error") from e
-            warnings.warn(f"CUDA graph capture of the model step failed ({e}); running eager steps",
-                          RuntimeWarning, stacklevel=3)
-            return None
-
-    def replay(self, state, prev_action, rtg, timestep, first) -> torch.Tensor:
+    def replay(self, state: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
+               first: torch.Tensor) -> torch.Tensor:
         self.state.copy_(state)
         self.prev.copy_(prev_action)
         self.rtg.copy_(rtg)

@@ -1,5 +1,5 @@
 """DT as published (``--preset dt-published``, ``--encoder raw``): the CNN and observation paths train, and the ring
-engine's decisions equal the recompute oracle's."""
+engine's decisions equal the banded oracle's."""
 
 import dataclasses
 
@@ -23,17 +23,17 @@ def _dt_config(tiny_config, env, dataset):
                                window=4, max_steps=6, ckpt_every=6, preset="dt-published").validate()
 
 
-def _ring_vs_recompute(run_dir, env, steps=18):
+def _ring_vs_banded(run_dir, env, steps=18):
     model, info, _ = load_run_model(run_dir)
     enc = RawObservations(env)
     out = {}
-    for mode in ("ring", "recompute"):
+    for mode in ("ring", "banded"):
         venv = make_vector_env(env, 2, max_episode_steps=steps)
         try:
             out[mode] = RolloutEngine(model, enc, env, mode=mode, sample=True).run(venv, 3.0, 3, seed=5, record=True)
         finally:
             venv.close()
-    ring, ref = out["ring"], out["recompute"]
+    ring, ref = out["ring"], out["banded"]
     assert len(ring.logits) == len(ref.logits) >= steps + 1  # an episode reset happened
     for r, a in zip(ring.logits, ref.logits):
         np.testing.assert_allclose(r, a, rtol=1e-4, atol=1e-4)
@@ -45,7 +45,7 @@ def _ring_vs_recompute(run_dir, env, steps=18):
 
 def test_atari_nature_cnn_trains_and_rolls_out(tiny_config, tiny_dataset):
     run = train(_dt_config(tiny_config, "breakout", tiny_dataset))
-    model, info, ring = _ring_vs_recompute(run, "breakout")
+    model, info, ring = _ring_vs_banded(run, "breakout")
     cfg = model.config
     assert info["encoder"] == "raw" and cfg.state_embedder == "nature_cnn" and cfg.frame_stack == 4
     assert cfg.rtg_mode == "token" and cfg.memory_steps == 0 and cfg.objective == "linear"
@@ -55,7 +55,7 @@ def test_atari_nature_cnn_trains_and_rolls_out(tiny_config, tiny_dataset):
 
 def test_mujoco_observation_path_trains_and_rolls_out(tiny_config, tiny_cheetah):
     run = train(_dt_config(tiny_config, "halfcheetah", tiny_cheetah))
-    model, info, _ = _ring_vs_recompute(run, "halfcheetah")
+    model, info, _ = _ring_vs_banded(run, "halfcheetah")
     assert info["encoder"] == "raw" and model.config.state_embedder == "linear" and model.config.d_enc == 17
     assert float(model.state_std.min()) > 0 and not torch.equal(model.state_std, torch.ones(17))  # standardized
 

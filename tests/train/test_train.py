@@ -118,9 +118,9 @@ def test_train_then_evaluate_and_report(tiny_config, capsys):
     assert (run / "config.yaml").is_file() and (run / "config.json").is_file()
     # the standalone evaluator: other engine, explicit target, full protocol flag shown
     assert eval_main(["--run", str(run), "--episodes", "2", "--num-envs", "2", "--targets", "3",
-                      "--max-episode-steps", "10", "--engine", "recompute", "--no-plot"]) == 0
+                      "--max-episode-steps", "10", "--engine", "banded", "--no-plot"]) == 0
     rep2 = json.loads((run / "eval.json").read_text())
-    assert rep2["engine"] == "recompute" and [t["target"] for t in rep2["targets"]] == [3.0]
+    assert rep2["engine"] == "banded" and [t["target"] for t in rep2["targets"]] == [3.0]
     assert eval_main(["--run", str(run / "missing")]) == 2
 
 

@@ -120,7 +120,7 @@ def test_overlay_text_is_the_engines_decision_for_a_scripted_episode(encoder, tm
     model = _model(encoder, seed=1)
     task = get_task("breakout")
     prompts = action_prompts("breakout")
-    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), task, mode="recompute")
+    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), task, mode="banded")
     rec = _recorder(tmp_path, task, model, count=2, target=10.0, seed=0)
     res = eng.run(_ScriptedVecEnv(), 10.0, 2, record=True, recorder=rec)
     scale = float(model.logit_scale.detach().exp())

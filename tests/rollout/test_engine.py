@@ -1,4 +1,4 @@
-"""Rollout engine: ring-cache decisions equal the recompute reference over multi-episode rollouts."""
+"""Rollout engine: ring-cache decisions equal the banded oracle's over multi-episode rollouts."""
 
 import numpy as np
 import pytest
@@ -43,12 +43,12 @@ def _play(model, encoder, mode, target=5.0, **kw):
 
 # seeds picked so that the greedy actions of the random model vary along the rollouts
 @pytest.mark.parametrize("rtg_mode, memory_steps, seed", [("kv", 2, 6), ("token", 0, 0)])
-def test_ring_equals_recompute_over_resets(encoder, rtg_mode, memory_steps, seed):
+def test_ring_equals_banded_over_resets(encoder, rtg_mode, memory_steps, seed):
     model = _model(encoder, rtg_mode, memory_steps, seed)
     ring = _play(model, encoder, "ring")
-    ref = _play(model, encoder, "recompute")
+    ref = _play(model, encoder, "banded")
     # the whole-episode oracle: history longer than any episode, so nothing is cut
-    full = _play(model, encoder, "recompute", history_steps=MAX_STEPS + 1)
+    full = _play(model, encoder, "banded", history_steps=MAX_STEPS + 1)
     assert len(ring.logits) == len(ref.logits) == len(full.logits) >= 2 * MAX_STEPS  # resets happened
     for r, a, f in zip(ring.logits, ref.logits, full.logits):
         np.testing.assert_allclose(r, a, rtol=1e-4, atol=1e-4)
@@ -78,7 +78,7 @@ def test_bad_arguments(encoder):
     with pytest.raises(ValueError, match="act_dim|actions"):
         RolloutEngine(model, encoder, "pong")
     with pytest.raises(ValueError, match="history_steps"):
-        RolloutEngine(model, encoder, "breakout", mode="recompute", history_steps=2)
+        RolloutEngine(model, encoder, "breakout", mode="banded", history_steps=2)
     eng = RolloutEngine(model, encoder, "breakout")
     venv = make_vector_env("breakout", 1, max_episode_steps=5)
     with pytest.raises(ValueError, match="num_episodes"):
@@ -116,7 +116,7 @@ class _ZeroEncoder:
 
 def test_rtg_timestep_and_first_bookkeeping(encoder, monkeypatch):
     model = _model(encoder, "kv", 2, seed=0)
-    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout", mode="recompute")
+    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout", mode="banded")
     seen = []
     real = eng._decide
     monkeypatch.setattr(eng, "_decide", lambda s, a, r, t, f: (seen.append((r.tolist(), t.tolist(), f.tolist())),
@@ -162,9 +162,9 @@ def test_graph_step_bookkeeping_matches_eager_steps(encoder, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cuda_graph_ring_equals_eager_recompute_on_gpu():
+def test_cuda_graph_ring_equals_eager_and_banded_on_gpu():
     """The graph is captured and replayed (a capture that fell back to eager steps fails here: strict), on the
-    CUDA ring kernels (not the reference fallback), and its decisions equal eager and recompute steps."""
+    CUDA ring kernels (not the reference fallback), and its decisions equal eager and banded steps."""
     enc = load_encoder("lxmert-tiny", device="cuda", dtype=torch.float32)
     model = _model(enc, "kv", 2, seed=4).cuda()
     engine = RolloutEngine(model, enc, "breakout", mode="ring", cache_backend="cuda", cuda_graph=True,
@@ -177,7 +177,7 @@ def test_cuda_graph_ring_equals_eager_recompute_on_gpu():
     assert engine._graph is not None and engine._cache.backend == "cuda"
     assert engine.graph_replays == len(graph.logits) > 0  # every step replayed the captured graph
     eager = _play(model, enc, "ring", cuda_graph=False, cache_backend="cuda")
-    ref = _play(model, enc, "recompute")
+    ref = _play(model, enc, "banded")
     for g, e, r in zip(graph.logits, eager.logits, ref.logits):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3)
@@ -189,6 +189,7 @@ def test_capture_fallback_is_an_error_under_tests(encoder, monkeypatch):
     MORE3S_STRICT_CUDA_GRAPH=1) makes it an error, so a GPU test cannot pass on the fallback."""
     import os
 
+    from more3s.cuda_graphs import try_capture
     from more3s.rollout.engine import _CudaGraphStep
 
     def broken(self):
@@ -198,9 +199,9 @@ def test_capture_fallback_is_an_error_under_tests(encoder, monkeypatch):
     model = _model(encoder, "kv", 2, seed=4)
     args = (model, model.new_rollout_cache(2), 2, encoder.d_enc, (), torch.long, "cpu", torch.float32)
     with pytest.warns(RuntimeWarning, match="running eager steps"):
-        assert _CudaGraphStep.try_capture(*args, strict=False) is None
+        assert try_capture(lambda: _CudaGraphStep(*args), "the model step", strict=False) is None
     with pytest.raises(RuntimeError, match="strict"):
-        _CudaGraphStep.try_capture(*args, strict=True)
+        try_capture(lambda: _CudaGraphStep(*args), "the model step", strict=True)
     assert os.environ["MORE3S_STRICT_CUDA_GRAPH"] == "1"
     assert RolloutEngine(model, encoder, "breakout").strict_graph  # the suite's default
     monkeypatch.setenv("MORE3S_STRICT_CUDA_GRAPH", "0")
