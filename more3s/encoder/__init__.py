@@ -10,8 +10,7 @@ from .cache import (
     cache_key, dataset_fingerprint, default_cache_dir, open_cache,
 )
 from .lxmert import (
-    PRETRAINED_ID, RANDOM_CONFIGS, EncoderConfig, EncoderNotFoundError, FrozenLxmert, action_embedding,
-    load_encoder,
+    PRETRAINED_ID, RANDOM_CONFIGS, EncoderConfig, EncoderNotFoundError, FrozenLxmert, load_encoder,
 )
 from .regions import (
     MAX_BODIES, RegionConfig, Regions, atari_regions, extract_regions, grid_regions, image_feature_dim,
@@ -24,8 +23,7 @@ __all__ = [
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
     "region_projection", "image_feature_dim", "mujoco_feature_dim", "MAX_BODIES",
     # encoder
-    "PRETRAINED_ID", "RANDOM_CONFIGS", "EncoderConfig", "FrozenLxmert", "load_encoder", "action_embedding",
-    "EncoderNotFoundError",
+    "PRETRAINED_ID", "RANDOM_CONFIGS", "EncoderConfig", "FrozenLxmert", "load_encoder", "EncoderNotFoundError",
     # tokenizer
     "TokenizerError", "build_tokenizer", "build_vocab", "check_tokenizer", "project_texts",
     # cache

@@ -8,7 +8,7 @@ slot; an empty slot is zero), so ``d_enc = (S + 2) * hidden``. The mean alone lo
 Action embedding: LXMERT's language stream on the action prompt alone ->
 ``concat(pooled [CLS], masked mean of the prompt's token outputs, outputs of its first S word pieces)``
 (the same layout and width, so actions and states can be compared); one table per (task, prompt set).
-Continuous actions: rows ``e_0, e_1 .. e_A`` and ``E_a(a) = e_0 + sum_i a_i e_i`` (``action_embedding``).
+Continuous actions: rows ``e_0, e_1 .. e_A`` and ``E_a(a) = e_0 + sum_i a_i e_i`` (the model combines them).
 
 Weights: ``unc-nlp/lxmert-base-uncased`` (or a local directory holding a saved LXMERT and its
 tokenizer) through ``from_pretrained``: a local directory, the Hugging Face cache, or the hub when
@@ -22,7 +22,7 @@ The forward pass is composed from LXMERT's own submodules rather than ``LxmertMo
 (``x P W^T = x (P W^T)``: one small matmul instead of a 2048-wide one), (2) the caption's language
 layers, which never see the image, run once per task instead of once per state, and (3) the state
 path has static shapes and no host synchronization, so on CUDA it is captured in CUDA graphs over
-fixed batch buckets (fp16 by default): a rollout step of N envs is one graph replay.
+fixed batch buckets (fp16 by default; ``more3s.cuda_graphs``): a rollout step of N envs is one graph replay.
 """
 
 from __future__ import annotations
@@ -30,28 +30,33 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from more3s import cuda_graphs
 from more3s.envs import TaskSpec, action_prompts, base_action_prompt, get_task, state_caption
 
 from .regions import RegionConfig, Regions, extract_regions, region_projection
 from .tokenizer import build_tokenizer, check_tokenizer, tokenizer_fingerprint
 
+if TYPE_CHECKING:
+    from transformers import LxmertModel, PreTrainedTokenizerBase
+
 __all__ = [
-    "PRETRAINED_ID", "RANDOM_CONFIGS", "EncoderConfig", "FrozenLxmert", "load_encoder", "action_embedding",
-    "EncoderNotFoundError",
+    "PRETRAINED_ID", "RANDOM_CONFIGS", "EncoderConfig", "FrozenLxmert", "load_encoder", "EncoderNotFoundError",
 ]
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_ID = "unc-nlp/lxmert-base-uncased"
+PRETRAINED_ID = "unc-nlp/lxmert-base-uncased"  # the hub id of the pretrained LXMERT (the one place it is written)
 # Named random-init configurations (LxmertConfig overrides; vocab_size comes from the offline vocabulary).
-RANDOM_CONFIGS: dict[str, dict] = {
+RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
     "lxmert-tiny": dict(hidden_size=128, num_attention_heads=2, intermediate_size=512,
                         l_layers=2, x_layers=2, r_layers=2),
     "lxmert-base-random": {},  # LxmertConfig defaults: 768 wide, 9/5/5 layers, 12 heads
@@ -71,33 +76,18 @@ class EncoderConfig:
     graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     init_seed: int = 0  # weights of the random-init configurations
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"EncoderConfig.batch_size must be >= 1, got {self.batch_size}")
         if not self.graph_buckets or any(b < 1 for b in self.graph_buckets):
             raise ValueError(f"EncoderConfig.graph_buckets must be positive sizes, got {self.graph_buckets}")
 
 
-def action_embedding(table, actions):
-    """Continuous actions: ``e_0 + sum_i a_i e_i``. table [A+1, d] (row 0 = e_0), actions [..., A] -> [..., d].
-
-    Works on torch tensors or numpy arrays (the result follows ``table``'s library).
-    """
-    A = table.shape[0] - 1
-    if actions.shape[-1] != A:
-        raise ValueError(f"actions have {actions.shape[-1]} dimensions, the table has {A} (plus e_0)")
-    if isinstance(table, torch.Tensor):
-        actions = torch.as_tensor(actions, dtype=table.dtype, device=table.device)
-    else:
-        actions = np.asarray(actions, dtype=table.dtype)
-    return table[0] + actions @ table[1:]
-
-
 # Config fields that say where or how a model was saved, not what it computes.
 _CONFIG_NOT_WEIGHTS = {"_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype"}
 
 
-def _weights_fingerprint(model: nn.Module, tokenizer) -> str:
+def _weights_fingerprint(model: LxmertModel, tokenizer: PreTrainedTokenizerBase) -> str:
     """blake2b of every parameter/buffer (name, dtype, shape, bytes), the config and the vocabulary.
 
     Content only: the same weights loaded from the hub, the HF cache or a local copy agree.
@@ -113,14 +103,18 @@ def _weights_fingerprint(model: nn.Module, tokenizer) -> str:
     return h.hexdigest()
 
 
+# One captured bucket: (replay, static feats, boxes, mask, slots, static output).
+_Graph = tuple[Callable[[], Any], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
 class _GraphRunner:
     """CUDA graphs of the state path for one (task, R, F_raw), one per batch bucket, captured lazily."""
 
     def __init__(self, enc: "FrozenLxmert", spec: TaskSpec, R: int, F: int):
         self.enc, self.spec, self.R, self.F = enc, spec, R, F
-        self.graphs: dict[int, tuple] = {}
+        self.graphs: dict[int, _Graph] = {}
 
-    def _capture(self, b: int):
+    def _capture(self, b: int) -> _Graph:
         enc, dev, dt = self.enc, self.enc.device, self.enc.dtype
         feats = torch.zeros(b, self.R, self.F, device=dev, dtype=dt)  # [b, R, F]
         boxes = torch.zeros(b, self.R, 4, device=dev, dtype=dt)  # [b, R, 4]
@@ -130,20 +124,11 @@ class _GraphRunner:
         self.graphs[b] = (replay, feats, boxes, mask, slots, out)
         return self.graphs[b]
 
-    def _record(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor):
+    def _record(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
+                slots: torch.Tensor) -> tuple[Callable[[], Any], torch.Tensor]:
         """Capture the state path over these static input buffers -> (replay(), static output [b, d_enc]).
         (Tests replace this with an eager twin to check the bucketing and padding on a CPU.)"""
-        enc = self.enc
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):  # warm-up: lazy cuBLAS handles and workspaces before capture
-                enc._state_core(self.spec, feats, boxes, mask, slots)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.inference_mode():
-            out = enc._state_core(self.spec, feats, boxes, mask, slots)  # [b, d_enc]
-        return graph.replay, out
+        return cuda_graphs.capture(lambda: self.enc._state_core(self.spec, feats, boxes, mask, slots), warmup=2)
 
     def __call__(self, feats: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor,
                  slots: torch.Tensor) -> torch.Tensor:
@@ -172,10 +157,10 @@ class _GraphRunner:
 class FrozenLxmert(nn.Module):
     """A frozen LXMERT with its tokenizer, region config and fixed region projection."""
 
-    def __init__(self, model: nn.Module, tokenizer, name: str, source: str, fingerprint: str,
+    def __init__(self, model: LxmertModel, tokenizer: PreTrainedTokenizerBase, name: str, source: str, fingerprint: str,
                  config: EncoderConfig | None = None, cuda_graphs: bool = False):
         super().__init__()
-        self.model = model.eval()
+        self.model = model.train(False)  # eval mode
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tokenizer = tokenizer
@@ -188,18 +173,20 @@ class FrozenLxmert(nn.Module):
         self.d_enc = (2 + self.config.regions.slots) * self.hidden
         self._fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # F_raw -> (W' [F, H], b [H])
         self._caption: dict[str, torch.Tensor] = {}  # task -> caption language states [1, L, H]
-        self._graphs: dict[tuple, _GraphRunner] = {}
+        self._graphs: dict[tuple[str, int, int], _GraphRunner] = {}
 
     # -- properties ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        param: torch.Tensor = next(self.model.parameters())
+        return param.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        param: torch.Tensor = next(self.model.parameters())
+        return param.dtype
 
-    def train(self, mode: bool = True):  # frozen: always eval (no dropout)
+    def train(self, mode: bool = True) -> FrozenLxmert:  # frozen: always eval (no dropout)
         return super().train(False)
 
     def describe(self) -> str:
@@ -279,12 +266,13 @@ class FrozenLxmert(nn.Module):
         got = got * (slots >= 0)[..., None].to(h.dtype)
         return torch.cat([pooled, mean, got.flatten(1)], dim=-1)
 
-    def layout(self) -> dict:
+    def layout(self) -> dict[str, Any]:
         """What forms the state and action vectors (part of the embedding cache key with the region config)."""
         return {"outputs": "pooled+mean+slots", "slots": self.config.regions.slots}
 
     # -- public API ------------------------------------------------------------------------------
-    def regions(self, task: str | TaskSpec, observations, prev_observations=None) -> Regions:
+    def regions(self, task: str | TaskSpec, observations: np.ndarray,
+                prev_observations: np.ndarray | None = None) -> Regions:
         # As many threads as torch's intra-op pool: the caller's CPU budget for the encoder.
         return extract_regions(task, observations, prev_observations, self.config.regions,
                                workers=torch.get_num_threads())
@@ -311,7 +299,8 @@ class FrozenLxmert(nn.Module):
                for s in range(0, feats.shape[0], bs)]
         return torch.cat(out) if out else torch.empty(0, self.d_enc, device=dev)
 
-    def embed_states(self, task: str | TaskSpec, observations, prev_observations=None) -> torch.Tensor:
+    def embed_states(self, task: str | TaskSpec, observations: np.ndarray,
+                     prev_observations: np.ndarray | None = None) -> torch.Tensor:
         """States -> E_s [N, d_enc] float32 on the encoder's device.
 
         ``observations`` [N, ...] with ``prev_observations`` [N, ...]: the rollout fast path (current and
@@ -343,7 +332,7 @@ class FrozenLxmert(nn.Module):
 # Loading
 # ---------------------------------------------------------------------------------------------
 
-def _random_init(name: str, seed: int):
+def _random_init(name: str, seed: int) -> tuple[LxmertModel, PreTrainedTokenizerBase]:
     from transformers import LxmertConfig, LxmertModel
 
     tok = build_tokenizer()
@@ -354,7 +343,7 @@ def _random_init(name: str, seed: int):
     return model, tok
 
 
-def _load_pretrained(name_or_path: str):
+def _load_pretrained(name_or_path: str) -> tuple[LxmertModel, PreTrainedTokenizerBase]:
     from transformers import AutoTokenizer, LxmertModel
 
     local = Path(name_or_path).expanduser()
@@ -421,7 +410,7 @@ def load_encoder(name_or_path: str = PRETRAINED_ID, device: str | torch.device |
             log.warning("encoder %s: RANDOM-INIT LXMERT (no pretrained weights; offline vocabulary of %d "
                         "tokens)", fallback, len(tok.get_vocab()))
             name, source = fallback, f"random init, seed {config.init_seed} (fallback for {name_or_path})"
-    model = model.float().eval()
+    model = model.float().train(False)  # type: ignore[no-untyped-call]  # fp32 (transformers' float() is untyped), eval
     fingerprint = _weights_fingerprint(model, tok)
     model = model.to(device=device, dtype=dtype)
     enc = FrozenLxmert(model, tok, name, source, fingerprint, config, cuda_graphs=cuda_graphs)
