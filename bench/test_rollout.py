@@ -120,6 +120,8 @@ def test_rollout_step(benchmark, side_by_side, provider):
     torch.set_num_threads(1)
     fn, info = PROVIDERS[provider]()
     benchmark.pedantic(fn, rounds=20, iterations=1, warmup_rounds=3)
+    if benchmark.stats is None:  # --benchmark-disable: the step ran once, nothing to report
+        return
     mine = side_by_side[provider]
     benchmark.extra_info.update(info)
     benchmark.extra_info.update(envs=N_ENVS, window=WINDOW, memory_steps=MEMORY, d_enc=D_ENC, backbone="dt-small",

@@ -176,12 +176,16 @@ class SelfAttention(nn.Module):
     def qkv_injected(self, x: torch.Tensor, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, K', V') [B, nh, T, hs] with K' = K + phi W_k, V' = V + phi W_v (plain K, V without kv-mode RTG):
         the K'/V' that ``more_attention`` computes (and returns) on the training path, by the same function."""
-        q, k, v = self.qkv(x)
-        if self.w_k is None:
-            return q, k, v
-        w_k, w_v = self.rtg_weights(q, phi.shape[-1])
-        phi = phi.to(q.dtype)
-        return q, inject_rtg(k, phi, w_k), inject_rtg(v, phi, w_v)
+        if self.w_k is None or self.w_v is None:
+            return self.qkv(x)
+        B, T, _ = x.shape
+        H = self.n_head
+        qkv = self.c_attn(x).view(B, T, 3 * H, self.head_dim).transpose(1, 2)  # [B, 3 nh, T, hs]: q | k | v heads
+        # K and V as one [B, 2 nh, T, hs] tensor with W = (W_k | W_v): one injection call (a rollout step is many
+        # tiny ops), element for element the same arithmetic as two.
+        w = torch.cat((self.w_k, self.w_v)).to(qkv.dtype)  # [2 nh, F, hs]
+        kv = inject_rtg(qkv[:, H:], phi.to(qkv.dtype), w)
+        return qkv[:, :H], kv[:, :H], kv[:, H:]
 
     def forward(self, x: torch.Tensor, phi: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                 k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None,
