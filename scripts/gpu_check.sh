@@ -174,7 +174,7 @@ for mod in ("gymnasium", "mujoco", "ale_py", "minari", "tyro", "pytest_benchmark
         importlib.import_module(mod)
     except Exception as e:
         missing.append(f"{mod} ({type(e).__name__}: {e})")
-from more3s.rollout import _ops
+from more3s.model import ring_ops as _ops
 print("more3s._C:", _ops.extension_error() or "loaded", "| cuda kernels:", _ops.has_kernel("cuda"))
 if missing:
     raise SystemExit("missing on this machine: " + ", ".join(missing)
