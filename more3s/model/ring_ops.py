@@ -36,6 +36,7 @@ __all__ = [
     "RingImpl",
     "check_append_args",
     "check_attention_args",
+    "check_tokens",
     "compiled_op",
     "extension_error",
     "has_kernel",

@@ -211,3 +211,23 @@ def test_triton_fallback_logs_once(caplog, monkeypatch):
     for x, y, z in zip(a, b, ref):
         torch.testing.assert_close(x, z, rtol=0, atol=0)
         torch.testing.assert_close(y, z, rtol=0, atol=0)
+
+
+def test_masked_attention_is_the_softmax_of_the_visible_keys():
+    """The one masked-attention reference: explicit softmax over the visible keys in float64; a row that sees no
+    key gives 0 (no NaN, no gradient); half inputs come back in their dtype, computed in float32."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.rand(2, 1, 5, 5, generator=g) < 0.6
+    mask[0, 0, 2] = False  # one empty row
+    out = attn.masked_attention(q, k, v, mask, scale=0.5)
+    s = (q @ k.transpose(-1, -2) * 0.5).masked_fill(~mask, float("-inf"))
+    want = torch.nan_to_num(torch.softmax(s, -1), nan=0.0) @ v
+    torch.testing.assert_close(out, want)
+    assert out[0, :, 2].abs().max() == 0
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad[0, :, 2].abs().max() == 0
+    half = attn.masked_attention(q.detach().half(), k.detach().half(), v.detach().half(), mask)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), attn.masked_attention(q.detach(), k.detach(), v.detach(), mask),
+                               atol=2e-3, rtol=2e-3)
