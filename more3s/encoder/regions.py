@@ -33,7 +33,7 @@ import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from scipy import ndimage
@@ -81,7 +81,7 @@ class RegionConfig:
     # grid cells come in their fixed order. 16 = 8 + 8 covers Breakout's and Pong's sprites.
     slots: int = 16
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.max_regions < 1 or self.grid < 1 or self.crop < 1 or self.min_area < 1:
             raise ValueError(f"RegionConfig sizes must be >= 1, got {self}")
         if self.slots < 0 or self.slots % 2:
@@ -92,7 +92,7 @@ class RegionConfig:
         if not (x1 > x0 and z1 > z0):
             raise ValueError(f"RegionConfig.mujoco_view must be (x_min, z_min, x_max, z_max), got {self.mujoco_view}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mujoco_view"] = list(self.mujoco_view)
         return d
@@ -107,7 +107,7 @@ class Regions:
     slots: np.ndarray  # [N, S] int64: the region in each slot of the state vector, -1 = empty
 
     def __len__(self) -> int:
-        return self.feats.shape[0]
+        return int(self.feats.shape[0])
 
 
 def image_feature_dim(cfg: RegionConfig) -> int:
@@ -124,8 +124,7 @@ def mujoco_feature_dim(cfg: RegionConfig | None = None) -> int:
 @functools.lru_cache(maxsize=32)
 def _projection_cached(f_raw: int, out_dim: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, f_raw, out_dim])
-    w = rng.standard_normal((f_raw, out_dim), dtype=np.float64) / np.sqrt(f_raw)
-    w = w.astype(np.float32)
+    w: np.ndarray = (rng.standard_normal((f_raw, out_dim), dtype=np.float64) / np.sqrt(f_raw)).astype(np.float32)
     w.flags.writeable = False
     return w
 
@@ -150,7 +149,7 @@ def _check_frames(name: str, frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _pair_frames(observations, prev_observations) -> tuple[np.ndarray, np.ndarray]:
+def _pair_frames(observations: np.ndarray, prev_observations: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     obs = _check_frames("observations", observations)
     if prev_observations is None:
         # A sequence: the previous frame of step t is frame t-1; the first frame is its own previous.
@@ -296,7 +295,8 @@ def _displacement(cur: dict[str, np.ndarray], prev: dict[str, np.ndarray], N: in
     colour and (within MATCH_SIZE_TOL pixels) the same box size, no farther than MATCH_MAX_PX.
 
     -> [N, R, 3]: (dx, dy) in pixels / MOTION_SCALE_PX, and 1 when matched (0, 0, 0 otherwise)."""
-    def table(c):  # -> per-frame padded [N, R, 5] (cx, cy, w, h, colour) and mask [N, R]
+    def table(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        # -> per-frame padded [N, R, 5] (cx, cy, w, h, colour) and mask [N, R]
         t = np.zeros((N, R, 5), np.float64)
         m = np.zeros((N, R), bool)
         t[c["frame"], c["rank"]] = np.stack([c["cx"], c["cy"], c["x2"] - c["x1"], c["y2"] - c["y1"],
@@ -413,7 +413,7 @@ def grid_regions(observations: np.ndarray, prev_observations: np.ndarray | None 
 
 @dataclass(frozen=True)
 class _Robot:
-    model: object  # mujoco.MjModel
+    model: Any  # mujoco.MjModel
     nq: int
     nv: int
     radius: np.ndarray  # [nbody-1] bounding radius of each body's geoms (metres)
@@ -427,7 +427,7 @@ def _robot(task_name: str) -> _Robot:
 
     env = make_env(task_name)
     try:
-        model = env.unwrapped.model
+        model = cast(Any, env.unwrapped).model
     finally:
         env.close()
     radius = np.zeros(model.nbody - 1, np.float64)
@@ -452,7 +452,7 @@ def _robot(task_name: str) -> _Robot:
 _MJ_DATA = threading.local()  # one MjData per (thread, task): MjData is not thread-safe
 
 
-def _mj_data(task_name: str, robot: _Robot):
+def _mj_data(task_name: str, robot: _Robot) -> Any:
     import mujoco
 
     cache = getattr(_MJ_DATA, "cache", None)
@@ -468,7 +468,7 @@ def mujoco_regions(task: str | TaskSpec, observations: np.ndarray, cfg: RegionCo
     import mujoco
 
     cfg = cfg or RegionConfig()
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    spec = get_task(task)
     if spec.family != "mujoco":
         raise ValueError(f"mujoco_regions needs a MuJoCo task, got {spec.name!r}")
     obs = np.asarray(observations)
@@ -541,7 +541,7 @@ def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
     cfg = cfg or RegionConfig()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    spec = None if task is None else (task if isinstance(task, TaskSpec) else get_task(task))
+    spec = None if task is None else get_task(task)
     if spec is not None and spec.family == "mujoco":
         return mujoco_regions(spec, observations, cfg)
     mode = cfg.image_mode
