@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Episode", "compute_rtg", "make_episode"]
+__all__ = ["Episode", "EPISODE_FIELDS", "compute_rtg", "make_episode"]
+
+# The per-step arrays of an episode, named as Minari names them (and as make_episode takes them).
+EPISODE_FIELDS = ("observations", "actions", "rewards", "terminations", "truncations")
 
 
 def compute_rtg(rewards: np.ndarray, clip: bool = False) -> np.ndarray:

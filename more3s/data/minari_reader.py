@@ -19,13 +19,12 @@ import numpy as np
 
 from more3s.envs import TaskSpec, check_action_space, check_actions, get_task, guess_task
 
-from .episode import Episode, make_episode
+from .episode import EPISODE_FIELDS, Episode, make_episode
 from .frames import H5Frames
 from .minari_paths import dataset_path, minari_dir
 
 __all__ = ["read_minari", "dataset_provenance"]
 
-_STEP_FIELDS = ("observations", "actions", "rewards", "terminations", "truncations")
 
 
 def dataset_provenance(source: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -123,7 +122,7 @@ class _EpisodeReader:
         if key not in f:
             raise ValueError(f"{h5}: missing group {key!r} (metadata says {self.total} episodes)")
         g = f[key]
-        fields = {name: self._field(g, key, name) for name in _STEP_FIELDS}
+        fields = {name: self._field(g, key, name) for name in EPISODE_FIELDS}
         if self.decode_jpeg:
             fields["observations"] = _decode_jpeg(fields["observations"], h5, key)
         ep = make_episode(**fields, task=self.task, source=f"{h5}: {key}")

@@ -27,20 +27,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
 
 from more3s.envs import TaskSpec, atari_ram, get_task
 
+from .sac import QUALITY_LEVELS, load_sac, select_snapshots  # stable-baselines3 loads inside them only
+
 __all__ = [
     "Policy", "RandomPolicy", "BreakoutTracker", "PongTracker", "SinePolicy", "EpsilonMixture",
     "SnapshotPolicy", "make_policy", "POLICY_HELP", "SINE_GAITS",
 ]
-
-POLICY_HELP = ("random | tracker (breakout, pong) | sine (mujoco) | mixed | eps:X | sac:FILE.zip | "
-               "sac-medium:DIR | sac-expert:DIR | sac-medium-replay:DIR | sac-medium-expert:DIR")
 
 
 Env = gym.Env[Any, Any]
@@ -217,8 +216,6 @@ class SnapshotPolicy:
     episode (medium-replay / medium-expert analogues)."""
 
     def __init__(self, paths: list[Path], name: str, weights: list[float] | None = None):
-        from .sac import load_sac  # lazy: stable-baselines3 is the optional [collect] extra
-
         if not paths:
             raise ValueError(f"policy {name!r}: no SAC snapshots given")
         self.paths = [Path(p) for p in paths]
@@ -235,15 +232,20 @@ class SnapshotPolicy:
         return action
 
 
+# The scripted RAM trackers, by task.
+TRACKERS: dict[str, Callable[[], Policy]] = {"breakout": BreakoutTracker, "pong": PongTracker}
+
+POLICY_HELP = (f"random | tracker ({', '.join(TRACKERS)}) | sine (mujoco) | mixed | eps:X | sac:FILE.zip | "
+               + " | ".join(f"sac-{level}:DIR" for level in QUALITY_LEVELS if level != "file"))
+
+
 def _default_base(spec: TaskSpec, env: Env) -> Policy:
-    if spec.name == "breakout":
-        return BreakoutTracker()
-    if spec.name == "pong":
-        return PongTracker()
+    if spec.name in TRACKERS:
+        return TRACKERS[spec.name]()
     if spec.family == "mujoco":
         return SinePolicy(spec.name, env.action_space)
-    raise ValueError(f"no scripted policy for task {spec.name!r} (trackers exist for breakout "
-                     f"and pong, sine gaits for mujoco tasks); use --policy random")
+    raise ValueError(f"no scripted policy for task {spec.name!r} (trackers exist for {' and '.join(TRACKERS)}, "
+                     f"sine gaits for mujoco tasks); use --policy random")
 
 
 def make_policy(task: str | TaskSpec, policy: str, env: Env) -> Policy:
@@ -255,8 +257,8 @@ def make_policy(task: str | TaskSpec, policy: str, env: Env) -> Policy:
     if kind == "random":
         return RandomPolicy(space)
     if kind == "tracker":
-        if spec.name not in ("breakout", "pong"):
-            raise ValueError(f"policy 'tracker' exists for breakout and pong, not {spec.name!r}")
+        if spec.name not in TRACKERS:
+            raise ValueError(f"policy 'tracker' exists for {' and '.join(TRACKERS)}, not {spec.name!r}")
         return _default_base(spec, env)
     if kind == "sine":
         if spec.family != "mujoco":
@@ -276,8 +278,6 @@ def make_policy(task: str | TaskSpec, policy: str, env: Env) -> Policy:
         if not arg:
             raise ValueError(f"policy {policy!r}: give a path, e.g. sac:runs/sac/step_0100000.zip "
                              f"or sac-medium:runs/sac")
-        from .sac import select_snapshots
-
         paths, weights = select_snapshots(Path(arg), kind.removeprefix("sac").lstrip("-") or "file")
         return SnapshotPolicy(paths, policy, weights)
     raise ValueError(f"unknown policy {policy!r}; choose one of: {POLICY_HELP}")

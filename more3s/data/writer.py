@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from more3s.atomic import atomic_dir
 
+from .episode import EPISODE_FIELDS
 from .minari_paths import dataset_path
 
 __all__ = ["MinariWriter"]
@@ -39,7 +40,6 @@ __all__ = ["MinariWriter"]
 _COMPRESSION: dict[str, Any] = dict(compression="gzip", compression_opts=1)  # see module docstring
 _CHUNK_ROWS = 16
 _FLUSH_STEPS = 256  # steps buffered in memory before they are appended to the file
-_STEP_FIELDS = ("observations", "actions", "rewards", "terminations", "truncations")
 
 
 class _Appender:
@@ -74,7 +74,7 @@ class _OpenEpisode:
     clip: float = 0.0  # sum of rewards clipped to [-1, 1]
 
     def flush(self) -> None:
-        for key in _STEP_FIELDS:
+        for key in EPISODE_FIELDS:
             self.columns[key].flush()
 
 

@@ -33,7 +33,7 @@ import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 from scipy import ndimage
@@ -43,6 +43,7 @@ from more3s.envs import TaskSpec, get_task
 __all__ = [
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
     "region_projection", "image_feature_dim", "mujoco_feature_dim", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
+    "ImageMode", "IMAGE_MODES", "RegionKind",
 ]
 
 MAX_BODIES = 16  # width of the body one-hot in MuJoCo features (gymnasium's robots have <= 13 bodies)
@@ -64,13 +65,18 @@ _PLANE_8 = np.zeros((3, 3, 3), dtype=bool)
 _PLANE_8[1] = True
 
 
+ImageMode = Literal["auto", "objects", "grid"]  # how image states become regions (auto: objects for Atari)
+IMAGE_MODES: tuple[ImageMode, ...] = get_args(ImageMode)
+RegionKind = Literal["objects", "grid", "bodies"]  # what a Regions batch holds
+
+
 @dataclass(frozen=True)
 class RegionConfig:
     max_regions: int = 36  # LXMERT's pretraining used 36 detector boxes per image
     grid: int = 6  # grid fallback: grid x grid cells (6x6 = 36, the same count as objects)
     crop: int = 6  # each region's box is resampled to crop x crop grey pixels, per frame
     min_area: int = 1  # components smaller than this (pixels) are dropped; Atari balls are ~2x4
-    image_mode: Literal["auto", "objects", "grid"] = "auto"  # auto: objects for Atari, grid otherwise
+    image_mode: ImageMode = "auto"  # auto: objects for Atari, grid otherwise
     # MuJoCo view window in metres (x_min, z_min, x_max, z_max), relative to the root's x:
     # wide enough for halfcheetah (~1 m long) and tall enough for walker2d/hopper (~1.25 m).
     mujoco_view: tuple[float, float, float, float] = (-1.5, -0.5, 1.5, 2.0)
@@ -86,8 +92,8 @@ class RegionConfig:
             raise ValueError(f"RegionConfig sizes must be >= 1, got {self}")
         if self.slots < 0 or self.slots % 2:
             raise ValueError(f"RegionConfig.slots must be an even number >= 0, got {self.slots}")
-        if self.image_mode not in ("auto", "objects", "grid"):
-            raise ValueError(f"RegionConfig.image_mode must be auto|objects|grid, got {self.image_mode!r}")
+        if self.image_mode not in IMAGE_MODES:
+            raise ValueError(f"RegionConfig.image_mode must be {'|'.join(IMAGE_MODES)}, got {self.image_mode!r}")
         x0, z0, x1, z1 = self.mujoco_view
         if not (x1 > x0 and z1 > z0):
             raise ValueError(f"RegionConfig.mujoco_view must be (x_min, z_min, x_max, z_max), got {self.mujoco_view}")
@@ -103,7 +109,7 @@ class Regions:
     feats: np.ndarray  # [N, R, F_raw] float32
     boxes: np.ndarray  # [N, R, 4] float32 (x1, y1, x2, y2) in [0, 1]
     mask: np.ndarray  # [N, R] bool, True = real region (padding is zero)
-    kind: str  # "objects" | "grid" | "bodies"
+    kind: RegionKind
     slots: np.ndarray  # [N, S] int64: the region in each slot of the state vector, -1 = empty
 
     def __len__(self) -> int:
