@@ -36,16 +36,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path beside ``dest``; rename it onto ``dest`` only if the block succeeds.
 
     ``suffix`` ends the temp name, for writers that pick the format from it (ffmpeg: ``.mp4``)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the mode a plain open() would
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -56,12 +56,12 @@ def atomic_path(dest: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
+def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(dest, text.encode("utf-8"))
 
 
@@ -88,7 +88,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(dest: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temp sibling and rename it onto ``dest`` when the block succeeds.
 
     Readers never see a half-written ``dest``: before the rename it does not exist (or still holds
@@ -121,7 +121,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -196,7 +196,7 @@ def _eval_cap_arg(cfg: TrainConfig) -> int | str:
 
 
 def _local_dataset_exists(dataset: str) -> bool:
-    from more3s.data.io import dataset_path
+    from more3s.data import dataset_path
 
     if Path(dataset).exists():
         return True

@@ -1,22 +1,42 @@
-"""Offline data: episodes with RTG, Minari / D4RL loading, samplers, behaviour policies, collection.
+"""Offline data: the second stop of the data flow (envs -> data -> encoder -> model -> rollout ->
+train / evaluate -> report). One module per job:
+
+* ``episode.py``        the ``Episode`` record and its return-to-go (``make_episode``, ``compute_rtg``);
+* ``load.py``           ``load_episodes``: one entry point for every source, dispatching to
+  ``minari_reader.py`` (Minari datasets, and the provenance more3s records: ``dataset_provenance``),
+  ``d4rl.py`` (D4RL hdf5 files) and ``remote.py`` (the Minari remote: ``is_online``, ``published_reason``);
+* ``minari_paths.py``   where local Minari datasets live (``dataset_path``);
+* ``frames.py``         ``H5Frames``: image observations left on disk and read on demand;
+* ``writer.py``         ``MinariWriter``: episodes streamed into a new Minari dataset, published atomically;
+* ``sampler.py``        window and stream samplers over episode lengths;
+* ``policies.py``, ``sac.py``  behaviour policies; ``collect.py`` runs one into a dataset (``collect_dataset``);
+* ``facts.py``          ground truth decoded from Atari RAM, recorded beside the data for probes.
 
 Optional dependencies stay lazy: stable-baselines3 (the ``[collect]`` extra) is imported only by the
 SAC policies (more3s.data.sac), and Minari / h5py only when a dataset is read or written.
 """
 
 from .collect import collect_dataset
-from .episode import Episode, compute_rtg, make_episode, state_mean_std
-from .io import (D4RL_KEYS, PUBLISHED_NAMESPACES, H5Frames, MinariWriter, dataset_path, dataset_provenance,
-                 is_online, load_episodes, published_reason)
+from .d4rl import D4RL_KEYS
+from .episode import Episode, compute_rtg, make_episode
+from .frames import H5Frames
+from .load import load_episodes
+from .minari_paths import dataset_path
+from .minari_reader import dataset_provenance
 from .policies import POLICY_HELP, make_policy
+from .remote import PUBLISHED_NAMESPACES, is_online, published_reason
 from .sampler import StreamSampler, WindowBatch, WindowSampler
+from .writer import MinariWriter
 
 __all__ = [
     # records
-    "Episode", "compute_rtg", "make_episode", "state_mean_std",
-    # io
-    "load_episodes", "MinariWriter", "H5Frames", "dataset_path", "is_online", "D4RL_KEYS",
-    "dataset_provenance", "published_reason", "PUBLISHED_NAMESPACES",
+    "Episode", "compute_rtg", "make_episode",
+    # reading
+    "load_episodes", "H5Frames", "dataset_path", "D4RL_KEYS", "dataset_provenance",
+    # the Minari remote
+    "is_online", "published_reason", "PUBLISHED_NAMESPACES",
+    # writing
+    "MinariWriter",
     # samplers
     "WindowSampler", "StreamSampler", "WindowBatch",
     # collection

@@ -2,7 +2,7 @@
 
 The library half of ``python -m more3s.collect`` (the trainer also calls ``collect_dataset`` to
 build its default Breakout dataset when it is missing). Episodes stream to disk through
-``MinariWriter`` (atomic, lossless, compressed; see io.py), so memory stays flat even for the long
+``MinariWriter`` (atomic, lossless, compressed; see writer.py), so memory stays flat even for the long
 episodes a good tracker plays. Each episode gets its own seed, drawn from ``seed``, for both the env
 reset and the policy's randomness: a collection is reproducible from (env, policy, episodes, seed,
 max_episode_steps).
@@ -19,21 +19,26 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from types import FrameType
+from typing import Any, Iterator
 
+import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import EnvSpec
 
 from more3s import __version__
-from more3s.envs import get_task, make_env
+from more3s.envs import TaskSpec, atari_ram, get_task, make_env
 
 from .facts import FACTS, decode_facts
-from .io import MinariWriter, dataset_path, published_reason
-from .policies import make_policy
+from .minari_paths import dataset_path
+from .policies import Policy, make_policy
+from .remote import published_reason
+from .writer import MinariWriter
 
 __all__ = ["collect_dataset"]
 
 
-def _recreatable_spec(spec):
+def _recreatable_spec(spec: EnvSpec | None) -> EnvSpec | None:
     """The env spec minus any wrapper that records no constructor args (gym cannot rebuild those),
     so that ``MinariDataset.recover_environment()`` works on our datasets. more3s' own NoopStart
     records its args and is kept."""
@@ -57,7 +62,7 @@ def _interrupt_flag() -> Iterator[list[bool]]:
         yield flag
         return
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> None:
         flag[0] = True
         raise KeyboardInterrupt(f"collection interrupted by {signal.Signals(signum).name}")
 
@@ -72,17 +77,9 @@ def _interrupt_flag() -> Iterator[list[bool]]:
             signal.signal(sig, prev)
 
 
-def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed: int = 0,
-                    max_episode_steps: int | None = None, *, overwrite: bool = False,
-                    progress: bool = True, noop_max: int | None = None,
-                    description: str | None = None) -> Path:
-    """Run ``policy`` for ``episodes`` episodes of ``env`` and write Minari dataset ``dataset_id``.
-
-    ``max_episode_steps`` caps episode length (a truncation); ``noop_max`` overrides Atari's 30
-    no-op starts. Returns the dataset directory (``$MINARI_DATASETS_PATH/<id>``). The returns of
-    the episodes are stored in the metadata under ``more3s.returns``.
-    """
-    spec = get_task(env)  # unknown env -> ValueError naming the known tasks
+def _check_request(spec: TaskSpec, policy: str, episodes: int, dataset_id: str, max_episode_steps: int | None,
+                   overwrite: bool) -> Path:
+    """Refuse a collection before anything runs: bad counts, a published or taken id. Returns the destination."""
     if not isinstance(episodes, (int, np.integer)) or episodes < 1:
         raise ValueError(f"episodes must be a positive int, got {episodes!r}")
     if max_episode_steps is not None and max_episode_steps < 1:
@@ -97,16 +94,12 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
     if dest.exists() and not overwrite:
         raise FileExistsError(f"Minari dataset {dataset_id!r} already exists at {dest}; "
                               f"choose another id or pass overwrite=True (--overwrite)")
-    gym_env = make_env(spec, max_episode_steps=max_episode_steps, noop_max=noop_max)
-    try:
-        pol = make_policy(spec, policy, gym_env)  # unknown policy -> ValueError listing the choices
-    except BaseException:
-        gym_env.close()
-        raise
-    record_ram = spec.name in FACTS  # games with decoded facts; other games' RAM is not interpreted
-    seeds = np.random.SeedSequence(seed).generate_state(episodes, dtype=np.uint32)
-    returns, lengths = [], []
-    meta = {
+    return dest
+
+
+def _metadata(spec: TaskSpec, policy: str, episodes: int, seed: int, max_episode_steps: int | None,
+              noop_max: int | None, description: str | None) -> dict[str, Any]:
+    return {
         "algorithm_name": f"more3s.collect --policy {policy}",
         "author": {"more3s"},
         "code_permalink": "more3s/data/collect.py",
@@ -120,12 +113,58 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
                    "max_episode_steps": max_episode_steps, "noop_max": noop_max,
                    "rewards": "raw; clipped = clip(rewards, -1, 1)"},
     }
+
+
+def _run_episode(gym_env: gym.Env[Any, Any], pol: Policy, writer: MinariWriter, ep_seed: int, *,
+                 facts_task: str | None, interrupted: list[bool], policy: str) -> dict[str, float]:
+    """One episode from reset to its end into ``writer``; with ``facts_task`` the RAM and its facts go along."""
+    obs, _ = gym_env.reset(seed=ep_seed)
+    attrs = dict(pol.reset(gym_env, np.random.default_rng(ep_seed)))
+    writer.begin_episode(obs, seed=ep_seed)
+    rams = [atari_ram(gym_env).copy()] if facts_task is not None else None
+    done = False
+    while not done:
+        if interrupted[0]:  # a KeyboardInterrupt swallowed by a GC callback still stops us
+            raise KeyboardInterrupt("collection interrupted")
+        action = pol.act(obs, gym_env)
+        obs, reward, term, trunc, _ = gym_env.step(action)
+        writer.add_step(action, obs, float(reward), bool(term), bool(trunc))
+        if rams is not None:
+            rams.append(atari_ram(gym_env).copy())
+        done = term or trunc
+    attrs["policy"] = getattr(pol, "name", policy)
+    infos = None
+    if rams is not None and facts_task is not None:
+        ram = np.stack(rams)  # [T+1, 128] uint8, row t beside observation t
+        infos = {"ram": ram, **decode_facts(facts_task, ram)}
+    return writer.end_episode(attrs, infos)
+
+
+def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed: int = 0,
+                    max_episode_steps: int | None = None, *, overwrite: bool = False,
+                    progress: bool = True, noop_max: int | None = None,
+                    description: str | None = None) -> Path:
+    """Run ``policy`` for ``episodes`` episodes of ``env`` and write Minari dataset ``dataset_id``.
+
+    ``max_episode_steps`` caps episode length (a truncation); ``noop_max`` overrides Atari's 30
+    no-op starts. Returns the dataset directory (``$MINARI_DATASETS_PATH/<id>``). The returns of
+    the episodes are stored in the metadata under ``more3s.returns``.
+    """
+    spec = get_task(env)  # unknown env -> ValueError naming the known tasks
+    dest = _check_request(spec, policy, episodes, dataset_id, max_episode_steps, overwrite)
+    gym_env = make_env(spec, max_episode_steps=max_episode_steps, noop_max=noop_max)
+    meta = _metadata(spec, policy, episodes, seed, max_episode_steps, noop_max, description)
     try:
+        pol = make_policy(spec, policy, gym_env)  # unknown policy -> ValueError listing the choices
         writer = MinariWriter(dataset_id, gym_env.observation_space, gym_env.action_space,
                               env_spec=_recreatable_spec(gym_env.spec), metadata=meta, overwrite=overwrite)
     except BaseException:
         gym_env.close()
         raise
+    facts_task = spec.name if spec.name in FACTS else None  # other games' RAM is not interpreted
+    seeds = np.random.SeedSequence(seed).generate_state(episodes, dtype=np.uint32)
+    returns: list[float] = []
+    lengths: list[int] = []
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -133,31 +172,12 @@ def collect_dataset(env: str, policy: str, episodes: int, dataset_id: str, seed:
     try:
         with _interrupt_flag() as interrupted, writer:
             for i in range(episodes):
-                ep_seed = int(seeds[i])
-                obs, _ = gym_env.reset(seed=ep_seed)
-                attrs = dict(pol.reset(gym_env, np.random.default_rng(ep_seed)))
-                writer.begin_episode(obs, seed=ep_seed)
-                rams = [gym_env.unwrapped.ale.getRAM().copy()] if record_ram else None
-                done = False
-                while not done:
-                    if interrupted[0]:  # a KeyboardInterrupt swallowed by a GC callback still stops us
-                        raise KeyboardInterrupt("collection interrupted")
-                    action = pol.act(obs, gym_env)
-                    obs, reward, term, trunc, _ = gym_env.step(action)
-                    writer.add_step(action, obs, float(reward), bool(term), bool(trunc))
-                    if rams is not None:
-                        rams.append(gym_env.unwrapped.ale.getRAM().copy())
-                    done = term or trunc
-                attrs["policy"] = getattr(pol, "name", policy)
-                infos = None
-                if rams is not None:
-                    ram = np.stack(rams)  # [T+1, 128] uint8, row t beside observation t
-                    infos = {"ram": ram, **decode_facts(spec.name, ram)}
-                stats = writer.end_episode(attrs, infos)
+                stats = _run_episode(gym_env, pol, writer, int(seeds[i]), facts_task=facts_task,
+                                     interrupted=interrupted, policy=policy)
                 returns.append(stats["raw_return"])
-                lengths.append(stats["length"])
+                lengths.append(int(stats["length"]))
                 bar.update(1)
-                bar.set_postfix(ret=f"{stats['raw_return']:.1f}", len=stats["length"])
+                bar.set_postfix(ret=f"{stats['raw_return']:.1f}", len=int(stats["length"]))
             meta["more3s"].update(returns=returns, lengths=lengths,
                                   seconds=round(time.perf_counter() - t0, 2))
             writer.metadata = meta

@@ -9,12 +9,16 @@ for Atari (the task's ``clip_rewards``), while the raw return is kept for report
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["Episode", "compute_rtg", "make_episode", "state_mean_std"]
+__all__ = ["Episode", "EPISODE_FIELDS", "compute_rtg", "make_episode"]
+
+# The per-step arrays of an episode, named as Minari names them (and as make_episode takes them).
+EPISODE_FIELDS = ("observations", "actions", "rewards", "terminations", "truncations")
 
 
 def compute_rtg(rewards: np.ndarray, clip: bool = False) -> np.ndarray:
@@ -34,7 +38,7 @@ def compute_rtg(rewards: np.ndarray, clip: bool = False) -> np.ndarray:
 class Episode:
     """One episode. Arrays are not copied; treat them as read-only."""
 
-    observations: np.ndarray  # [T+1, *obs_shape] includes the final observation (or io.H5Frames)
+    observations: np.ndarray  # [T+1, *obs_shape] includes the final observation (or a frames.H5Frames)
     actions: np.ndarray  # [T] int64 (discrete) or [T, A] float32 (continuous)
     rewards: np.ndarray  # [T] float32, raw rewards
     terminations: np.ndarray  # [T] bool
@@ -42,24 +46,9 @@ class Episode:
     rtg: np.ndarray  # [T] float32, sum of (clipped when the task clips) rewards from t to the end
     raw_return: float  # sum of raw rewards
     task: str | None = None  # short task name when known
-    clip_rewards: bool = field(default=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
-
-    @property
-    def clipped_rewards(self) -> np.ndarray:
-        """Rewards clipped to [-1, 1] (DT's Atari training signal) [T] float32."""
-        return np.clip(self.rewards, -1.0, 1.0).astype(np.float32)
-
-    @property
-    def train_rewards(self) -> np.ndarray:
-        """The rewards the RTG is built from: clipped for Atari, raw otherwise [T] float32."""
-        return self.clipped_rewards if self.clip_rewards else self.rewards
-
-    @property
-    def clipped_return(self) -> float:
-        return float(np.clip(self.rewards.astype(np.float64), -1.0, 1.0).sum())
 
     @property
     def train_return(self) -> float:
@@ -67,7 +56,8 @@ class Episode:
         return float(self.rtg[0]) if len(self) else 0.0
 
 
-def make_episode(observations, actions, rewards, terminations, truncations, *,
+def make_episode(observations: Any, actions: npt.ArrayLike, rewards: npt.ArrayLike, terminations: npt.ArrayLike,
+                 truncations: npt.ArrayLike, *,
                  task: str | None = None, clip_rewards: bool | None = None,
                  source: str = "episode") -> Episode:
     """Validate arrays, normalise dtypes and compute the RTG; ``source`` names the input in errors.
@@ -80,7 +70,7 @@ def make_episode(observations, actions, rewards, terminations, truncations, *,
             from more3s.envs import get_task
 
             clip_rewards = get_task(task).clip_rewards
-    # Lazily loaded frames (io.H5Frames) stay on disk; they are uint8, so no NaN check applies.
+    # Lazily loaded frames (frames.H5Frames) stay on disk; they are uint8, so no NaN check applies.
     obs = observations if getattr(observations, "is_lazy_array", False) else np.asarray(observations)
     act = np.asarray(actions)
     rew = np.asarray(rewards)
@@ -126,24 +116,5 @@ def make_episode(observations, actions, rewards, terminations, truncations, *,
         observations=obs, actions=act, rewards=rew,
         terminations=term.astype(bool, copy=False), truncations=trunc.astype(bool, copy=False),
         rtg=compute_rtg(rew, clip=clip_rewards), raw_return=float(rew.astype(np.float64).sum()),
-        task=task, clip_rewards=bool(clip_rewards),
+        task=task,
     )
-
-
-def state_mean_std(episodes: Sequence[Episode], eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and std of all observations (float64 accumulation), as DT normalizes MuJoCo.
-
-    Returns float32 ``(mean [*obs_shape], std [*obs_shape])``; std is floored at ``eps`` so constant
-    dimensions do not divide by zero.
-    """
-    if not episodes:
-        raise ValueError("state_mean_std needs at least one episode")
-    shape = episodes[0].observations.shape[1:]
-    flat = [np.asarray(ep.observations, dtype=np.float64).reshape(len(ep.observations), -1)
-            for ep in episodes]  # each [T_i+1, D]
-    n = sum(x.shape[0] for x in flat)
-    mean = sum(x.sum(0) for x in flat) / n  # [D]
-    # Two passes: E[x^2] - E[x]^2 cancels badly for large-magnitude dimensions.
-    var = sum(((x - mean) ** 2).sum(0) for x in flat) / n  # [D]
-    std = np.maximum(np.sqrt(var), eps)
-    return mean.reshape(shape).astype(np.float32), std.reshape(shape).astype(np.float32)

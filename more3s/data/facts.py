@@ -53,21 +53,21 @@ def decode_facts(task: str, ram: np.ndarray) -> dict[str, np.ndarray]:
         raise ValueError(f"ram must be [N, {RAM_BYTES}] (one row per step), got shape {ram.shape}")
     r = ram.astype(np.float32)
     if task == "breakout":
-        t = BreakoutTracker
-        by_ram = r[:, t.BALL_Y]
+        b = BreakoutTracker
+        by_ram = r[:, b.BALL_Y]
         # 0 = no ball in play; from row 187 on the ball touches the rows of the paddle, which shares its
         # colour: it is drawn as one object with the paddle (or has passed it).
         on = (by_ram > 0) & (by_ram + 11 < 187)
-        out = {"paddle_x": r[:, t.PADDLE_X] - 39,  # centre pixel column
-               "ball_x": np.where(on, r[:, t.BALL_X] - 48, np.nan),
+        out = {"paddle_x": r[:, b.PADDLE_X] - 39,  # centre pixel column
+               "ball_x": np.where(on, r[:, b.BALL_X] - 48, np.nan),
                "ball_y": np.where(on, by_ram + 11, np.nan)}
     elif task == "pong":
-        t = PongTracker
-        bx, by = r[:, t.BALL_X] - 48, r[:, t.BALL_Y] - 12
+        p = PongTracker
+        bx, by = r[:, p.BALL_X] - 48, r[:, p.BALL_Y] - 12
         # Between the walls and not touching them (they share the ball's colour), inside the screen.
         on = (by > 36) & (by < 191) & (bx >= 0) & (bx < 160)
         out = {"ball_x": np.where(on, bx, np.nan), "ball_y": np.where(on, by, np.nan),
-               "paddle_y": r[:, t.PADDLE_Y] - 5, "enemy_y": r[:, t.ENEMY_Y] - 5}
+               "paddle_y": r[:, p.PADDLE_Y] - 5, "enemy_y": r[:, p.ENEMY_Y] - 5}
     else:
         raise ValueError(f"no RAM facts for task {task!r}; known: {sorted(FACTS)}")
     out["ball_vx"] = _velocity(out["ball_x"])
@@ -83,10 +83,10 @@ def load_step_infos(source: str | Path, max_episodes: int | None = None) -> list
     """
     import h5py
 
-    from .io import _minari_dir, dataset_path
+    from .minari_paths import dataset_path, minari_dir
 
     p = Path(source)
-    d = _minari_dir(p) if p.exists() else _minari_dir(dataset_path(str(source)))
+    d = minari_dir(p) if p.exists() else minari_dir(dataset_path(str(source)))
     if d is None or not (d / "main_data.hdf5").exists():
         return []
     meta = json.loads((d / "metadata.json").read_text())

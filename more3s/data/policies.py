@@ -27,35 +27,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
 
-from more3s.envs import TaskSpec, get_task
+from more3s.envs import TaskSpec, atari_ram, get_task
+
+from .sac import QUALITY_LEVELS, load_sac, select_snapshots  # stable-baselines3 loads inside them only
 
 __all__ = [
     "Policy", "RandomPolicy", "BreakoutTracker", "PongTracker", "SinePolicy", "EpsilonMixture",
     "SnapshotPolicy", "make_policy", "POLICY_HELP", "SINE_GAITS",
 ]
 
-POLICY_HELP = ("random | tracker (breakout, pong) | sine (mujoco) | mixed | eps:X | sac:FILE.zip | "
-               "sac-medium:DIR | sac-expert:DIR | sac-medium-replay:DIR | sac-medium-expert:DIR")
+
+Env = gym.Env[Any, Any]
 
 
 class Policy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
-    def reset(self, env: gym.Env, rng: np.random.Generator) -> dict[str, Any]:
+    def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
         """Start an episode; returns attributes recorded with it (e.g. its epsilon)."""
         ...
 
-    def act(self, obs: np.ndarray, env: gym.Env) -> Any:
+    def act(self, obs: Any, env: Env) -> Any:
         ...
-
-
-def _ram(env: gym.Env) -> np.ndarray:
-    return env.unwrapped.ale.getRAM()
 
 
 class RandomPolicy:
@@ -63,17 +62,19 @@ class RandomPolicy:
 
     name = "random"
 
-    def __init__(self, action_space: gym.Space):
+    def __init__(self, action_space: gym.Space[Any]):
         self.space = action_space
         self.rng = np.random.default_rng(0)
 
-    def reset(self, env, rng):
+    def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
         self.rng = rng
         return {}
 
-    def act(self, obs, env):
+    def act(self, obs: Any, env: Env) -> Any:
         if isinstance(self.space, gym.spaces.Discrete):
-            return int(self.rng.integers(self.space.n))
+            return int(self.rng.integers(int(self.space.n)))
+        if not isinstance(self.space, gym.spaces.Box):
+            raise TypeError(f"RandomPolicy supports Box/Discrete action spaces, got {self.space}")
         lo, hi = self.space.low, self.space.high
         return self.rng.uniform(lo, hi).astype(self.space.dtype)
 
@@ -86,7 +87,7 @@ class _Track:
     dead_zone: float
     lead: float
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.prev: int | None = None
 
     def error(self, ball: int, paddle: int) -> float:
@@ -112,7 +113,7 @@ class _RamTracker:
     def __init__(self, offset: float, dead_zone: float, lead: float):
         self.track = _Track(offset, dead_zone, lead)
 
-    def reset(self, env, rng):
+    def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
         self.track.prev = None
         return {}
 
@@ -126,8 +127,8 @@ class BreakoutTracker(_RamTracker):
     def __init__(self, offset: float = -10, dead_zone: float = 6, lead: float = 1):
         super().__init__(offset, dead_zone, lead)
 
-    def act(self, obs, env):
-        ram = _ram(env)
+    def act(self, obs: Any, env: Env) -> int:
+        ram = atari_ram(env)
         if ram[self.BALL_Y] == 0:
             self.track.prev = None
             return self.FIRE
@@ -144,8 +145,8 @@ class PongTracker(_RamTracker):
     def __init__(self, offset: float = -10, dead_zone: float = 3, lead: float = 1):
         super().__init__(offset, dead_zone, lead)
 
-    def act(self, obs, env):
-        ram = _ram(env)
+    def act(self, obs: Any, env: Env) -> int:
+        ram = atari_ram(env)
         return self.track.steer(int(ram[self.BALL_Y]), int(ram[self.PADDLE_Y]), self.DOWN, self.UP, self.NOOP)
 
 
@@ -165,17 +166,19 @@ class SinePolicy:
 
     name = "sine"
 
-    def __init__(self, task: str, action_space: gym.spaces.Box):
+    def __init__(self, task: str, action_space: gym.Space[Any]):
+        if not isinstance(action_space, gym.spaces.Box):
+            raise TypeError(f"policy 'sine' needs a Box action space, got {action_space}")
         self.omega, phase, self.amp = SINE_GAITS[task]
         self.phase = np.asarray(phase, dtype=np.float64)  # [A]
         self.low, self.high, self.dtype = action_space.low, action_space.high, action_space.dtype
         self.t = 0
 
-    def reset(self, env, rng):
+    def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
         self.t = 0
         return {}
 
-    def act(self, obs, env):
+    def act(self, obs: Any, env: Env) -> np.ndarray:
         a = self.amp * np.sin(self.omega * self.t + self.phase)  # [A]
         self.t += 1
         return np.clip(a, self.low, self.high).astype(self.dtype)
@@ -186,8 +189,8 @@ class EpsilonMixture:
     stateful bases such as the trackers keep their velocity estimate). Epsilon is fixed, or drawn
     per episode from U[lo, hi]."""
 
-    def __init__(self, base: Policy, action_space: gym.Space, epsilon: float | tuple[float, float]):
-        lo, hi = (epsilon, epsilon) if np.isscalar(epsilon) else epsilon
+    def __init__(self, base: Policy, action_space: gym.Space[Any], epsilon: float | tuple[float, float]):
+        lo, hi = (epsilon, epsilon) if isinstance(epsilon, (int, float, np.number)) else epsilon
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"epsilon must lie in [0, 1], got {epsilon}")
         self.base, self.lo, self.hi = base, float(lo), float(hi)
@@ -195,7 +198,7 @@ class EpsilonMixture:
         self.name = f"mixed({base.name})" if lo != hi else f"eps{lo:g}({base.name})"
         self.eps, self.rng = lo, np.random.default_rng(0)
 
-    def reset(self, env, rng):
+    def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
         self.rng = rng
         self.eps = float(rng.uniform(self.lo, self.hi)) if self.hi > self.lo else self.lo
         info = dict(self.base.reset(env, rng))
@@ -203,7 +206,7 @@ class EpsilonMixture:
         info["epsilon"] = self.eps
         return info
 
-    def act(self, obs, env):
+    def act(self, obs: Any, env: Env) -> Any:
         a = self.base.act(obs, env)
         return self.random.act(obs, env) if self.rng.random() < self.eps else a
 
@@ -213,8 +216,6 @@ class SnapshotPolicy:
     episode (medium-replay / medium-expert analogues)."""
 
     def __init__(self, paths: list[Path], name: str, weights: list[float] | None = None):
-        from .sac import load_sac  # lazy: stable-baselines3 is the optional [collect] extra
-
         if not paths:
             raise ValueError(f"policy {name!r}: no SAC snapshots given")
         self.paths = [Path(p) for p in paths]
@@ -222,37 +223,42 @@ class SnapshotPolicy:
         self.weights = None if weights is None else np.asarray(weights, float) / np.sum(weights)
         self.name, self.current = name, 0
 
-    def reset(self, env, rng):
+    def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
         self.current = int(rng.choice(len(self.models), p=self.weights))
         return {"snapshot": self.paths[self.current].name}
 
-    def act(self, obs, env):
+    def act(self, obs: Any, env: Env) -> Any:
         action, _ = self.models[self.current].predict(obs, deterministic=True)
         return action
 
 
-def _default_base(spec: TaskSpec, env: gym.Env) -> Policy:
-    if spec.name == "breakout":
-        return BreakoutTracker()
-    if spec.name == "pong":
-        return PongTracker()
+# The scripted RAM trackers, by task.
+TRACKERS: dict[str, Callable[[], Policy]] = {"breakout": BreakoutTracker, "pong": PongTracker}
+
+POLICY_HELP = (f"random | tracker ({', '.join(TRACKERS)}) | sine (mujoco) | mixed | eps:X | sac:FILE.zip | "
+               + " | ".join(f"sac-{level}:DIR" for level in QUALITY_LEVELS if level != "file"))
+
+
+def _default_base(spec: TaskSpec, env: Env) -> Policy:
+    if spec.name in TRACKERS:
+        return TRACKERS[spec.name]()
     if spec.family == "mujoco":
         return SinePolicy(spec.name, env.action_space)
-    raise ValueError(f"no scripted policy for task {spec.name!r} (trackers exist for breakout "
-                     f"and pong, sine gaits for mujoco tasks); use --policy random")
+    raise ValueError(f"no scripted policy for task {spec.name!r} (trackers exist for {' and '.join(TRACKERS)}, "
+                     f"sine gaits for mujoco tasks); use --policy random")
 
 
-def make_policy(task: str | TaskSpec, policy: str, env: gym.Env) -> Policy:
+def make_policy(task: str | TaskSpec, policy: str, env: Env) -> Policy:
     """Build a behaviour policy from its spec string (``POLICY_HELP``) for ``task``."""
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    spec = get_task(task)
     kind, _, arg = policy.strip().partition(":")
     kind = kind.lower()
     space = env.action_space
     if kind == "random":
         return RandomPolicy(space)
     if kind == "tracker":
-        if spec.name not in ("breakout", "pong"):
-            raise ValueError(f"policy 'tracker' exists for breakout and pong, not {spec.name!r}")
+        if spec.name not in TRACKERS:
+            raise ValueError(f"policy 'tracker' exists for {' and '.join(TRACKERS)}, not {spec.name!r}")
         return _default_base(spec, env)
     if kind == "sine":
         if spec.family != "mujoco":
@@ -272,8 +278,6 @@ def make_policy(task: str | TaskSpec, policy: str, env: gym.Env) -> Policy:
         if not arg:
             raise ValueError(f"policy {policy!r}: give a path, e.g. sac:runs/sac/step_0100000.zip "
                              f"or sac-medium:runs/sac")
-        from .sac import select_snapshots
-
         paths, weights = select_snapshots(Path(arg), kind.removeprefix("sac").lstrip("-") or "file")
         return SnapshotPolicy(paths, policy, weights)
     raise ValueError(f"unknown policy {policy!r}; choose one of: {POLICY_HELP}")

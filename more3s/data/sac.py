@@ -22,11 +22,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from more3s.atomic import atomic_path, atomic_write_text
 from more3s.envs import SCORE_REFS, get_task, make_env
+
+if TYPE_CHECKING:
+    from stable_baselines3 import SAC
 
 __all__ = ["SACConfig", "train_sac", "load_sac", "evaluate_policy", "select_snapshots",
            "QUALITY_LEVELS", "MEDIUM_FRACTION"]
@@ -50,7 +54,7 @@ class SACConfig:
     eval_episodes: int = 3
     max_episode_steps: int | None = None  # shorter episodes for smoke runs; None = the task's 1000
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if get_task(self.env).family != "mujoco":
             raise ValueError(f"SAC training is for mujoco tasks, not {self.env!r}")
         for name in ("total_steps", "snapshot_every", "batch_size", "eval_episodes"):
@@ -58,12 +62,12 @@ class SACConfig:
                 raise ValueError(f"SACConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-def _save_model(model, dest: Path) -> None:
+def _save_model(model: SAC, dest: Path) -> None:
     with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         model.save(f)
 
 
-def load_sac(path: str | Path):
+def load_sac(path: str | Path) -> SAC:
     """Load a SAC snapshot (.zip) for inference on the CPU."""
     from stable_baselines3 import SAC
 
@@ -73,7 +77,7 @@ def load_sac(path: str | Path):
     return SAC.load(path, device="cpu")
 
 
-def evaluate_policy(model, task: str, episodes: int, seed: int,
+def evaluate_policy(model: SAC, task: str, episodes: int, seed: int,
                     max_episode_steps: int | None = None) -> float:
     """Mean undiscounted return of the deterministic policy over ``episodes`` episodes."""
     env = make_env(task, max_episode_steps=max_episode_steps)
@@ -98,7 +102,7 @@ def train_sac(cfg: SACConfig, progress: bool = False) -> Path:
     out = Path(cfg.out_dir)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
     index_file = out / "snapshots.json"
-    index = json.loads(index_file.read_text()) if index_file.exists() else \
+    index: dict[str, Any] = json.loads(index_file.read_text()) if index_file.exists() else \
         {"task": get_task(cfg.env).name, "config": asdict(cfg), "snapshots": []}
     if index["task"] != get_task(cfg.env).name:
         raise ValueError(f"{out} holds a SAC run for {index['task']!r}, not {cfg.env!r}")
@@ -164,7 +168,10 @@ def select_snapshots(source: Path, level: str) -> tuple[list[Path], list[float] 
     lo = ref.random if ref is not None else float(rets.min())
     target = lo + MEDIUM_FRACTION * (rets[best] - lo)
     medium = int(np.argmin(np.abs(rets[: best + 1] - target)))
-    path = lambda i: source / "snapshots" / snaps[i]["path"]  # noqa: E731
+
+    def path(i: int) -> Path:
+        return source / "snapshots" / str(snaps[i]["path"])
+
     if level == "expert":
         return [path(best)], None
     if level == "medium":

@@ -7,8 +7,8 @@ with the same batch. Two samplers:
   all steps of all episodes (so an episode is picked with probability proportional to its length),
   the window runs ``window`` steps from there, is cut at the episode end, and is padded on the LEFT.
 * ``StreamSampler`` — ``batch_size`` streams, each walking one episode in consecutive windows and
-  moving to the next episode (drawn from a per-epoch shuffle) when it ends; ``first`` flags a
-  window that starts at step 0, where the model must clear that stream's memory.
+  moving to the next episode (drawn from a per-epoch shuffle) when it ends; a window whose first real
+  step is 0 starts an episode, where the model must clear that stream's memory.
 
 Both are seeded, reproducible and resumable exactly through ``state_dict()/load_state_dict()``.
 """
@@ -30,10 +30,6 @@ class WindowBatch:
     episode: np.ndarray  # [B] int64: which episode
     steps: np.ndarray  # [B, K] int64: step t inside the episode (0 at padded slots)
     mask: np.ndarray  # [B, K] bool: True = real step; padding is on the LEFT
-    first: np.ndarray  # [B] bool: the window starts at step 0 of its episode
-
-    def __len__(self) -> int:
-        return int(self.episode.shape[0])
 
 
 def _check_args(lengths: Sequence[int], window: int, batch_size: int, seed: int) -> np.ndarray:
@@ -120,8 +116,7 @@ class WindowSampler(_Base):
         mask = col >= (K - n)[:, None]  # [B, K]
         steps = np.where(mask, start[:, None] + col - (K - n)[:, None], 0).astype(np.int64)
         self.num_batches += 1
-        return WindowBatch(episode=ep.astype(np.int64), steps=steps, mask=mask,
-                           first=start == 0)
+        return WindowBatch(episode=ep.astype(np.int64), steps=steps, mask=mask)
 
     def state_dict(self) -> dict[str, Any]:
         return self._base_state()
@@ -158,17 +153,15 @@ class StreamSampler(_Base):
         B, K = self.batch_size, self.window
         steps = np.zeros((B, K), dtype=np.int64)
         mask = np.zeros((B, K), dtype=bool)
-        first = np.zeros(B, dtype=bool)
         for b in range(B):
             if self._ep[b] < 0 or self._pos[b] >= self.lengths[self._ep[b]]:
                 self._ep[b], self._pos[b] = self._next_episode(), 0
             start = int(self._pos[b])
             n = min(K, int(self.lengths[self._ep[b]]) - start)
             _fill(steps, mask, b, start, n, K)
-            first[b] = start == 0
             self._pos[b] = start + n
         self.num_batches += 1
-        return WindowBatch(episode=self._ep.copy(), steps=steps, mask=mask, first=first)
+        return WindowBatch(episode=self._ep.copy(), steps=steps, mask=mask)
 
     def state_dict(self) -> dict[str, Any]:
         state = self._base_state()

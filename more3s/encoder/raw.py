@@ -46,7 +46,7 @@ class RawObservations:
     dtype = torch.float32
 
     def __init__(self, task: str | TaskSpec):
-        self.task = task if isinstance(task, TaskSpec) else get_task(task)
+        self.task = get_task(task)
         self.atari = self.task.family == "atari"
         self.frame_stack = ATARI_FRAME_STACK if self.atari else 1
         self.d_step = ATARI_FRAME_SIZE ** 2 if self.atari else int(self.task.obs_dim or 0)

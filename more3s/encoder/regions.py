@@ -33,7 +33,7 @@ import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 from scipy import ndimage
@@ -43,6 +43,7 @@ from more3s.envs import TaskSpec, get_task
 __all__ = [
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
     "region_projection", "image_feature_dim", "mujoco_feature_dim", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
+    "ImageMode", "IMAGE_MODES", "RegionKind",
 ]
 
 MAX_BODIES = 16  # width of the body one-hot in MuJoCo features (gymnasium's robots have <= 13 bodies)
@@ -64,13 +65,18 @@ _PLANE_8 = np.zeros((3, 3, 3), dtype=bool)
 _PLANE_8[1] = True
 
 
+ImageMode = Literal["auto", "objects", "grid"]  # how image states become regions (auto: objects for Atari)
+IMAGE_MODES: tuple[ImageMode, ...] = get_args(ImageMode)
+RegionKind = Literal["objects", "grid", "bodies"]  # what a Regions batch holds
+
+
 @dataclass(frozen=True)
 class RegionConfig:
     max_regions: int = 36  # LXMERT's pretraining used 36 detector boxes per image
     grid: int = 6  # grid fallback: grid x grid cells (6x6 = 36, the same count as objects)
     crop: int = 6  # each region's box is resampled to crop x crop grey pixels, per frame
     min_area: int = 1  # components smaller than this (pixels) are dropped; Atari balls are ~2x4
-    image_mode: Literal["auto", "objects", "grid"] = "auto"  # auto: objects for Atari, grid otherwise
+    image_mode: ImageMode = "auto"  # auto: objects for Atari, grid otherwise
     # MuJoCo view window in metres (x_min, z_min, x_max, z_max), relative to the root's x:
     # wide enough for halfcheetah (~1 m long) and tall enough for walker2d/hopper (~1.25 m).
     mujoco_view: tuple[float, float, float, float] = (-1.5, -0.5, 1.5, 2.0)
@@ -81,18 +87,18 @@ class RegionConfig:
     # grid cells come in their fixed order. 16 = 8 + 8 covers Breakout's and Pong's sprites.
     slots: int = 16
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.max_regions < 1 or self.grid < 1 or self.crop < 1 or self.min_area < 1:
             raise ValueError(f"RegionConfig sizes must be >= 1, got {self}")
         if self.slots < 0 or self.slots % 2:
             raise ValueError(f"RegionConfig.slots must be an even number >= 0, got {self.slots}")
-        if self.image_mode not in ("auto", "objects", "grid"):
-            raise ValueError(f"RegionConfig.image_mode must be auto|objects|grid, got {self.image_mode!r}")
+        if self.image_mode not in IMAGE_MODES:
+            raise ValueError(f"RegionConfig.image_mode must be {'|'.join(IMAGE_MODES)}, got {self.image_mode!r}")
         x0, z0, x1, z1 = self.mujoco_view
         if not (x1 > x0 and z1 > z0):
             raise ValueError(f"RegionConfig.mujoco_view must be (x_min, z_min, x_max, z_max), got {self.mujoco_view}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["mujoco_view"] = list(self.mujoco_view)
         return d
@@ -103,11 +109,11 @@ class Regions:
     feats: np.ndarray  # [N, R, F_raw] float32
     boxes: np.ndarray  # [N, R, 4] float32 (x1, y1, x2, y2) in [0, 1]
     mask: np.ndarray  # [N, R] bool, True = real region (padding is zero)
-    kind: str  # "objects" | "grid" | "bodies"
+    kind: RegionKind
     slots: np.ndarray  # [N, S] int64: the region in each slot of the state vector, -1 = empty
 
     def __len__(self) -> int:
-        return self.feats.shape[0]
+        return int(self.feats.shape[0])
 
 
 def image_feature_dim(cfg: RegionConfig) -> int:
@@ -124,8 +130,7 @@ def mujoco_feature_dim(cfg: RegionConfig | None = None) -> int:
 @functools.lru_cache(maxsize=32)
 def _projection_cached(f_raw: int, out_dim: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, f_raw, out_dim])
-    w = rng.standard_normal((f_raw, out_dim), dtype=np.float64) / np.sqrt(f_raw)
-    w = w.astype(np.float32)
+    w: np.ndarray = (rng.standard_normal((f_raw, out_dim), dtype=np.float64) / np.sqrt(f_raw)).astype(np.float32)
     w.flags.writeable = False
     return w
 
@@ -150,7 +155,7 @@ def _check_frames(name: str, frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _pair_frames(observations, prev_observations) -> tuple[np.ndarray, np.ndarray]:
+def _pair_frames(observations: np.ndarray, prev_observations: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     obs = _check_frames("observations", observations)
     if prev_observations is None:
         # A sequence: the previous frame of step t is frame t-1; the first frame is its own previous.
@@ -296,7 +301,8 @@ def _displacement(cur: dict[str, np.ndarray], prev: dict[str, np.ndarray], N: in
     colour and (within MATCH_SIZE_TOL pixels) the same box size, no farther than MATCH_MAX_PX.
 
     -> [N, R, 3]: (dx, dy) in pixels / MOTION_SCALE_PX, and 1 when matched (0, 0, 0 otherwise)."""
-    def table(c):  # -> per-frame padded [N, R, 5] (cx, cy, w, h, colour) and mask [N, R]
+    def table(c: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        # -> per-frame padded [N, R, 5] (cx, cy, w, h, colour) and mask [N, R]
         t = np.zeros((N, R, 5), np.float64)
         m = np.zeros((N, R), bool)
         t[c["frame"], c["rank"]] = np.stack([c["cx"], c["cy"], c["x2"] - c["x1"], c["y2"] - c["y1"],
@@ -413,7 +419,7 @@ def grid_regions(observations: np.ndarray, prev_observations: np.ndarray | None 
 
 @dataclass(frozen=True)
 class _Robot:
-    model: object  # mujoco.MjModel
+    model: Any  # mujoco.MjModel
     nq: int
     nv: int
     radius: np.ndarray  # [nbody-1] bounding radius of each body's geoms (metres)
@@ -427,7 +433,7 @@ def _robot(task_name: str) -> _Robot:
 
     env = make_env(task_name)
     try:
-        model = env.unwrapped.model
+        model = cast(Any, env.unwrapped).model
     finally:
         env.close()
     radius = np.zeros(model.nbody - 1, np.float64)
@@ -452,7 +458,7 @@ def _robot(task_name: str) -> _Robot:
 _MJ_DATA = threading.local()  # one MjData per (thread, task): MjData is not thread-safe
 
 
-def _mj_data(task_name: str, robot: _Robot):
+def _mj_data(task_name: str, robot: _Robot) -> Any:
     import mujoco
 
     cache = getattr(_MJ_DATA, "cache", None)
@@ -468,7 +474,7 @@ def mujoco_regions(task: str | TaskSpec, observations: np.ndarray, cfg: RegionCo
     import mujoco
 
     cfg = cfg or RegionConfig()
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    spec = get_task(task)
     if spec.family != "mujoco":
         raise ValueError(f"mujoco_regions needs a MuJoCo task, got {spec.name!r}")
     obs = np.asarray(observations)
@@ -541,7 +547,7 @@ def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
     cfg = cfg or RegionConfig()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    spec = None if task is None else (task if isinstance(task, TaskSpec) else get_task(task))
+    spec = None if task is None else get_task(task)
     if spec is not None and spec.family == "mujoco":
         return mujoco_regions(spec, observations, cfg)
     mode = cfg.image_mode

@@ -16,8 +16,12 @@ from __future__ import annotations
 import hashlib
 import string
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from more3s.envs import PROMPT_SETS, TASKS, action_prompts, base_action_prompt, state_caption
+
+if TYPE_CHECKING:
+    from transformers import BertTokenizer, PreTrainedTokenizerBase
 
 __all__ = ["SPECIAL_TOKENS", "project_texts", "build_vocab", "build_tokenizer", "check_tokenizer",
            "tokenizer_fingerprint", "TokenizerError"]
@@ -59,7 +63,7 @@ def build_vocab(texts: Iterable[str] | None = None) -> dict[str, int]:
     return {p: i for i, p in enumerate(dict.fromkeys(pieces))}
 
 
-def build_tokenizer(texts: Iterable[str] | None = None):
+def build_tokenizer(texts: Iterable[str] | None = None) -> BertTokenizer:
     """A ``BertTokenizer`` over ``build_vocab(texts)``; no files, no network."""
     from transformers import BertTokenizer
 
@@ -68,7 +72,7 @@ def build_tokenizer(texts: Iterable[str] | None = None):
     return tok
 
 
-def check_tokenizer(tokenizer, source: str, texts: Iterable[str] | None = None) -> None:
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str, texts: Iterable[str] | None = None) -> None:
     """Raise ``TokenizerError`` if ``tokenizer`` cannot represent ``texts`` (default: project texts).
 
     Errors: a vocabulary without [CLS]/[SEP]/[UNK] or with fewer than 100 entries (the 5-token
@@ -95,7 +99,7 @@ def check_tokenizer(tokenizer, source: str, texts: Iterable[str] | None = None) 
             raise TokenizerError(f"tokenizer from {source!r} turns every token of {text!r} into [UNK]")
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """sha256 of the sorted vocabulary (token, id) pairs and the lower-casing flag."""
     h = hashlib.sha256()
     for tok, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, cast
+
 import gymnasium as gym
+import numpy as np
 
-from .tasks import ATARI_FRAMESKIP, ATARI_MAX_FRAMES, ATARI_NOOP_MAX, TaskSpec, get_task
+from .tasks import ATARI_FRAMESKIP, ATARI_MAX_FRAMES, ATARI_NOOP_MAX, TaskSpec, check_action_space, get_task
 
-__all__ = ["NoopStart", "make_env", "make_vector_env"]
+__all__ = ["NoopStart", "make_env", "make_vector_env", "atari_ram"]
 
 _ALE_REGISTERED = False
 
@@ -20,18 +23,18 @@ def _register_ale() -> None:
         _ALE_REGISTERED = True
 
 
-class NoopStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
+class NoopStart(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
     """Up to ``noop_max`` no-op steps after reset (DT / DQN evaluation protocol).
 
     Records its constructor args so Minari's ``recover_environment`` can rebuild the wrapper.
     """
 
-    def __init__(self, env: gym.Env, noop_max: int = ATARI_NOOP_MAX):
+    def __init__(self, env: gym.Env[Any, Any], noop_max: int = ATARI_NOOP_MAX):
         gym.utils.RecordConstructorArgs.__init__(self, noop_max=noop_max)
         gym.Wrapper.__init__(self, env)
         self.noop_max = noop_max
 
-    def reset(self, **kwargs):
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
         n = int(self.np_random.integers(0, self.noop_max + 1)) if self.noop_max else 0
         for _ in range(n):
@@ -42,14 +45,15 @@ class NoopStart(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
 
 def make_env(task: str | TaskSpec, *, noop_max: int | None = None,
-             max_episode_steps: int | None = None, **kwargs) -> gym.Env:
+             max_episode_steps: int | None = None, **kwargs: Any) -> gym.Env[Any, Any]:
     """One environment under the task's protocol.
 
     Atari: RGB frames (210x160x3), frameskip 4, repeat_action_probability 0, minimal action set,
     up to 30 no-op starts, at most 108k frames. ``max_episode_steps`` shortens episodes (tests,
     quick collection); ``noop_max`` overrides the no-op start count.
     """
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    spec = get_task(task)
+    env: gym.Env[Any, Any]
     if spec.family == "atari":
         _register_ale()
         env = gym.make(
@@ -63,29 +67,24 @@ def make_env(task: str | TaskSpec, *, noop_max: int | None = None,
     else:
         env = gym.make(spec.gym_id, max_episode_steps=max_episode_steps or spec.max_episode_steps,
                        **kwargs)
-    _check_action_space(spec, env.action_space)
+    check_action_space(spec, env.action_space, f"env {spec.gym_id!r}")
     return env
 
 
-def _check_action_space(spec: TaskSpec, space: gym.Space) -> None:
-    if spec.action_kind == "discrete":
-        ok = isinstance(space, gym.spaces.Discrete) and int(space.n) == spec.action_dim
-    else:
-        ok = isinstance(space, gym.spaces.Box) and space.shape == (spec.action_dim,)
-    if not ok:
-        raise ValueError(f"env {spec.gym_id!r} has action space {space}, but task {spec.name!r} "
-                         f"expects {spec.action_kind} with {spec.action_dim} actions")
-
-
 def make_vector_env(task: str | TaskSpec, num_envs: int, *, seed: int | None = None,
-                    asynchronous: bool = False, **kwargs) -> gym.vector.VectorEnv:
+                    asynchronous: bool = False, **kwargs: Any) -> gym.vector.VectorEnv[Any, Any, Any]:
     """``num_envs`` independent copies with same-step autoreset per sub-env (a finished env's returned
     observation is already its next episode's first frame, as the rollout engine expects)."""
-    fns = [lambda: make_env(task, **kwargs) for _ in range(num_envs)]
+    fns: list[Callable[[], gym.Env[Any, Any]]] = [lambda: make_env(task, **kwargs) for _ in range(num_envs)]
     cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
-    venv = cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    venv: gym.vector.VectorEnv[Any, Any, Any] = cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     if seed is not None:
-        venv.reset(seed=[seed + i for i in range(num_envs)])
+        # gymnasium annotates seed as int | None; its vector envs take one seed per sub-env as well
+        venv.reset(seed=[seed + i for i in range(num_envs)])  # type: ignore[arg-type]
     return venv
 
 
+def atari_ram(env: gym.Env[Any, Any]) -> np.ndarray:
+    """The console RAM [128] uint8 of an Atari env (made by ``make_env``, wrappers and all)."""
+    ram: np.ndarray = cast(Any, env.unwrapped).ale.getRAM()
+    return ram

@@ -11,11 +11,14 @@ prompt per action dimension describing the joint it drives, plus a base prompt `
 
 from __future__ import annotations
 
-from .tasks import get_task
+from typing import Literal, get_args
 
-__all__ = ["PROMPT_SETS", "action_prompts", "base_action_prompt", "state_caption"]
+from .tasks import TaskSpec, get_task
 
-PROMPT_SETS = ("original", "synonym", "contextual")
+__all__ = ["PromptSet", "PROMPT_SETS", "check_prompt_set", "action_prompts", "base_action_prompt", "state_caption"]
+
+PromptSet = Literal["original", "synonym", "contextual"]  # the one definition of the prompt sets
+PROMPT_SETS: tuple[PromptSet, ...] = get_args(PromptSet)
 
 # --- Atari: per-game wording for each ALE action meaning -------------------------------------
 # (original, synonym, contextual)
@@ -89,11 +92,11 @@ def _seaquest() -> dict[str, tuple[str, str, str]]:
     return table
 
 
-_ATARI_PROMPTS = {"breakout": _BREAKOUT, "pong": _PONG, "qbert": _QBERT, "seaquest": _seaquest()}
+_ATARI_PROMPTS: dict[str, dict[str, tuple[str, str, str]]] = {"breakout": _BREAKOUT, "pong": _PONG, "qbert": _QBERT, "seaquest": _seaquest()}
 
 # --- MuJoCo: one prompt per actuated joint ----------------------------------------------------
 # (original, synonym, contextual) per joint; e_0 is the base prompt.
-_MUJOCO_PROMPTS = {
+_MUJOCO_PROMPTS: dict[str, dict[str, tuple[str, str, str]]] = {
     "halfcheetah": {
         "_base": ("the cheetah applies torques to its legs", "the cheetah drives its joints",
                   "how should the cheetah push its legs to run forward fast?"),
@@ -149,20 +152,26 @@ _CAPTIONS = {
 }
 
 
+def check_prompt_set(prompt_set: str) -> PromptSet:
+    """``prompt_set`` as a ``PromptSet``; ValueError naming the choices for any other string."""
+    for known in PROMPT_SETS:
+        if prompt_set == known:
+            return known
+    raise ValueError(f"unknown prompt set {prompt_set!r}; choose one of {PROMPT_SETS}")
+
+
 def _index(prompt_set: str) -> int:
-    if prompt_set not in PROMPT_SETS:
-        raise ValueError(f"unknown prompt set {prompt_set!r}; choose one of {PROMPT_SETS}")
-    return PROMPT_SETS.index(prompt_set)
+    return PROMPT_SETS.index(check_prompt_set(prompt_set))
 
 
-def action_prompts(task: str, prompt_set: str = "original") -> list[str]:
+def action_prompts(task: str | TaskSpec, prompt_set: str = "original") -> list[str]:
     """One prompt per discrete action, or per continuous action dimension, in env order."""
     spec, i = get_task(task), _index(prompt_set)
     table = _ATARI_PROMPTS.get(spec.name) or _MUJOCO_PROMPTS[spec.name]
     return [table[name][i] for name in spec.action_names]
 
 
-def base_action_prompt(task: str, prompt_set: str = "original") -> str:
+def base_action_prompt(task: str | TaskSpec, prompt_set: str = "original") -> str:
     """The base prompt e_0 of a continuous-action task."""
     spec, i = get_task(task), _index(prompt_set)
     if spec.action_kind != "continuous":
@@ -170,6 +179,6 @@ def base_action_prompt(task: str, prompt_set: str = "original") -> str:
     return _MUJOCO_PROMPTS[spec.name]["_base"][i]
 
 
-def state_caption(task: str) -> str:
+def state_caption(task: str | TaskSpec) -> str:
     """The fixed per-game caption fed to LXMERT's language stream with every state."""
     return _CAPTIONS[get_task(task).name]

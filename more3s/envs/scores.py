@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 
-from .tasks import get_task
+from .tasks import TaskSpec, get_task
 
 __all__ = ["ScoreRef", "SCORE_REFS", "normalized_score"]
 
@@ -32,8 +34,14 @@ SCORE_REFS: dict[str, ScoreRef] = {
 }
 
 
-def normalized_score(task: str, raw_return):
-    """Normalized score of a raw (unclipped) episode return; accepts scalars or arrays."""
+@overload
+def normalized_score(task: str | TaskSpec, raw_return: float) -> float: ...
+@overload
+def normalized_score(task: str | TaskSpec, raw_return: npt.ArrayLike) -> float | np.ndarray: ...
+
+
+def normalized_score(task: str | TaskSpec, raw_return: npt.ArrayLike) -> float | np.ndarray:
+    """Normalized score of a raw (unclipped) episode return; accepts scalars or arrays (float64)."""
     ref = SCORE_REFS[get_task(task).name]
     out = 100.0 * (np.asarray(raw_return, dtype=np.float64) - ref.random) / (ref.reference - ref.random)
     return float(out) if np.ndim(out) == 0 else out

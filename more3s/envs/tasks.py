@@ -9,9 +9,13 @@ MuJoCo uses gymnasium's v5 robots with 1000-step episodes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["TaskSpec", "TASKS", "ATARI_MAX_FRAMES", "ATARI_FRAMESKIP", "ATARI_NOOP_MAX", "get_task"]
+import gymnasium as gym
+import numpy as np
+
+__all__ = ["TaskSpec", "TASKS", "ATARI_MAX_FRAMES", "ATARI_FRAMESKIP", "ATARI_NOOP_MAX", "get_task", "guess_task",
+           "check_action_space", "check_actions"]
 
 ATARI_FRAMESKIP = 4
 ATARI_MAX_FRAMES = 108_000  # DT / Machado et al.: 30 minutes of play at 60 Hz
@@ -73,12 +77,59 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
-    """Look a task up by short name ('breakout') or gym id ('ALE/Breakout-v5')."""
-    key = name.strip().lower()
+def get_task(task: str | TaskSpec) -> TaskSpec:
+    """The task itself, or a task looked up by short name ('breakout') or gym id ('ALE/Breakout-v5')."""
+    if isinstance(task, TaskSpec):
+        return task
+    key = task.strip().lower()
     if key in TASKS:
         return TASKS[key]
-    for task in TASKS.values():
-        if task.gym_id.lower() == key:
-            return task
-    raise ValueError(f"unknown env {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    for spec in TASKS.values():
+        if spec.gym_id.lower() == key:
+            return spec
+    raise ValueError(f"unknown env {task!r}; known tasks: {', '.join(sorted(TASKS))}")
+
+
+def guess_task(name: str | None) -> TaskSpec | None:
+    """The task a dataset id, env id or file name refers to: an exact name or gym id, else the first task whose
+    short name appears in it ('halfcheetah-medium-v2' -> halfcheetah); None when no task fits."""
+    if not name:
+        return None
+    try:
+        return get_task(name)
+    except ValueError:
+        pass
+    low = name.lower().replace("-", "").replace("_", "")
+    for spec in TASKS.values():
+        if spec.name in low:
+            return spec
+    return None
+
+
+def check_action_space(spec: TaskSpec, space: gym.Space[Any], source: str) -> None:
+    """Raise ValueError unless ``space`` is ``spec``'s action space; ``source`` (an env, a dataset file) leads
+    the message, which says what the task expects."""
+    if spec.action_kind == "discrete":
+        ok = isinstance(space, gym.spaces.Discrete) and int(space.n) == spec.action_dim
+        want = f"Discrete({spec.action_dim})"
+    else:
+        ok = isinstance(space, gym.spaces.Box) and tuple(space.shape) == (spec.action_dim,)
+        want = f"a Box of shape ({spec.action_dim},)"
+    if not ok:
+        raise ValueError(f"{source}: field 'action_space' is {space}, which does not match task {spec.name!r} "
+                         f"({spec.action_kind}, {spec.action_dim} actions: expected {want})")
+
+
+def check_actions(spec: TaskSpec, actions: np.ndarray, source: str) -> None:
+    """Raise ValueError unless ``actions`` ([T] ints in range, or [T, action_dim]) fit ``spec``'s action space."""
+    a = actions
+    if spec.action_kind == "discrete":
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{source}: field 'actions' has shape {a.shape} dtype {a.dtype}, but "
+                             f"task {spec.name!r} has discrete actions")
+        if a.size and (a.min() < 0 or a.max() >= spec.action_dim):
+            raise ValueError(f"{source}: field 'actions' has values outside [0, {spec.action_dim}) "
+                             f"for task {spec.name!r}")
+    elif a.ndim != 2 or a.shape[1] != spec.action_dim:
+        raise ValueError(f"{source}: field 'actions' has shape {a.shape}, but task {spec.name!r} "
+                         f"has {spec.action_dim}-dimensional continuous actions")

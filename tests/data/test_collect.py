@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import minari
 import numpy as np
 import pytest
@@ -156,3 +157,38 @@ def test_interrupted_collection_leaves_no_dataset(sig, _minari_root):
         assert leftovers == []  # cleaned up: both stop the loop through KeyboardInterrupt
     else:
         assert all(p.name.startswith(".") for p in leftovers)  # only hidden, ignored debris
+
+
+class _TrackedEnv:
+    """Stands in for a gym env: enough for make_policy / MinariWriter, and records close()."""
+
+    def __init__(self):
+        self.action_space = gym.spaces.Discrete(4)
+        self.observation_space = gym.spaces.Box(0, 255, (4,), dtype=np.uint8)
+        self.spec = None
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("policy", ["no-such-policy", "sine"])  # unknown / wrong task for breakout
+def test_collect_dataset_closes_env_when_policy_is_rejected(monkeypatch, policy):
+    import more3s.data.collect as collect_mod
+
+    env = _TrackedEnv()
+    monkeypatch.setattr(collect_mod, "make_env", lambda *a, **k: env)
+    with pytest.raises(ValueError):
+        collect_mod.collect_dataset("breakout", policy, 1, "tst/badpolicy-v0", progress=False)
+    assert env.closed, "the environment was left open after make_policy raised"
+
+
+def test_collect_dataset_closes_env_when_writer_is_rejected(monkeypatch):
+    import more3s.data.collect as collect_mod
+
+    env = _TrackedEnv()
+    env.observation_space = gym.spaces.Dict({"x": gym.spaces.Discrete(2)})  # MinariWriter: TypeError
+    monkeypatch.setattr(collect_mod, "make_env", lambda *a, **k: env)
+    with pytest.raises(TypeError):
+        collect_mod.collect_dataset("breakout", "random", 1, "tst/badspace-v0", progress=False)
+    assert env.closed, "the environment was left open after MinariWriter raised"

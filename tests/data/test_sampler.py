@@ -12,7 +12,7 @@ lengths_st = st.lists(st.integers(0, 40), min_size=1, max_size=12).filter(lambda
 
 
 def _check_window(batch, lengths, K):
-    B = len(batch)
+    B = batch.episode.shape[0]
     assert batch.steps.shape == (B, K) and batch.mask.shape == (B, K)
     assert batch.steps.dtype == np.int64 and batch.mask.dtype == bool
     for b in range(B):
@@ -25,7 +25,6 @@ def _check_window(batch, lengths, K):
         real = batch.steps[b, K - n:]
         assert (np.diff(real) == 1).all()  # consecutive steps
         assert real[0] >= 0 and real[-1] < T  # never crosses the episode end
-        assert batch.first[b] == (real[0] == 0)
 
 
 @settings(max_examples=40, deadline=None)
@@ -59,7 +58,7 @@ def test_stream_sampler_contiguous_and_resets(lengths, K, B, seed):
         for b in range(B):
             real = batch.steps[b][batch.mask[b]]
             ep = int(batch.episode[b])
-            if batch.first[b]:
+            if real[0] == 0:  # the window starts an episode
                 # a new episode starts only after the previous one was walked to its end
                 if last[b] is not None:
                     assert last[b][1] == lengths[last[b][0]] - 1
@@ -87,7 +86,7 @@ def test_seeded_reproducible_and_exact_resume(cls):
     c.load_state_dict(state)
     for r in ref:
         z = c.sample()
-        for f in ("episode", "steps", "mask", "first"):
+        for f in ("episode", "steps", "mask"):
             np.testing.assert_array_equal(getattr(z, f), getattr(r, f))
     d, e = cls(lengths, 6, 4, seed=4), cls(lengths, 6, 4, seed=3)
     seq = lambda s: [s.sample().episode.tolist() for _ in range(6)]  # noqa: E731
@@ -97,7 +96,7 @@ def test_seeded_reproducible_and_exact_resume(cls):
 def test_iteration_and_state_mismatch():
     s = StreamSampler([4, 4], 2, 2, 0)
     it = iter(s)
-    assert len(next(it)) == 2
+    assert next(it).episode.shape == (2,)
     with pytest.raises(ValueError, match="window"):
         StreamSampler([4, 4], 3, 2, 0).load_state_dict(s.state_dict())
     with pytest.raises(ValueError, match="lengths_sha"):

@@ -61,7 +61,7 @@ def test_training_stacks_equal_the_rollout_stacks():
     from more3s.data.sampler import WindowBatch
 
     steps = np.array([[0, 1, 2, 3, 4], [0, 1, 2, 2, 2]])
-    batch = WindowBatch(episode=np.array([0, 1]), steps=steps, mask=np.ones((2, 5), bool), first=np.ones(2, bool))
+    batch = WindowBatch(episode=np.array([0, 1]), steps=steps, mask=np.ones((2, 5), bool))
     got = data.gather(batch)["states"]  # [2, 5, 12]
     stack = _FrameStack(4)
     for t in range(5):  # episode 0 played step by step

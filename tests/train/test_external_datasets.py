@@ -127,7 +127,7 @@ def test_published_ids_are_never_collected(capsys):
 
 
 def test_remote_listing_only_when_online(monkeypatch):
-    import more3s.data.io as io
+    import more3s.data.remote as io
 
     calls = []
 
