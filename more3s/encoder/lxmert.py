@@ -280,7 +280,7 @@ class FrozenLxmert(nn.Module):
     @torch.inference_mode()
     def embed_regions(self, task: str | TaskSpec, regions: Regions) -> torch.Tensor:
         """Regions of N states -> [N, d_enc] float32 on the encoder's device."""
-        spec = task if isinstance(task, TaskSpec) else get_task(task)
+        spec = get_task(task)
         dev, dt = self.device, self.dtype
         feats = torch.from_numpy(np.ascontiguousarray(regions.feats)).to(dev, dt)  # [N, R, F]
         boxes = torch.from_numpy(np.ascontiguousarray(regions.boxes)).to(dev, dt)  # [N, R, 4]
@@ -321,7 +321,7 @@ class FrozenLxmert(nn.Module):
 
     def embed_actions(self, task: str | TaskSpec, prompt_set: str = "original") -> torch.Tensor:
         """Action table: discrete [A, d_enc] (one row per action); continuous [A+1, d_enc] (e_0, e_1..e_A)."""
-        spec = task if isinstance(task, TaskSpec) else get_task(task)
+        spec = get_task(task)
         prompts = action_prompts(spec.name, prompt_set)
         if spec.action_kind == "continuous":
             prompts = [base_action_prompt(spec.name, prompt_set), *prompts]

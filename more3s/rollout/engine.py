@@ -170,7 +170,7 @@ class RolloutEngine:
             raise ValueError(f"engine mode {mode!r}: expected one of {ENGINE_MODES}")
         self.model = model.eval()
         self.encoder = encoder
-        self.task = task if isinstance(task, TaskSpec) else get_task(task)
+        self.task = get_task(task)
         self.mode = mode
         # sample=True draws discrete actions from softmax(logits), as DT's Atari evaluation does (the argmax
         # makes every episode of a deterministic game identical); continuous actions are the model's output.
