@@ -106,17 +106,17 @@ def _machine() -> dict[str, Any]:
 
 
 def _pretrained_available() -> bool:
-    from more3s.train import _hf_available
+    from more3s.hub import hf_available
 
-    return _hf_available(PRETRAINED_ENCODER)
+    return hf_available(PRETRAINED_ENCODER)
 
 
 def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None:
     """Collect a task's dataset here when the profile says how and it is missing (published ones never are)."""
     from more3s.data import collect_dataset
-    from more3s.train import _local_dataset_exists
+    from more3s.train import local_dataset_exists
 
-    if spec.policy is None or _local_dataset_exists(spec.dataset):
+    if spec.policy is None or local_dataset_exists(spec.dataset):
         return
     policy = spec.policy
     if spec.sac_steps > 0:
