@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeAlias
 
 import tyro
 
@@ -28,6 +28,11 @@ from .claims import evaluate_claims
 from .grid import ARMS, NEEDS_PRETRAINED, PRETRAINED_ENCODER, PROFILES, Cell, DataSpec, build_cells
 from .outputs import format_claims, format_table, plot_scores, scores_by_task, write_scores_csv
 
+if TYPE_CHECKING:
+    ProfileChoice: TypeAlias = str
+else:
+    ProfileChoice = Literal[tuple(PROFILES)]  # tyro's choices: the profiles more3s.reproduce.grid defines
+
 __all__ = ["ReproduceConfig", "run_grid", "main"]
 
 Log = Callable[[str], None]
@@ -37,7 +42,7 @@ Log = Callable[[str], None]
 class ReproduceConfig:
     """Run the reproduction grid of a profile and judge the paper's claims."""
 
-    profile: Literal["smoke", "cpu", "paper"] = "smoke"
+    profile: ProfileChoice = "smoke"
     tasks: tuple[str, ...] = ()
     """Tasks of the profile to run (empty: all)."""
     arms: tuple[str, ...] = ()
