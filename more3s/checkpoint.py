@@ -4,7 +4,8 @@ Layout: ``<run>/checkpoints/step_00001234/`` holding
 
 * ``model.safetensors`` — the weights (safetensors: no pickle, loadable anywhere);
 * ``state.pt`` — everything else needed for an exact resume: optimizer, LR scheduler, RNG states
-  (python / numpy / torch / cuda) and sampler and memory state *per rank*, the step;
+  (python / numpy / torch / cuda) and sampler and memory state *per rank*, the step, and the model config
+  the weights belong to (``model_config``, as nanoGPT's ``model_args``; more3s.run rebuilds the model from it);
 * ``manifest.json`` — the step and the size and sha256 of both files, written last.
 
 Each checkpoint directory is built in a temporary sibling and renamed into place (more3s.atomic),
@@ -31,7 +32,7 @@ from more3s.atomic import atomic_dir, sha256_file
 
 __all__ = [
     "CorruptCheckpointError", "Checkpoint", "checkpoint_dir", "save_checkpoint", "list_checkpoints",
-    "verify_checkpoint", "load_checkpoint", "load_latest", "prune_checkpoints",
+    "verify_checkpoint", "load_checkpoint", "load_weights", "load_latest", "prune_checkpoints",
 ]
 
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
@@ -98,7 +99,7 @@ def verify_checkpoint(path: str | Path) -> dict[str, Any]:
     """Check the manifest against the files; return the manifest or raise CorruptCheckpointError."""
     path = Path(path)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest: dict[str, Any] = json.loads((path / MANIFEST).read_text())
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CorruptCheckpointError(f"checkpoint {path}: missing or unreadable {MANIFEST} ({e})") from e
@@ -127,15 +128,20 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt checkpoint
         raise CorruptCheckpointError(f"checkpoint {path}: {STATE_FILE} could not be loaded ({e})") from e
     if model is not None:
-        try:
-            missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False,
-                                             device=str(map_location))
-        except Exception as e:  # noqa: BLE001
-            raise CorruptCheckpointError(f"checkpoint {path}: weights could not be loaded ({e})") from e
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {path} does not fit this model: missing {sorted(missing)}, "
-                             f"unexpected {sorted(unexpected)} (different config?)")
+        load_weights(path, model, map_location)
     return Checkpoint(path=path, step=int(manifest["step"]), state=state)
+
+
+def load_weights(path: str | Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> None:
+    """Load a checkpoint's weights into ``model`` (strict): ValueError naming what does not fit."""
+    path = Path(path)
+    try:
+        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False, device=str(map_location))
+    except Exception as e:  # noqa: BLE001
+        raise CorruptCheckpointError(f"checkpoint {path}: weights could not be loaded ({e})") from e
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit this model: missing {sorted(missing)}, "
+                         f"unexpected {sorted(unexpected)} (different config?)")
 
 
 def load_latest(root: str | Path, model: torch.nn.Module | None = None,

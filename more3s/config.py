@@ -49,18 +49,48 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, TypeAlias, get_args
+
+from more3s.envs import PROMPT_SETS, PromptSet
+from more3s.hub import hf_available, loud
+from more3s.model import ModelConfig
+from more3s.model.attention import BACKENDS as ATTENTION_BACKENDS, AttentionBackend
+from more3s.model.config import OBJECTIVES, RTG_MODES, Objective, RtgMode
+from more3s.rollout.engine import ENGINE_MODES, EngineMode
+from more3s.run import RunPaths
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
-    "TrainConfig", "PRESETS", "DT_PUBLISHED", "preset_overrides", "RTG_MODES", "OBJECTIVES", "SAMPLERS", "ENGINES", "EVAL_DTYPES",
-    "parse_args", "load_config_file", "config_from_dict", "config_to_dict", "save_config",
+    "TrainConfig", "PRESETS", "DT_PUBLISHED", "preset_overrides", "SAMPLERS", "EVAL_DTYPES", "model_config",
+    "resolve_backbone", "parse_args", "load_config_file", "config_from_dict", "config_to_dict", "save_config",
 ]
 
-RTG_MODES = ("kv", "embed", "token", "none")
-OBJECTIVES = ("semantic", "mse", "linear")  # as more3s.model.config.OBJECTIVES
-SAMPLERS = ("auto", "window", "stream")
-ENGINES = ("ring", "banded", "window")
-EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")
+SamplerChoice = Literal["auto", "window", "stream"]
+SAMPLERS: tuple[SamplerChoice, ...] = get_args(SamplerChoice)
+EvalDtypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
+EVAL_DTYPES: tuple[EvalDtypeChoice, ...] = get_args(EvalDtypeChoice)
+
+# Baseline presets: applied to the defaults (or the --config file) before command-line overrides.
+PresetChoice = Literal["more3s", "dt", "bc", "dt-published"]
+PRESETS: dict[PresetChoice, dict[str, Any]] = {
+    "more3s": {},
+    "dt": {"rtg_mode": "token", "memory_steps": 0, "sampler": "window", "name": "dt"},
+    "bc": {"rtg_mode": "none", "memory_steps": 0, "sampler": "window", "name": "bc"},
+    # Decision Transformer as published (Chen et al. 2021): its own inputs (Atari: a Nature CNN over 4 stacked 84x84
+    # grayscale frames, trained end to end; MuJoCo: the standardized observation through a linear map), its RTG
+    # token, no memory, a linear action head and no state prediction; per-family values in DT_PUBLISHED.
+    "dt-published": {"encoder": "raw", "rtg_mode": "token", "memory_steps": 0, "sampler": "window",
+                     "state_loss_weight": 0.0, "backbone": "dt-small", "name": "dt-published"},
+}
+
+# The choice-typed fields: each Literal is the owner module's (tyro and the config-file loader enforce them).
+RtgModeChoice: TypeAlias = RtgMode
+ObjectiveChoice: TypeAlias = Objective
+EngineChoice: TypeAlias = EngineMode
+PromptSetChoice: TypeAlias = PromptSet
+AttentionChoice: TypeAlias = AttentionBackend
 
 
 @dataclass
@@ -75,7 +105,7 @@ class TrainConfig:
     """Explicit run directory (created; must be empty or absent unless resuming)."""
     resume: Path | None = None
     """Continue the run in this directory from its newest intact checkpoint."""
-    preset: Literal["more3s", "dt", "bc", "dt-published"] = "more3s"
+    preset: PresetChoice = "more3s"
     """Baseline settings applied before other overrides: dt = RTG token + no memory, bc = no RTG."""
     seed: int = 0
     device: str = "auto"
@@ -99,7 +129,7 @@ class TrainConfig:
     # --- encoder -----------------------------------------------------------------------------------
     encoder: str = "auto"
     """'auto' = unc-nlp/lxmert-base-uncased when present locally, else lxmert-tiny (loud notice)."""
-    prompt_set: Literal["original", "synonym", "contextual"] = "original"
+    prompt_set: PromptSetChoice = "original"
     cache_dir: Path | None = None
     """Embedding cache root (None: more3s.encoder.cache's default)."""
 
@@ -110,13 +140,13 @@ class TrainConfig:
     """Override the backbone's geometry (None = the backbone's: dt-small 6/1/128, gpt2 6/12/768)."""
     n_head: int | None = None
     n_embd: int | None = None
-    rtg_mode: Literal["kv", "embed", "token", "none"] = "kv"
-    objective: Literal["semantic", "mse", "linear"] = "semantic"
+    rtg_mode: RtgModeChoice = "kv"
+    objective: ObjectiveChoice = "semantic"
     window: int = 20
     """Steps per training window (each step = 2 tokens [a_{t-1}, s_t])."""
     memory_steps: int = 20
     """Steps of detached K/V memory carried across windows of the same episode (0 = off)."""
-    sampler: Literal["auto", "window", "stream"] = "auto"
+    sampler: SamplerChoice = "auto"
     """'auto' = stream when memory_steps > 0 (required), else window (random windows as DT)."""
     dropout: float = 0.1
     state_loss_weight: float = 1.0
@@ -125,7 +155,7 @@ class TrainConfig:
     """Standardize state embeddings per dimension with the dataset's mean/std (saved with the model)."""
     rtg_features: int = 1
     """F, the size of the RTG feature phi(R): 1 = R / rtg_scale; odd F > 1 adds sin/cos pairs."""
-    attention_backend: Literal["auto", "reference", "triton"] = "auto"
+    attention_backend: AttentionChoice = "auto"
 
     # --- optimisation ------------------------------------------------------------------------------
     batch_size: int = 32
@@ -172,9 +202,9 @@ class TrainConfig:
     MuJoCo actions are deterministic either way."""
     eval_greedy: bool = True
     """When sampling, also play greedy episodes from the same seeds and report them beside the sampled ones."""
-    eval_engine: Literal["ring", "banded", "window"] = "ring"
+    eval_engine: EngineChoice = "ring"
     """ring = KV-cache engine; banded = its exact oracle (forward_banded); window = cache-less DT-style baseline."""
-    eval_dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_dtype: EvalDtypeChoice = "auto"
     """dtype of the rollout model step: auto = bf16 on a GPU, fp32 on the CPU (fp16 needs a GPU)."""
     eval_every: int | None = None
     """Every N optimizer steps, score the current weights on ``eval_every_episodes`` fixed episodes per target
@@ -196,9 +226,8 @@ class TrainConfig:
 
         get_task(self.env)  # ValueError "unknown env ..." with the list of tasks
         choices = {"rtg_mode": RTG_MODES, "objective": OBJECTIVES, "sampler": SAMPLERS,
-                   "eval_engine": ENGINES, "eval_dtype": EVAL_DTYPES, "preset": tuple(PRESETS),
-                   "prompt_set": ("original", "synonym", "contextual"),
-                   "attention_backend": ("auto", "reference", "triton")}
+                   "eval_engine": ENGINE_MODES, "eval_dtype": EVAL_DTYPES, "preset": tuple(PRESETS),
+                   "prompt_set": PROMPT_SETS, "attention_backend": ATTENTION_BACKENDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise bad(name, f"must be one of {', '.join(allowed)}")
@@ -279,17 +308,6 @@ class TrainConfig:
         return "stream" if self.memory_steps > 0 else "window"
 
 
-# Baseline presets: applied to the defaults (or the --config file) before command-line overrides.
-PRESETS: dict[str, dict[str, Any]] = {
-    "more3s": {},
-    "dt": {"rtg_mode": "token", "memory_steps": 0, "sampler": "window", "name": "dt"},
-    "bc": {"rtg_mode": "none", "memory_steps": 0, "sampler": "window", "name": "bc"},
-    # Decision Transformer as published (Chen et al. 2021): its own inputs (Atari: a Nature CNN over 4 stacked 84x84
-    # grayscale frames, trained end to end; MuJoCo: the standardized observation through a linear map), its RTG
-    # token, no memory, a linear action head and no state prediction; per-family values in DT_PUBLISHED.
-    "dt-published": {"encoder": "raw", "rtg_mode": "token", "memory_steps": 0, "sampler": "window",
-                     "state_loss_weight": 0.0, "backbone": "dt-small", "name": "dt-published"},
-}
 # DT's published hyper-parameters per task family (its Atari and gym code). Warm-up stays the trainer's 10 % of
 # the steps (DT: 10k of 100k steps on MuJoCo; ~10k tokens on Atari).
 DT_PUBLISHED: dict[str, dict[str, Any]] = {
@@ -299,6 +317,28 @@ DT_PUBLISHED: dict[str, dict[str, Any]] = {
     "mujoco": {"window": 20, "batch_size": 64, "n_layer": 3, "n_head": 1, "n_embd": 128, "lr": 1e-4,
                "beta1": 0.9, "beta2": 0.999, "weight_decay": 1e-4, "grad_clip": 0.25, "dropout": 0.1},
 }
+
+
+def model_config(cfg: TrainConfig, **derived: Any) -> ModelConfig:
+    """The ModelConfig of a run: every ModelConfig field the TrainConfig shares by name, plus what the run derived
+    (the data's width and actions, the resolved backbone, the timestep table, ...), which takes precedence."""
+    shared = {f.name: getattr(cfg, f.name) for f in fields(ModelConfig)
+              if f.name not in derived and hasattr(cfg, f.name)}
+    return ModelConfig(**shared, **derived)
+
+
+def resolve_backbone(name: str, device: torch.device) -> str:
+    """'auto' -> pretrained gpt2 (6 layers) when present and on GPU; else dt-small (loud notice)."""
+    if name != "auto":
+        return name
+    present = hf_available("gpt2")
+    if present and device.type == "cuda":
+        return "gpt2"
+    why = ("pretrained gpt2 is not available offline" if not present else
+           "training runs on CPU, where GPT-2 (768 wide) does not fit the 15-minute budget")
+    loud(f"backbone=auto: {why}; using 'dt-small' (width 128, 1 head, 6 layers, random init: the "
+         f"paper's small variant). Pass --backbone gpt2 to force the pretrained backbone.")
+    return "dt-small"
 
 
 def preset_overrides(preset: str, env: str) -> dict[str, Any]:
@@ -411,8 +451,9 @@ def save_config(cfg: TrainConfig, run_dir: Path) -> None:
     from more3s.atomic import atomic_write_text
 
     d = config_to_dict(cfg)
-    atomic_write_text(run_dir / "config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(d, sort_keys=True))
+    paths = RunPaths(Path(run_dir))
+    atomic_write_text(paths.config_json, json.dumps(d, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(paths.config_yaml, yaml.safe_dump(d, sort_keys=True))
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -456,7 +497,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     resume = _peek_flag(argv, "--resume")
     base = TrainConfig()
     if resume is not None:
-        saved = Path(resume) / "config.json"
+        saved = RunPaths(Path(resume)).config_json
         if not saved.is_file():
             raise FileNotFoundError(f"--resume {resume}: no config.json there (not a run directory?)")
         base = load_config_file(saved)
@@ -465,7 +506,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     preset = _peek_flag(argv, "--preset")
     if preset is not None:
         values = preset_overrides(preset, _peek_flag(argv, "--env") or base.env)
-        base = dataclasses.replace(base, preset=preset, **values)
+        base = dataclasses.replace(base, preset=typing.cast(PresetChoice, preset), **values)
     cfg = tyro.cli(TrainConfig, default=base, args=argv,
                    description="Train a MORE-3S (or DT / BC baseline) model; see more3s.config.")
     if cfg.resume is not None:

@@ -1,6 +1,6 @@
-"""torchrun setup shared by the entry points that scale out (train, encode): one place that reads
-torchrun's environment, picks the device per local rank and starts the process group (nccl on CUDA,
-gloo on CPU)."""
+"""torchrun setup shared by the entry points that scale out (train, evaluate, encode): one place that reads
+torchrun's environment, picks the device per local rank, starts the process group (nccl on CUDA,
+gloo on CPU) and answers "which rank of how many is this process" (:func:`rank_and_world`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DistInfo", "resolve_device", "setup_distributed"]
+__all__ = ["DistInfo", "rank_and_world", "resolve_device", "setup_distributed"]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialized torch.distributed group (torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 @dataclass

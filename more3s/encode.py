@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields
+
+from more3s.config import PromptSetChoice
+from more3s.encoder.lxmert import PRETRAINED_ID
 
 __all__ = ["EncodeConfig", "main"]
 
@@ -21,8 +23,8 @@ __all__ = ["EncodeConfig", "main"]
 @dataclass
 class EncodeConfig:
     dataset: str  # Minari id or path, or a D4RL hdf5 path (more3s.data.load_episodes)
-    encoder: str = "unc-nlp/lxmert-base-uncased"  # or a local directory, lxmert-tiny, lxmert-base-random
-    prompt_set: Literal["original", "synonym", "contextual"] = "original"  # the paper's prompt ablation
+    encoder: str = PRETRAINED_ID  # or a local directory, lxmert-tiny, lxmert-base-random
+    prompt_set: PromptSetChoice = "original"  # the paper's prompt ablation
     cache_dir: str | None = None  # default: $MORE3S_CACHE or ~/.cache/more3s/embeddings
     task: str | None = None  # inferred from the dataset when omitted
     max_episodes: int | None = None
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = build_or_load_cache(
             cfg.dataset, encoder, task=cfg.task, prompt_set=cfg.prompt_set, cache_dir=cfg.cache_dir,
             max_episodes=cfg.max_episodes,
-            config=CacheConfig(chunk_rows=cfg.chunk_rows, batch_size=cfg.batch_size, progress=cfg.progress),
+            config=CacheConfig(**{f.name: getattr(cfg, f.name) for f in fields(CacheConfig) if hasattr(cfg, f.name)}),
         )
     except (OSError, ValueError, RuntimeError) as e:  # missing weights/dataset, bad input, corrupt cache
         print(f"more3s.encode: error: {e}", file=sys.stderr)

@@ -1,9 +1,9 @@
 """``python -m more3s.evaluate --run DIR``: evaluate a run's checkpoint in vectorised environments.
 
-Loads the run's model config and its newest intact checkpoint (or ``--checkpoint``), the encoder the
-run was trained with (run.json), and plays RTG-conditioned episodes with the rollout engine
-(more3s.rollout.engine; the ring-buffer engine by default, ``--engine banded`` for its exact oracle,
-``--engine window`` for the cache-less DT-style baseline). For each RTG target it reports the
+Loads the run's newest intact checkpoint (or ``--checkpoint``) with the model config it carries
+(more3s.run.load_run_model), the encoder the run was trained with (run.json), and plays RTG-conditioned episodes with the rollout engine
+(more3s.rollout.engine; the ring-buffer engine by default, ``--engine banded`` for its exact
+oracle, ``--engine window`` for the cache-less DT-style baseline). For each RTG target it reports the
 normalized score (more3s.envs.normalized_score on RAW returns) as mean ± std over episodes, how many
 distinct trajectories those episodes are, next to the dataset's behaviour returns, and which checkpoint was
 evaluated.
@@ -26,24 +26,35 @@ plays (same seeds and per-environment quotas), and rank 0 gathers them and write
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 import torch
 import tyro
 
-from more3s.config import EVAL_DTYPES
+from more3s.checkpoint import CorruptCheckpointError
+from more3s.config import EVAL_DTYPES, EngineChoice, EvalDtypeChoice
+from more3s.distributed import rank_and_world, resolve_device, setup_distributed
+from more3s.encoder import load_encoder
+from more3s.encoder.raw import RAW_ENCODER, RawObservations
+from more3s.envs import SCORE_REFS, TaskSpec, action_prompts, get_task, make_vector_env, normalized_score
+from more3s.model import MoreModel
+from more3s.report import (EvalReport, TargetResult, format_table, plot_report, read_metrics, save_report,
+                           unique_targets)
+from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
+from more3s.run import RunInfo, RunPaths, load_run_model
+from more3s.video import (EpisodeRecorder, best_episode_strip, decision_scores, expand_bare_flag, prune_videos,
+                          render_kwargs)
 
-__all__ = ["EvalConfig", "load_run_model", "evaluate_run", "evaluate_model", "resolve_eval_dtype",
-           "resolve_cap", "finish_report", "main"]
+__all__ = ["EvalConfig", "evaluate_run", "evaluate_model", "resolve_eval_dtype", "resolve_cap", "finish_report",
+           "main"]
 
-_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # more3s.config.EVAL_DTYPES
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # EVAL_DTYPES but auto
 
 
 @dataclass
@@ -59,7 +70,7 @@ class EvalConfig:
     """RTG targets; empty = the run's (run.json). Each distinct target is evaluated once."""
     seeds: tuple[int, ...] = (1000,)
     """Environment seeds (env i of the vector gets seed + i); episodes run per seed and target."""
-    engine: Literal["ring", "banded", "window"] = "ring"
+    engine: EngineChoice = "ring"
     """ring = KV-cache engine; banded = its exact oracle (forward_banded); window = cache-less DT-style baseline."""
     max_episode_steps: int | Literal["run", "full"] = "run"
     """Cap on agent steps per episode: run = the run's (from its dataset: the recorded collection cap for datasets
@@ -68,7 +79,7 @@ class EvalConfig:
     """Vectorised environments per process (at most --episodes in all are used)."""
     device: str = "auto"
     """'auto' (cuda when available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    dtype: EvalDtypeChoice = "auto"
     """dtype of the rollout model step: auto = bf16 on a GPU, fp32 on the CPU (fp16 needs a GPU)."""
     checkpoint: Path | None = None
     """A specific checkpoint directory; default: the run's newest intact one."""
@@ -80,32 +91,6 @@ class EvalConfig:
     video: int = 0
     """Record the first N episodes of every RTG target as MP4 (GIF without ffmpeg) under the run's videos/,
     each frame with the step, RTG, reward and the chosen action's sentence; a bare --video means 1."""
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (is {path.parent} a more3s run directory?)")
-    return json.loads(path.read_text())
-
-
-def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu",
-                   checkpoint: str | Path | None = None):
-    """(model in eval mode, run.json dict, Checkpoint) of a run's newest intact (or given) checkpoint."""
-    from more3s.checkpoint import load_checkpoint, load_latest
-    from more3s.model import ModelConfig, MoreModel
-
-    run_dir = Path(run_dir)
-    info = _read_json(run_dir / "run.json")
-    mcfg = ModelConfig.from_dict(info["model_config"])
-    rows = mcfg.act_dim if mcfg.discrete else mcfg.act_dim + 1
-    model = MoreModel(mcfg, torch.zeros(rows, mcfg.d_enc))  # the action table comes from the checkpoint
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint, model)
-    else:
-        ckpt = load_latest(run_dir / "checkpoints", model, log=lambda m: print(m, file=sys.stderr))
-        if ckpt is None:
-            raise FileNotFoundError(f"run {run_dir} has no checkpoint yet (checkpoints/ is empty)")
-    return model.to(device).eval(), info, ckpt
 
 
 def resolve_eval_dtype(name: str, device: torch.device | str) -> torch.dtype:
@@ -125,13 +110,11 @@ def resolve_eval_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return _TORCH_DTYPES[name]
 
 
-def resolve_cap(max_episode_steps: int | str | None, info: dict) -> tuple[int | None, str]:
+def resolve_cap(max_episode_steps: int | str | None, info: RunInfo) -> tuple[int | None, str]:
     """(cap in agent steps or None for the full protocol, where it came from) for ``max_episode_steps`` =
     'run' (run.json's, which follows the dataset's provenance), 'full' / None, or a cap N >= 1."""
     if max_episode_steps == "run":
-        if "eval_max_episode_steps" not in info:
-            return None, "the run records no evaluation cap: the task's full protocol"
-        return info["eval_max_episode_steps"], info.get("eval_cap_source", "the run's evaluation cap")
+        return info.eval_max_episode_steps, info.eval_cap_source
     if max_episode_steps in ("full", None):
         return None, "the full protocol was asked for"
     if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, int) or max_episode_steps < 1:
@@ -142,10 +125,10 @@ def resolve_cap(max_episode_steps: int | str | None, info: dict) -> tuple[int | 
 _WARNED_DTYPES: set[tuple[str, str]] = set()
 
 
-def _check_encoder_dtype(encoder, info: dict) -> None:
+def _check_encoder_dtype(encoder: Any, info: RunInfo) -> None:
     """Warn once per (cache dtype, evaluation dtype) pair when the evaluation encoder computes in another dtype
     than the one the training cache was encoded with (e.g. an fp32 CPU cache evaluated with fp16 on a GPU)."""
-    want = info.get("encoder_dtype")
+    want = info.encoder_dtype
     have = str(encoder.dtype).removeprefix("torch.")
     if want and want != have and (want, have) not in _WARNED_DTYPES:
         _WARNED_DTYPES.add((want, have))
@@ -154,7 +137,7 @@ def _check_encoder_dtype(encoder, info: dict) -> None:
                       stacklevel=3)
 
 
-def _cast(model, dtype: torch.dtype):
+def _cast(model: MoreModel, dtype: torch.dtype) -> MoreModel:
     """The model for rollouts in ``dtype`` (a copy when that differs: the caller's model is left as it is); the
     action table and state statistics stay fp32, as the model reads them in fp32."""
     if model.param_dtype == dtype:
@@ -168,25 +151,21 @@ def _cast(model, dtype: torch.dtype):
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[float] = (),
                  seeds: Sequence[int] = (1000,), engine: str = "ring",
                  max_episode_steps: int | str | None = "run", num_envs: int = 8,
-                 device: torch.device | str = "auto", checkpoint: str | Path | None = None, encoder=None,
-                 sample: bool = True, greedy: bool = True, dtype: str = "auto", video: int = 0):
+                 device: torch.device | str = "auto", checkpoint: str | Path | None = None, encoder: Any = None,
+                 sample: bool = True, greedy: bool = True, dtype: str = "auto", video: int = 0) -> EvalReport:
     """Evaluate a run's checkpoint; returns a more3s.report.EvalReport (not yet saved). See evaluate_model.
 
     ``video``: record the first N episodes of every target (over the seeds in order) under ``run_dir/videos``.
     """
-    from more3s.encoder import load_encoder
-    from more3s.encoder.raw import RAW_ENCODER, RawObservations
-    from more3s.train import resolve_device
-
     if isinstance(video, bool) or not isinstance(video, int) or video < 0:
         raise ValueError(f"video must be an integer >= 0 (episodes to record per target), got {video!r}")
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     step_dtype = resolve_eval_dtype(dtype, dev)  # bad dtype: an error before anything loads
     model, info, ckpt = load_run_model(run_dir, dev, checkpoint)
     if encoder is None:
-        encoder = (RawObservations(info["task"]) if info["encoder"] == RAW_ENCODER
-                   else load_encoder(info["encoder"], device=dev))
-    want = info.get("encoder_fingerprint")
+        encoder = (RawObservations(info.task) if info.encoder == RAW_ENCODER
+                   else load_encoder(info.encoder, device=dev))
+    want = info.encoder_fingerprint
     if want and encoder.fingerprint != want:
         raise ValueError(f"encoder {encoder.name!r} has weights fingerprint {encoder.fingerprint[:12]}..., "
                          f"but run {run_dir} was trained on embeddings of {want[:12]}... (different weights)")
@@ -196,66 +175,117 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
                           video=video, run_dir=run_dir)
 
 
-def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, episodes: int = 10,
-                   targets: Sequence[float] = (), seeds: Sequence[int] = (1000,), engine: str = "ring",
-                   max_episode_steps: int | str | None = "run", num_envs: int = 8, sample: bool = True,
-                   greedy: bool = True, dtype: torch.dtype | None = None, video: int = 0,
-                   run_dir: str | Path | None = None):
-    """Play the episodes of every (target, seed) with ``model`` (its weights as they are: the trainer's
-    --eval-every passes its live model) and return an EvalReport.
+@dataclass
+class _Plan:
+    """Who plays what: the protocol's modes and targets, and this process's share of the environments."""
 
-    ``info``: the run's run.json dict (task, targets, behaviour, evaluation cap). ``sample``: discrete actions
-    drawn from the softmax (seeded) and, with ``greedy``, greedy episodes from the same seeds beside them;
-    continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``.
-    ``video``: record the first N episodes of every target in the protocol's actions under ``run_dir/videos``.
-    """
-    from more3s.envs import SCORE_REFS, get_task, make_vector_env, normalized_score
-    from more3s.report import BehaviourStats, EvalReport, TargetResult, unique_targets
-    from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
-    from more3s.video import VIDEO_DIR, prune_videos, render_kwargs
+    task: TaskSpec
+    targets: tuple[float, ...]
+    modes: list[str]  # "sampled" and/or "greedy"; the first is the protocol's
+    episodes: int
+    seeds: Sequence[int]
+    cap: int | None
+    lo: int  # this process plays environments lo .. hi-1 of total_envs
+    hi: int
+    total_envs: int
+    video: int
+    run_dir: Path | None
+    prompt_set: str
 
+
+# One played episode: (mode#, target#, seed#, env, the env's episode ordinal, return, train return, length, digest)
+_Played = tuple[int, int, int, int, int, float, float, int, str]
+
+
+def _check_args(episodes: int, num_envs: int, engine: str, seeds: Sequence[int], video: int,
+                run_dir: str | Path | None) -> None:
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if engine not in ENGINE_MODES:
         raise ValueError(f"engine {engine!r}: expected one of {ENGINE_MODES}")
-    cap, cap_source = resolve_cap(max_episode_steps, info)
     if not seeds:
         raise ValueError("seeds: give at least one evaluation seed")
     if video and run_dir is None:
         raise ValueError("video: recording needs the run directory (run_dir=) to write videos/ into")
-    task = get_task(info["task"])
+
+
+def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint: str, step: int,
+                   episodes: int = 10, targets: Sequence[float] = (), seeds: Sequence[int] = (1000,),
+                   engine: str = "ring", max_episode_steps: int | str | None = "run", num_envs: int = 8,
+                   sample: bool = True, greedy: bool = True, dtype: torch.dtype | None = None, video: int = 0,
+                   run_dir: str | Path | None = None) -> EvalReport:
+    """Play the episodes of every (target, seed) with ``model`` (its weights as they are: the trainer's
+    --eval-every passes its live model) and return an EvalReport.
+
+    ``info``: the run's RunInfo (task, targets, behaviour, evaluation cap). ``sample``: discrete actions
+    drawn from the softmax (seeded) and, with ``greedy``, greedy episodes from the same seeds beside them;
+    continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``.
+    ``video``: record the first N episodes of every target in the protocol's actions under ``run_dir/videos``.
+    """
+    _check_args(episodes, num_envs, engine, seeds, video, run_dir)
+    cap, cap_source = resolve_cap(max_episode_steps, info)
+    task = get_task(info.task)
     given = unique_targets(targets)
-    run_targets = unique_targets(info["targets"])
-    targets = given or run_targets
-    targets_source = (info.get("targets_source", "") if not given or given == run_targets
-                      else "given on the command line")
+    run_targets = unique_targets(info.targets)
+    targets_source = info.targets_source if not given or given == run_targets else "given on the command line"
     _check_encoder_dtype(encoder, info)
     dtype = dtype or model.param_dtype
     was_training = model.training
     step_model = _cast(model, dtype)
     discrete = task.action_kind == "discrete"
     modes = (["sampled", "greedy"] if greedy else ["sampled"]) if sample and discrete else ["greedy"]
-    engines = {m: RolloutEngine(step_model, encoder, task, mode=engine, sample=m == "sampled") for m in modes}
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     total_envs = min(num_envs * world, episodes)  # envs over all processes; each plays its quota of episodes
     lo, hi = (int(x) for x in np.linspace(0, total_envs, world + 1).round().astype(int)[rank:rank + 2])
-    played, t0, env_steps = [], time.perf_counter(), 0  # (mode#, target#, seed#, env, ordinal, ret, train, len, digest)
-    videos: list[dict] = []
+    plan = _Plan(task=task, targets=given or run_targets, modes=modes, episodes=episodes, seeds=seeds, cap=cap,
+                 lo=lo, hi=hi, total_envs=total_envs, video=video, run_dir=Path(run_dir) if run_dir else None,
+                 prompt_set=info.prompt_set)
+    t0 = time.perf_counter()
+    played, env_steps, videos, notes = _play(plan, step_model, encoder, engine)
+    model.train(was_training)  # the engine set eval mode; the trainer's model goes back to training
+    if world > 1:
+        played, env_steps, videos, notes = _gather(world, played, env_steps, videos, notes)
+    if plan.run_dir is not None and video and rank == 0:
+        videos.sort(key=lambda v: (v["target"], v["seed"], v["episode"]))
+        prune_videos(RunPaths(plan.run_dir).videos, videos)  # every process has written its videos by now
+    rows = _results(plan, played, rank)
+    wall = time.perf_counter() - t0
+    return EvalReport(
+        task=task.name, checkpoint=checkpoint, step=int(step), engine=engine,
+        episodes_per_target=episodes * len(seeds), max_episode_steps=cap, actions=modes[0],
+        seeds=[int(s) for s in seeds], targets=rows[modes[0]], behaviour=info.behaviour,
+        score_source=SCORE_REFS[task.name].source, targets_source=targets_source,
+        wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
+        greedy=rows["greedy"] if modes[0] != "greedy" and "greedy" in rows else [],
+        cap_source=cap_source, dtype=str(dtype).removeprefix("torch."), dataset=_dataset_line(info),
+        videos=videos, video_note=" ".join(sorted(n for n in notes if n)),
+    )
+
+
+def _play(plan: _Plan, model: MoreModel, encoder: Any,
+          engine: str) -> tuple[list[_Played], int, list[dict[str, Any]], set[str]]:
+    """This process's episodes of every (mode, target, seed): (played, env steps, videos, video notes)."""
+    mode_: Any = engine  # one of ENGINE_MODES (checked by _check_args)
+    engines = {m: RolloutEngine(model, encoder, plan.task, mode=mode_, sample=m == "sampled") for m in plan.modes}
+    played: list[_Played] = []
+    env_steps = 0
+    videos: list[dict[str, Any]] = []
     notes: set[str] = set()
-    for mi, mode in enumerate(modes):
-        for ti, target in enumerate(targets):
-            for si, seed in enumerate(seeds):
-                if hi == lo:  # more processes than environments: this one has none
+    for mi, mode in enumerate(plan.modes):
+        for ti, target in enumerate(plan.targets):
+            for si, seed in enumerate(plan.seeds):
+                if plan.hi == plan.lo:  # more processes than environments: this one has none
                     continue
-                count = min(max(video - si * episodes, 0), episodes) if mi == 0 else 0  # protocol episodes only
-                rec = _recorder(run_dir, task, info, step_model, target, seed, total_envs, count)
-                venv = make_vector_env(task, hi - lo, max_episode_steps=cap,
-                                       **(render_kwargs(task) if rec is not None else {}))
+                # protocol episodes only
+                count = min(max(plan.video - si * plan.episodes, 0), plan.episodes) if mi == 0 else 0
+                rec = _recorder(plan, model, target, seed, count)
+                venv = make_vector_env(plan.task, plan.hi - plan.lo, max_episode_steps=plan.cap,
+                                       **(render_kwargs(plan.task) if rec is not None else {}))
                 try:
-                    res = engines[mode].run(venv, target, episodes, seed=int(seed), first_env=lo,
-                                            total_envs=total_envs, recorder=rec)
+                    res = engines[mode].run(venv, target, plan.episodes, seed=int(seed), first_env=plan.lo,
+                                            total_envs=plan.total_envs, recorder=rec)
                 finally:
                     venv.close()
                     if rec is not None:
@@ -268,24 +298,30 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
                     ordinal[env] = ordinal.get(env, -1) + 1
                     played.append((mi, ti, si, env, ordinal[env], ret, tr, n, dg))
                 env_steps += res.env_steps
-    model.train(was_training)  # the engine set eval mode; the trainer's model goes back to training
-    if world > 1:
-        gathered: list = [None] * world
-        torch.distributed.all_gather_object(gathered, (played, env_steps, videos, notes))
-        played = [p for part, *_ in gathered for p in part]
-        env_steps = sum(g[1] for g in gathered)
-        videos = [v for g in gathered for v in g[2]]
-        notes = set().union(*(g[3] for g in gathered))
-    if video and rank == 0:
-        videos.sort(key=lambda v: (v["target"], v["seed"], v["episode"]))
-        prune_videos(Path(run_dir) / VIDEO_DIR, videos)  # every process has written its videos by now
-    played.sort()  # by mode, target, seed, environment, then each environment's episode order: same for any split
-    rows: dict[str, list] = {m: [] for m in modes}
-    for mi, mode in enumerate(modes):
-        for ti, target in enumerate(targets):
+    return played, env_steps, videos, notes
+
+
+def _gather(world: int, played: list[_Played], env_steps: int, videos: list[dict[str, Any]],
+            notes: set[str]) -> tuple[list[_Played], int, list[dict[str, Any]], set[str]]:
+    """Every process's episodes, videos and notes, on every process."""
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, (played, env_steps, videos, notes))
+    return ([p for part, *_ in gathered for p in part], sum(g[1] for g in gathered),
+            [v for g in gathered for v in g[2]], set().union(*(g[3] for g in gathered)))
+
+
+def _results(plan: _Plan, played: list[_Played], rank: int) -> dict[str, list[TargetResult]]:
+    """The TargetResults of every mode (printed by rank 0), in an order that does not depend on the split."""
+    played = sorted(played)  # by mode, target, seed, environment, then each environment's episode order
+    rows: dict[str, list[TargetResult]] = {m: [] for m in plan.modes}
+    for mi, mode in enumerate(plan.modes):
+        for ti, target in enumerate(plan.targets):
             mine = [p for p in played if p[0] == mi and p[1] == ti]
-            rets, trains, lens, digests = ([p[k] for p in mine] for k in (5, 6, 7, 8))
-            norm = np.asarray(normalized_score(task.name, rets), dtype=np.float64).reshape(-1)
+            rets = [p[5] for p in mine]
+            trains = [p[6] for p in mine]
+            lens = [p[7] for p in mine]
+            digests = [p[8] for p in mine]
+            norm = np.asarray(normalized_score(plan.task.name, rets), dtype=np.float64).reshape(-1)
             rows[mode].append(TargetResult(target=target, returns=rets, normalized=norm.tolist(), lengths=lens,
                                            train_returns=trains, actions=mode, trajectory_digests=digests,
                                            distinct_trajectories=len(set(digests))))
@@ -293,86 +329,51 @@ def evaluate_model(model, info: dict, encoder, *, checkpoint: str, step: int, ep
                 print(f"target {target:g} ({mode}): normalized {np.mean(norm):.1f} ± {np.std(norm):.1f} "
                       f"(raw {np.mean(rets):.1f}) over {len(rets)} episodes, {len(set(digests))} distinct",
                       file=sys.stderr)
-    wall = time.perf_counter() - t0
-    behaviour = BehaviourStats(**info["behaviour"]) if info.get("behaviour") else None
-    return EvalReport(
-        task=task.name, checkpoint=checkpoint, step=int(step), engine=engine,
-        episodes_per_target=episodes * len(seeds), max_episode_steps=cap, actions=modes[0],
-        seeds=[int(s) for s in seeds], targets=rows[modes[0]], behaviour=behaviour,
-        score_source=SCORE_REFS[task.name].source, targets_source=targets_source,
-        wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
-        greedy=rows["greedy"] if modes[0] != "greedy" and "greedy" in rows else [],
-        cap_source=cap_source, dtype=str(dtype).removeprefix("torch."), dataset=_dataset_line(info),
-        videos=videos, video_note=" ".join(sorted(n for n in notes if n)),
-    )
+    return rows
 
 
-def _recorder(run_dir, task, info: dict, model, target: float, seed: int, total_envs: int, count: int):
+def _recorder(plan: _Plan, model: MoreModel, target: float, seed: int, count: int) -> EpisodeRecorder | None:
     """The video recorder of one (target, seed) run, or None when it records nothing."""
-    if count == 0:
+    if count == 0 or plan.run_dir is None:
         return None
-    from more3s.envs import action_prompts
-    from more3s.video import VIDEO_DIR, EpisodeRecorder, decision_scores
-
-    prompt_set = info.get("prompt_set", "original")
-    return EpisodeRecorder(Path(run_dir) / VIDEO_DIR, task, action_prompts(task.name, prompt_set), target=target,
-                           seed=int(seed), total_envs=total_envs, count=count, scores=decision_scores(model),
-                           prompt_set=prompt_set)
+    return EpisodeRecorder(RunPaths(plan.run_dir).videos, plan.task, action_prompts(plan.task.name, plan.prompt_set),
+                           target=target, seed=int(seed), total_envs=plan.total_envs, count=count,
+                           scores=decision_scores(model), prompt_set=plan.prompt_set)
 
 
-def _dataset_line(info: dict) -> str:
+def _dataset_line(info: RunInfo) -> str:
     """The training dataset and who collected it (run.json's provenance), for the report."""
-    name = info.get("dataset", "?")
-    if "provenance" not in info:
-        return f"{name} (provenance not recorded by this run)"
-    p = info["provenance"]
+    p = info.provenance
     if p is None:
-        return f"{name}, not collected by more3s"
+        return f"{info.dataset}, not collected by more3s"
     cap = f"episodes capped at {p['max_episode_steps']} steps" if p.get("max_episode_steps") else "no episode cap"
-    return (f"{name}, collected by more3s {p.get('version', '(version not recorded)')} (policy "
+    return (f"{info.dataset}, collected by more3s {p.get('version', '(version not recorded)')} (policy "
             f"{p.get('policy')!r}, seed {p.get('seed')}, {cap})")
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of an initialized torch.distributed group (torchrun), else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def finish_report(run_dir: str | Path, report, plot: bool = True) -> str:
+def finish_report(run_dir: str | Path, report: EvalReport, plot: bool = True) -> str:
     """Save eval.json, print the table (stdout) and write report.png (with frames of the best recorded episode
     when there are videos); returns the table."""
-    from more3s.report import format_table, plot_report, read_metrics, save_report
-    from more3s.video import VIDEO_DIR, best_episode_strip
-
-    run_dir = Path(run_dir)
-    save_report(report, run_dir / "eval.json")
+    paths = RunPaths(Path(run_dir))
+    save_report(report, paths.eval_json)
     table = format_table(report)
     print(table, flush=True)
     if report.videos:
-        print(f"videos: {len(report.videos)} episodes under {run_dir / VIDEO_DIR}", flush=True)
+        print(f"videos: {len(report.videos)} episodes under {paths.videos}", flush=True)
     if report.video_note:
         print(f"videos: {report.video_note}", flush=True)
     if plot:
         try:
-            strip = best_episode_strip(run_dir / VIDEO_DIR, report.videos)
+            strip = best_episode_strip(paths.videos, report.videos)
         except (OSError, ValueError, KeyError) as e:  # a video moved or damaged since: the plot goes on without it
             print(f"report.png: no frame strip, the best episode's video could not be read ({e})", flush=True)
             strip = None
-        png = plot_report(run_dir / "report.png", read_metrics(run_dir / "metrics.csv"), report,
-                          title=run_dir.name, strip=strip)
+        png = plot_report(paths.report_png, read_metrics(paths.metrics), report, title=paths.root.name, strip=strip)
         print(f"plot: {png}", flush=True)
     return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from more3s.checkpoint import CorruptCheckpointError
-
-    from more3s.distributed import setup_distributed
-
-    from more3s.video import expand_bare_flag
-
     cfg = tyro.cli(EvalConfig, args=expand_bare_flag(sys.argv[1:] if argv is None else argv, "--video", "1"))
     try:
         dist, device = setup_distributed(cfg.device)  # one process, or one per torchrun rank

@@ -25,6 +25,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,8 @@ def _standardize(x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.nda
     return (x_tr - mean) / std, (x_te - mean) / std
 
 
-def _ridge_r2(x_tr, y_tr, x_te, y_te, groups) -> float:
+def _ridge_r2(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
+              groups: np.ndarray) -> float:
     """Held-out R² of ridge regression; the penalty is chosen by cross-validation over the training
     *episodes* (``groups``): leave-one-row-out would pick a penalty that memorizes neighbouring steps."""
     from sklearn.linear_model import Ridge
@@ -93,7 +95,8 @@ def _ridge_r2(x_tr, y_tr, x_te, y_te, groups) -> float:
     return float(r2_score(y_te, search.predict(x_te)))
 
 
-def _action_scores(x_tr, y_tr, x_te, y_te, groups, seed: int, discrete: bool) -> dict:
+def _action_scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, groups: np.ndarray,
+                   seed: int, discrete: bool) -> dict[str, float]:
     if not discrete:
         return {"r2": _ridge_r2(x_tr, y_tr, x_te, y_te, groups)}
     from sklearn.linear_model import LogisticRegression
@@ -118,18 +121,18 @@ def _facts_matrix(facts: dict[str, np.ndarray], names: tuple[str, ...]) -> np.nd
 
 
 def probe_features(features: dict[str, np.ndarray], targets: dict[str, np.ndarray], actions: np.ndarray,
-                   train: np.ndarray, episode: np.ndarray, seed: int, discrete: bool) -> dict:
+                   train: np.ndarray, episode: np.ndarray, seed: int, discrete: bool) -> dict[str, Any]:
     """Score every feature set on every target. ``train`` [N] bool marks training rows, ``episode`` [N] their
     episode; targets may hold NaN (not on screen), such rows are left out of that target's fit and score."""
     test = ~train
-    out = {}
+    out: dict[str, Any] = {}
     for name, x in features.items():
-        facts = {}
+        facts: dict[str, dict[str, float]] = {}
         for fact, y in targets.items():
             ok = np.isfinite(y)
             tr = train & ok
             facts[fact] = {"r2": _ridge_r2(x[tr], y[tr], x[test & ok], y[test & ok], episode[tr])}
-        entry = {"facts": facts, "action": _action_scores(x[train], actions[train], x[test], actions[test],
+        entry: dict[str, Any] = {"facts": facts, "action": _action_scores(x[train], actions[train], x[test], actions[test],
                                                             episode[train], seed, discrete)}
         if discrete:
             vals, counts = np.unique(actions[train], return_counts=True)
@@ -143,10 +146,11 @@ def probe_features(features: dict[str, np.ndarray], targets: dict[str, np.ndarra
 
 def _cosines(table: np.ndarray) -> np.ndarray:
     t = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
-    return t @ t.T
+    out: np.ndarray = t @ t.T
+    return out
 
 
-def run_probe(cfg: ProbeConfig) -> dict:
+def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Build (or reuse) the embedding cache of ``cfg.dataset`` and score the probes -> the report dict."""
     from more3s.data import load_episodes
     from more3s.data.facts import fact_names, load_step_infos
@@ -216,7 +220,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     return report
 
 
-def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None = None) -> dict:
+def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None = None) -> dict[str, Any]:
     """Held-out action accuracy of a trained run (discrete actions): the model reads each held-out episode in
     consecutive windows (memory carried, as in stream training) with the data's states, actions and RTG, and
     its greedy action is compared with the behaviour action at every step."""
@@ -224,21 +228,21 @@ def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None
 
     from more3s.data import load_episodes
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
-    from more3s.evaluate import load_run_model
+    from more3s.run import load_run_model
 
     model, info, _ = load_run_model(run_dir)
     episodes = load_episodes(dataset, lazy=True)
-    n_train = int(info["episodes"])
+    n_train = info.episodes
     held = list(range(n_train, len(episodes)))
     if not held:
         raise ValueError(f"run {run_dir} trained on {n_train} episodes, {dataset} has no others to hold out; "
                          f"train with --max-episodes N < {len(episodes)}")
     if not model.config.discrete:
         raise ValueError(f"run {run_dir}: held-out action accuracy is for discrete actions")
-    encoder = load_encoder(info["encoder"])
-    if encoder.fingerprint != info["encoder_fingerprint"]:
-        raise ValueError(f"run {run_dir} was trained with other encoder weights than {info['encoder']!r} gives now")
-    cache = build_or_load_cache(episodes, encoder, info["task"], info["prompt_set"], cache_dir=cache_dir,
+    encoder = load_encoder(info.encoder)
+    if encoder.fingerprint != info.encoder_fingerprint:
+        raise ValueError(f"run {run_dir} was trained with other encoder weights than {info.encoder!r} gives now")
+    cache = build_or_load_cache(episodes, encoder, info.task, info.prompt_set, cache_dir=cache_dir,
                                 config=CacheConfig(progress=False))
     K, correct, total = model.config.window, 0, 0
     with torch.inference_mode():
@@ -249,7 +253,7 @@ def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None
             "action_accuracy": correct / total}
 
 
-def _episode_accuracy(model, ep, cache, i: int, K: int) -> tuple[int, int]:
+def _episode_accuracy(model: Any, ep: Any, cache: Any, i: int, K: int) -> tuple[int, int]:
     """(correct greedy actions, steps) of episode ``i`` read in consecutive K-step windows, memory carried."""
     import torch
 
@@ -269,11 +273,11 @@ def _episode_accuracy(model, ep, cache, i: int, K: int) -> tuple[int, int]:
     return correct, T
 
 
-def _fmt(x) -> str:
+def _fmt(x: float | None) -> str:
     return "   -  " if x is None or not np.isfinite(x) else f"{x:6.3f}"
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict[str, Any]) -> str:
     """The report as text tables: R² per fact per feature set, action accuracy, table cosines."""
     feats = report["features"]
     names = list(feats)

@@ -240,7 +240,8 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
     if strip is not None and strip.frames:
         fig = plt.figure(figsize=(width, 6.8))
         rows = fig.add_gridspec(2, 1, height_ratios=[4, 2.8])
-        axes = [fig.add_subplot(g) for g in rows[0].subgridspec(1, n_panels)]
+        panels = rows[0].subgridspec(1, n_panels)
+        axes = [fig.add_subplot(panels[0, i]) for i in range(n_panels)]
         _draw_strip(fig, rows[1], strip)
     else:
         fig, axes = plt.subplots(1, n_panels, figsize=(width, 4))
@@ -255,7 +256,7 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
         ax_l.set_yscale("log")
         ax_l.legend()
     ax_l.set_title("learning curve")
-    if has_curve:
+    if has_curve and evals is not None and metrics is not None:
         ax_c = axes[1]
         for target in np.unique(evals[np.isfinite(evals)]):
             rows = evals == target
@@ -300,7 +301,7 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
     return out_png
 
 
-def _draw_strip(fig, cell, strip: FrameStrip) -> None:
+def _draw_strip(fig: Any, cell: Any, strip: FrameStrip) -> None:
     """The frames side by side in ``cell`` (a gridspec cell), each titled with its wrapped label."""
     import textwrap
 

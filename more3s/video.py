@@ -21,19 +21,21 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from more3s.atomic import atomic_path, atomic_write_text
 from more3s.envs import ATARI_FRAMESKIP, TaskSpec
 
+if TYPE_CHECKING:
+    from more3s.report import FrameStrip
+
 __all__ = [
-    "VIDEO_DIR", "FrameLayout", "VideoWriter", "EpisodeRecorder", "mp4_available", "render_kwargs",
+    "FrameLayout", "VideoWriter", "EpisodeRecorder", "mp4_available", "render_kwargs",
     "decision_scores", "decision_lines", "best_episode_strip", "prune_videos", "expand_bare_flag",
 ]
 
-VIDEO_DIR = "videos"  # under the run directory
 ATARI_HZ = 60.0  # the console's frame rate; an agent step spans ATARI_FRAMESKIP frames
 MIN_WIDTH = 480  # small frames (Atari: 160 wide) are scaled up, nearest-neighbour, to at least this
 MACRO_BLOCK = 16  # H.264 wants sides divisible by 16 (imageio-ffmpeg would otherwise resize, blurring the text)
@@ -45,7 +47,7 @@ FALLBACK_FPS = 30.0  # for an env whose metadata gives no render_fps
 
 # --- the frame: game on top, the decision's text below -----------------------------------------------------
 @functools.lru_cache(maxsize=4)
-def _font(size: int):
+def _font(size: int) -> Any:
     from PIL import ImageFont
 
     return ImageFont.load_default(size=size)  # Pillow's bundled scalable font: no font files needed
@@ -127,7 +129,7 @@ class FrameLayout:
 
 
 # --- the decision's words ---------------------------------------------------------------------------------
-def decision_scores(model) -> tuple[str, float] | None:
+def decision_scores(model: Any) -> tuple[str, float] | None:
     """(name, divisor) turning the engine's discrete logits into the head's scores: the semantic head's logits are
     cosine / temperature; the mse head's are minus the squared distance to each action embedding. None for
     continuous actions (the logits are the action)."""
@@ -140,7 +142,7 @@ def decision_scores(model) -> tuple[str, float] | None:
 
 
 def decision_lines(task: TaskSpec, prompts: Sequence[str], *, t: int, rtg: float, reward: float, ret: float,
-                   action, scores: np.ndarray | None = None, score_name: str = "cos") -> list[str]:
+                   action: Any, scores: np.ndarray | None = None, score_name: str = "cos") -> list[str]:
     """The text drawn on a frame (and logged beside the video): status, the chosen action's sentence, and its
     score against the runner-up (the best other action) or, for continuous actions, the action vector."""
     lines = [f"step {t} | RTG {rtg:.1f} | reward {reward:+.3g} | return {ret:.1f}"]
@@ -178,7 +180,7 @@ class VideoWriter:
     onto it by ``close()``; ``abort()`` (or an error) leaves nothing behind. MP4 through imageio-ffmpeg; GIF (where
     no ffmpeg exists) through Pillow, which keeps the episode's frames in memory until ``close()``."""
 
-    def __init__(self, stem: str | os.PathLike, fps: float, fmt: str | None = None):
+    def __init__(self, stem: str | os.PathLike[str], fps: float, fmt: str | None = None):
         self.format = fmt or ("mp4" if mp4_available() else "gif")
         if self.format not in ("mp4", "gif"):
             raise ValueError(f"video format {self.format!r}: expected 'mp4' or 'gif'")
@@ -189,7 +191,7 @@ class VideoWriter:
         self.frames = 0
         self._stack = contextlib.ExitStack()  # holds atomic_path: leaving it without an error publishes the file
         self._tmp = self._stack.enter_context(atomic_path(self.path, suffix="." + self.format))
-        self._gif: list = []
+        self._gif: list[Any] = []  # PIL images
         self._mp4 = None
         if self.format == "mp4":
             import imageio.v2 as iio
@@ -245,7 +247,7 @@ def render_kwargs(task: TaskSpec) -> dict[str, Any]:
     return {"render_mode": "rgb_array"}
 
 
-def _fps(task: TaskSpec, venv) -> float:
+def _fps(task: TaskSpec, venv: Any) -> float:
     if task.family == "atari":
         return ATARI_HZ / ATARI_FRAMESKIP  # real time: 15 agent steps per second
     envs = getattr(venv, "envs", None)
@@ -263,7 +265,7 @@ class EpisodeRecorder:
     finished videos; ``note`` says why there are none when frames could not be had.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, task: TaskSpec, prompts: Sequence[str], *, target: float,
+    def __init__(self, out_dir: str | os.PathLike[str], task: TaskSpec, prompts: Sequence[str], *, target: float,
                  seed: int, total_envs: int, count: int,
                  scores: tuple[str, float] | None = None, prompt_set: str = "",
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)):
@@ -280,19 +282,19 @@ class EpisodeRecorder:
         self._open: dict[int, dict[str, Any]] = {}  # global env -> the recording in progress
         self._fps = 0.0  # frames per second, from the first venv seen
 
-    def _wanted(self, env_ids) -> list[int]:
+    def _wanted(self, env_ids: np.ndarray) -> list[int]:
         """Local indices of the environments whose current episode is one to record."""
         if self.note:
             return []
         return [i for i, g in enumerate(env_ids) if self._ordinal.get(int(g), 0) * self.G + int(g) < self.count]
 
-    def frames(self, venv, obs, env_ids) -> list | None:
+    def frames(self, venv: Any, obs: Any, env_ids: np.ndarray) -> list[np.ndarray | None] | None:
         """Before ``venv.step``: the frames the decision saw, for the environments being recorded (else None)."""
         want = self._wanted(env_ids)
         if not want:
             return None
         self._fps = self._fps or _fps(self.task, venv)
-        out: list = [None] * len(env_ids)
+        out: list[np.ndarray | None] = [None] * len(env_ids)
         if self.task.family == "atari":
             for i in want:
                 out[i] = obs[i]
@@ -313,7 +315,9 @@ class EpisodeRecorder:
             out[i] = np.ascontiguousarray(shot, dtype=np.uint8)
         return out
 
-    def record(self, frames, env_ids, action, logits, reward, rtg, timestep, done) -> None:
+    def record(self, frames: Sequence[np.ndarray | None] | None, env_ids: np.ndarray, action: np.ndarray,
+               logits: Any, reward: np.ndarray, rtg: np.ndarray, timestep: np.ndarray,
+               done: np.ndarray) -> None:
         """After ``venv.step``: draw this step's decision on its frame; finish the videos of ended episodes."""
         if frames is None:
             return
@@ -340,8 +344,8 @@ class EpisodeRecorder:
                                  "action": act, "text": lines})
             if done[i]:
                 self._finish(g)
-        for i in np.flatnonzero(done):  # every environment's episode count, recorded or not
-            self._ordinal[int(env_ids[i])] = self._ordinal.get(int(env_ids[i]), 0) + 1
+        for j in np.flatnonzero(done):  # every environment's episode count, recorded or not
+            self._ordinal[int(env_ids[j])] = self._ordinal.get(int(env_ids[j]), 0) + 1
 
     def _start(self, g: int, frame: np.ndarray) -> dict[str, Any]:
         k = self._ordinal.get(g, 0) * self.G + g
@@ -376,7 +380,7 @@ class EpisodeRecorder:
 
 
 # --- after the evaluation -----------------------------------------------------------------------------------
-def prune_videos(video_dir: str | os.PathLike, entries: Sequence[dict[str, Any]]) -> None:
+def prune_videos(video_dir: str | os.PathLike[str], entries: Sequence[dict[str, Any]]) -> None:
     """Remove videos and logs in ``video_dir`` that ``entries`` (this evaluation's) do not list: an earlier
     evaluation's, which would otherwise pass for this one's."""
     keep = {e[k] for e in entries for k in ("video", "log")}
@@ -385,7 +389,8 @@ def prune_videos(video_dir: str | os.PathLike, entries: Sequence[dict[str, Any]]
             f.unlink(missing_ok=True)
 
 
-def best_episode_strip(video_dir: str | os.PathLike, entries: Sequence[dict[str, Any]], n: int = STRIP_FRAMES):
+def best_episode_strip(video_dir: str | os.PathLike[str], entries: Sequence[dict[str, Any]],
+                       n: int = STRIP_FRAMES) -> FrameStrip | None:
     """A more3s.report.FrameStrip of ``n`` evenly spaced frames (game area only) of the recorded episode with
     the highest return (ties: the lowest target, seed, episode), each labelled with its action's words; None
     when nothing was recorded. Frames are decoded from the video itself: what the strip shows is what was saved."""

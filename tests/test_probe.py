@@ -13,8 +13,12 @@ import pytest
 from more3s.data import collect_dataset
 from more3s.encoder import FrozenLxmert, Regions
 from more3s.probe import ProbeConfig, format_report, main, run_probe
+from more3s.train import train
+
 
 EPISODES, STEPS = 8, 150  # 8 x 150 Breakout steps of the mixed tracker; 2 episodes held out (seed 0)
+
+
 # Held-out R² floors of the lxmert-tiny embedding; measured 0.998, 0.997, 0.993, 0.992, 0.995.
 FLOORS = {"paddle_x": 0.98, "ball_x": 0.98, "ball_y": 0.97, "ball_vx": 0.95, "ball_vy": 0.95}
 
@@ -110,3 +114,21 @@ def test_bad_input(breakout, capsys):
     assert main(["--dataset", str(path), "--encoder", "lxmert-tiny", "--cache-dir", str(cache),
                  "--max-episodes", "3"]) == 2
     assert "at least 5 episodes" in capsys.readouterr().err
+
+
+def test_linear_head_and_held_out_action_accuracy(tiny_config):
+    """objective=linear trains a plain logits head on the same tokens; the probe scores trained runs on the
+    episodes after the ones they trained on (teacher-forced, memory carried), and refuses a run without any."""
+    from more3s.run import load_run_model
+    from more3s.probe import run_action_accuracy
+
+    runs = {obj: train(tiny_config(name=obj, objective=obj, max_episodes=4, max_steps=3, ckpt_every=3))
+            for obj in ("semantic", "linear")}
+    model, _, _ = load_run_model(runs["linear"])
+    assert model.head_action.out_features == 4  # Breakout's 4 actions, not the encoder space
+    for obj, run in runs.items():
+        r = run_action_accuracy(run, tiny_config().dataset, tiny_config().cache_dir)
+        assert r["objective"] == obj and r["heldout_episodes"] == [4, 5] and 0 <= r["action_accuracy"] <= 1
+    everything = train(tiny_config(name="all", max_steps=2, ckpt_every=2))
+    with pytest.raises(ValueError, match="no others to hold out"):
+        run_action_accuracy(everything, tiny_config().dataset, tiny_config().cache_dir)

@@ -249,12 +249,13 @@ class EmbeddingCache:
 # ---------------------------------------------------------------------------------------------
 
 def _dist():
-    """(rank, world, dist module or None) when torch.distributed is initialized."""
+    """(rank, world, dist module or None when this process is alone)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dist
-    return 0, 1, None
+    from more3s.distributed import rank_and_world
+
+    rank, world = rank_and_world()
+    return rank, world, dist if world > 1 else None
 
 
 def _all_reduce_sum(dist, value: int) -> int:

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeAlias
 
 import tyro
 
@@ -28,6 +28,11 @@ from .claims import evaluate_claims
 from .grid import ARMS, NEEDS_PRETRAINED, PRETRAINED_ENCODER, PROFILES, Cell, DataSpec, build_cells
 from .outputs import format_claims, format_table, plot_scores, scores_by_task, write_scores_csv
 
+if TYPE_CHECKING:
+    ProfileChoice: TypeAlias = str
+else:
+    ProfileChoice = Literal[tuple(PROFILES)]  # tyro's choices: the profiles more3s.reproduce.grid defines
+
 __all__ = ["ReproduceConfig", "run_grid", "main"]
 
 Log = Callable[[str], None]
@@ -37,7 +42,7 @@ Log = Callable[[str], None]
 class ReproduceConfig:
     """Run the reproduction grid of a profile and judge the paper's claims."""
 
-    profile: Literal["smoke", "cpu", "paper"] = "smoke"
+    profile: ProfileChoice = "smoke"
     tasks: tuple[str, ...] = ()
     """Tasks of the profile to run (empty: all)."""
     arms: tuple[str, ...] = ()
@@ -106,17 +111,17 @@ def _machine() -> dict[str, Any]:
 
 
 def _pretrained_available() -> bool:
-    from more3s.train import _hf_available
+    from more3s.hub import hf_available
 
-    return _hf_available(PRETRAINED_ENCODER)
+    return hf_available(PRETRAINED_ENCODER)
 
 
 def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None:
     """Collect a task's dataset here when the profile says how and it is missing (published ones never are)."""
     from more3s.data import collect_dataset
-    from more3s.train import _local_dataset_exists
+    from more3s.train import local_dataset_exists
 
-    if spec.policy is None or _local_dataset_exists(spec.dataset):
+    if spec.policy is None or local_dataset_exists(spec.dataset):
         return
     policy = spec.policy
     if spec.sac_steps > 0:

@@ -14,11 +14,14 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from more3s.atomic import atomic_write_text
 
 from .grid import Cell
+
+if TYPE_CHECKING:
+    from more3s.run import RunInfo
 
 __all__ = ["CellResult", "run_cell", "read_cell", "CELL_FILE"]
 
@@ -67,17 +70,17 @@ def _write(run_dir: Path, res: CellResult) -> CellResult:
 
 
 def _score(cell: Cell, run_dir: Path, res: CellResult) -> CellResult:
-    """Fill ``res`` from the run's eval.json / run.json: the first RTG target of the run is its primary one
+    """Fill ``res`` from the run's eval.json and RunInfo: the first RTG target of the run is its primary one
     (DT's published target, or the data's best-episode return), fixed before training."""
     import numpy as np
 
     from more3s.report import load_report
+    from more3s.run import RunInfo, RunPaths
 
-    report = load_report(run_dir / "eval.json")
+    report = load_report(RunPaths(run_dir).eval_json)
     primary = report.targets[0]
     raw = np.asarray(primary.returns, dtype=np.float64)
-    info = json.loads((run_dir / "run.json").read_text())
-    beh = info.get("behaviour") or {}
+    info = RunInfo.read(run_dir)
     cap = f"capped at {report.max_episode_steps} steps" if report.max_episode_steps else "full episodes"
     res.normalized_mean, res.normalized_std = primary.mean, primary.std
     res.raw_mean, res.raw_std = float(raw.mean()), float(raw.std())
@@ -85,17 +88,16 @@ def _score(cell: Cell, run_dir: Path, res: CellResult) -> CellResult:
     res.protocol = (f"last checkpoint (step {report.step}), {len(primary.returns)} episodes "
                     f"({primary.distinct_trajectories} distinct), {report.actions} actions, {cap}, "
                     f"engine={report.engine}")
-    res.behaviour_mean = beh.get("mean_return")
-    if beh:
-        res.behaviour_best = _best_raw_return(info)
+    res.behaviour_mean = info.behaviour.mean_return
+    res.behaviour_best = _best_raw_return(info)
     return res
 
 
-def _best_raw_return(info: dict[str, Any]) -> float | None:
+def _best_raw_return(info: RunInfo) -> float | None:
     from more3s.data import load_episodes
 
     try:
-        eps = load_episodes(info["dataset"], task=info["task"], lazy=True)
+        eps = load_episodes(info.dataset, task=info.task, lazy=True)
     except Exception:  # noqa: BLE001 - the table then shows no best; the score stands
         return None
     return float(max(ep.raw_return for ep in eps))
@@ -112,6 +114,7 @@ def run_cell(cell: Cell, root: str, overrides: dict[str, Any] | None = None, thr
     if done is not None and done.status == "ok":
         return done
     from more3s.config import config_from_dict
+    from more3s.run import RunPaths
     from more3s.train import train
 
     values = {**cell.config_overrides(), **(overrides or {})}
@@ -119,9 +122,9 @@ def run_cell(cell: Cell, root: str, overrides: dict[str, Any] | None = None, thr
                      commit=commit, run_dir=str(run_dir))
     t0 = time.time()
     try:
-        if run_dir.exists() and not (run_dir / "config.json").is_file():
+        if run_dir.exists() and not RunPaths(run_dir).config_json.is_file():
             shutil.rmtree(run_dir)  # killed before the run wrote its config: nothing to resume
-        resume = (run_dir / "config.json").is_file()
+        resume = RunPaths(run_dir).config_json.is_file()
         values.update(progress=False, run_dir=str(run_dir), resume=str(run_dir) if resume else None)
         train(config_from_dict(values))
         res = _score(cell, run_dir, res)

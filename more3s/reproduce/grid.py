@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from more3s.config import preset_overrides
+from more3s.encoder.lxmert import PRETRAINED_ID
 from more3s.envs import get_task
 
 __all__ = ["ARMS", "PROFILES", "DataSpec", "Budget", "Profile", "Cell", "build_cells", "check_names",
            "PRETRAINED_ENCODER"]
 
-PRETRAINED_ENCODER = "unc-nlp/lxmert-base-uncased"
+PRETRAINED_ENCODER = PRETRAINED_ID  # the paper's encoder
 
 # arm -> TrainConfig overrides on top of the profile's budget. `more3s` is the method as the paper gives it
 # (RTG in K/V + memory); every other arm changes one thing against it.

@@ -43,7 +43,7 @@ def test_bad_frames_are_named(bad):
 
 def test_training_stacks_equal_the_rollout_stacks():
     """The trainer's k-frame gather and the engine's running stack give the same input at every step."""
-    from more3s.train import TrainData
+    from more3s.data.batches import TrainData
 
     class _Ep:  # one episode of T steps (T+1 observations), per-step features = its index
         def __init__(self, T):

@@ -1,5 +1,6 @@
 """Report: behaviour statistics, data-derived targets, the table and the PNG."""
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -84,3 +85,37 @@ def test_plot_draws_eval_rows_as_a_curve(tmp_path, monkeypatch):
     plot_report(tmp_path / "r.png", read_metrics(csv), _report(None))
     curves = [c for c in curves if len(c[0]) == 2]  # (the final-score bars draw error bars too)
     assert sorted(curves) == [([2, 4], [5.0, 6.0]), ([2, 4], [10.0, 12.0])]
+
+
+def test_report_png_gains_a_frame_strip(tmp_path):
+    from more3s.report import FrameStrip, plot_report
+
+    frames = [np.full((60, 40, 3), 40 * i, np.uint8) for i in range(5)]
+    plain = iio.imread(plot_report(tmp_path / "plain.png", {}, None))
+    strip = FrameStrip(frames, [f"t={i}: move the paddle left" for i in range(5)], title="best recorded episode")
+    with_strip = iio.imread(plot_report(tmp_path / "strip.png", {}, None, strip=strip))
+    assert with_strip.shape[1] == plain.shape[1] and with_strip.shape[0] > plain.shape[0] * 1.5
+    empty = iio.imread(plot_report(tmp_path / "empty.png", {}, None, strip=FrameStrip([], [])))
+    assert empty.shape == plain.shape  # nothing recorded: the plain report
+
+
+def test_plot_report_closes_its_figure_when_saving_fails(tmp_path, monkeypatch):
+    """A failed savefig (disk full, bad path) must not leave the figure open in pyplot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from more3s.report import plot_report
+
+    def boom(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    plt.close("all")
+    monkeypatch.setattr(Figure, "savefig", boom)
+    metrics = {"step": np.array([1.0, 2.0]), "loss": np.array([1.0, 0.5])}
+    with pytest.raises(OSError, match="disk full"):
+        plot_report(tmp_path / "report.png", metrics, None)
+    assert plt.get_fignums() == [], "the figure stayed open after savefig raised"
+    assert not (tmp_path / "report.png").exists()

@@ -1,4 +1,5 @@
-"""Shared fixtures for the trainer tests: tiny collected Breakout and HalfCheetah datasets, an embedding cache root."""
+"""Shared fixtures for the tests that train: tiny collected Breakout and HalfCheetah datasets, an embedding cache root
+and a seconds-long TrainConfig."""
 
 import pytest
 

@@ -1,11 +1,8 @@
-"""From tests/review/test_regressions.py (dissolved). BELONGS IN the mirrored test file of the module that owns
-MetricsLog (today more3s/train.py, so tests/train/test_train.py; wherever engineer A's split puts MetricsLog):
-move this test there at merge, fix its import, and delete this file."""
-
+"""metrics.csv and TensorBoard (more3s.metrics)."""
 
 def test_metrics_resume_drops_a_row_the_kill_cut_short(tmp_path):
     """A kill mid-write leaves a torn last row in metrics.csv: resuming drops it instead of crashing."""
-    from more3s.train import METRIC_FIELDS, MetricsLog
+    from more3s.metrics import METRIC_FIELDS, MetricsLog
 
     log = MetricsLog(tmp_path, tensorboard=False, resume_step=None)
     for step in (10, 20):

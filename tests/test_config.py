@@ -1,12 +1,12 @@
-"""TrainConfig: defaults, presets, --config files, --resume and validation errors."""
+"""TrainConfig (more3s.config): defaults, presets, files, the command line, validation."""
 
 import json
 
 import pytest
-import torch
 
 from more3s.config import (PRESETS, TrainConfig, config_from_dict, config_to_dict, load_config_file,
                            parse_args, save_config)
+from more3s.config import DT_PUBLISHED, preset_overrides
 
 
 def test_default_is_valid_and_is_more3s():
@@ -86,26 +86,6 @@ def test_literal_choices_are_enforced_by_the_parser_and_the_file_loader(tmp_path
         parse_args(["--preset", "ppo"])
 
 
-def test_default_targets_published_vs_collected():
-    from more3s.envs import get_task
-    from more3s.report import behaviour_stats
-    from more3s.train import default_targets
-
-    stats = behaviour_stats("breakout", [1.0, 5.0, 9.0], [1.0, 4.0, 8.0])
-    task = get_task("breakout")
-    collected = {"collected_by": "more3s", "policy": "mixed", "max_episode_steps": 400}
-    # provenance decides, never the name (issue 10): a more3s collection gets the data's targets ...
-    t, src = default_targets(TrainConfig(), task, stats, collected)
-    assert t[0] == 8.0 and "from the data" in src and "90" in src
-    t, _ = default_targets(TrainConfig(dataset="atari/breakout/expert-v0"), task, stats, collected)
-    assert t[0] == 8.0
-    # ... and a dataset more3s did not collect DT's published ones, whatever its name
-    t, src = default_targets(TrainConfig(dataset="more3s/breakout/mine-v0"), task, stats, None)
-    assert t == (90.0,) and "published" in src
-    t, _ = default_targets(TrainConfig(eval_targets=(3.0, 3.0, 4.0)), task, stats, None)
-    assert t == (3.0, 4.0)  # every target once
-
-
 def test_eval_fields_are_validated():
     with pytest.raises(ValueError, match="eval_every"):
         TrainConfig(eval_every=0).validate()
@@ -119,25 +99,31 @@ def test_eval_fields_are_validated():
         parse_args(["--eval-dtype", "fp64"])
 
 
-def test_eval_dtype_the_device_cannot_run_fails_before_training(capsys):
-    from more3s.evaluate import resolve_eval_dtype
-    from more3s.train import main
+def test_preset_is_per_family_and_overridable():
+    atari = parse_args(["--preset", "dt-published"])
+    assert (atari.window, atari.batch_size, atari.n_head, atari.lr) == (30, 128, 8, 6e-4)
+    pong = parse_args(["--preset", "dt-published", "--env", "pong", "--dataset", "x/pong-v0"])
+    assert (pong.window, pong.batch_size) == (50, 512)
+    hopper = parse_args(["--preset", "dt-published", "--env", "hopper", "--dataset", "x/h-v0", "--lr", "3e-4"])
+    assert (hopper.n_layer, hopper.grad_clip, hopper.lr, hopper.encoder) == (3, 0.25, 3e-4, "raw")
+    assert DT_PUBLISHED["mujoco"]["weight_decay"] == 1e-4
+    with pytest.raises(ValueError, match="choose one of"):
+        preset_overrides("dt-2021", "breakout")
 
-    assert resolve_eval_dtype("auto", "cpu") == torch.float32
-    assert resolve_eval_dtype("bf16", "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match="fp16.*CUDA"):
-        resolve_eval_dtype("fp16", "cpu")
-    assert main(["--device", "cpu", "--eval-dtype", "fp16", "--dataset", "more3s/none/missing-v0"]) == 2
-    assert "fp16" in capsys.readouterr().err
+
+def test_eval_video_flag_on_train():
+    from more3s.config import TrainConfig, parse_args
+
+    assert parse_args([]).eval_video == 0  # off by default: nothing rendered or drawn
+    assert parse_args(["--eval-video"]).eval_video == 1  # bare: the first episode of every target
+    assert parse_args(["--eval-video", "3", "--max-steps", "5"]).eval_video == 3
+    with pytest.raises(ValueError, match="eval_video"):
+        TrainConfig(eval_video=-2).validate()
 
 
-def test_eval_cap_and_timestep_table_follow_the_data():
-    from more3s.envs import get_task
-    from more3s.train import eval_cap, timestep_table
+def test_every_preset_is_a_cli_choice():
+    from typing import get_args
 
-    assert eval_cap(None)[0] is None and "did not collect" in eval_cap(None)[1]
-    assert eval_cap({"max_episode_steps": 400})[0] == 400
-    assert eval_cap({"max_episode_steps": None})[0] is None
-    assert timestep_table([5, 24, 3], get_task("breakout")) == (23, timestep_table([24], get_task("breakout"))[1])
-    t, src = timestep_table([1000, 1000], get_task("hopper"))
-    assert t == 999 and "episode limit" in src
+    from more3s.config import PRESETS, PresetChoice
+
+    assert get_args(PresetChoice) == tuple(PRESETS)

@@ -1,1 +1,0 @@
-"""Tests of the trainer, checkpoints, evaluation, report and rollout engine."""
