@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard csrc/*.cpp csrc/*.h
 	@touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --timeout=900 -q
 
 train: $(STAMP)

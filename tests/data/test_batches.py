@@ -31,7 +31,7 @@ def test_gather_reads_the_rows_of_each_window():
     batch = WindowSampler(data.lengths.tolist(), 2, 4, seed=0).sample()
     out = data.gather(batch)
     assert set(out) == {"states", "prev_actions", "actions", "rtg", "timesteps", "first", "mask"}
-    for b in range(len(batch)):
+    for b in range(len(batch.episode)):
         e = int(batch.episode[b])
         for k in range(2):
             if not batch.mask[b, k]:
