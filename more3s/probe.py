@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from more3s.envs import PromptSet
+
 __all__ = ["ProbeConfig", "FEATURE_SETS", "MIN_EPISODES", "split_episodes", "probe_features",
            "run_probe", "run_action_accuracy", "format_report", "main"]
 
@@ -44,7 +46,7 @@ MLP_HIDDEN = (128, 128)
 class ProbeConfig:
     dataset: str  # Minari id or directory (Atari data collected by more3s records RAM and facts)
     encoder: str = "lxmert-tiny"  # as for more3s.encode: a random-init name, a local directory or a hub id
-    prompt_set: str = "original"  # action table used for the cosine report (and part of the cache key)
+    prompt_set: PromptSet = "original"  # action table used for the cosine report (and part of the cache key)
     seed: int = 0  # the episode split and the MLP's initialization
     features: tuple[str, ...] = ()  # subset of embedding, facts, ram, obs (default: all that apply)
     json: str | None = None  # write the report here (atomically)
@@ -228,6 +230,7 @@ def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None
 
     from more3s.data import load_episodes
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
+    from more3s.envs import check_prompt_set
     from more3s.run import load_run_model
 
     model, info, _ = load_run_model(run_dir)
@@ -242,8 +245,8 @@ def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None
     encoder = load_encoder(info.encoder)
     if encoder.fingerprint != info.encoder_fingerprint:
         raise ValueError(f"run {run_dir} was trained with other encoder weights than {info.encoder!r} gives now")
-    cache = build_or_load_cache(episodes, encoder, info.task, info.prompt_set, cache_dir=cache_dir,
-                                config=CacheConfig(progress=False))
+    cache = build_or_load_cache(episodes, encoder, info.task, check_prompt_set(info.prompt_set),
+                                cache_dir=cache_dir, config=CacheConfig(progress=False))
     K, correct, total = model.config.window, 0, 0
     with torch.inference_mode():
         for i in held:

@@ -29,17 +29,24 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
+import numpy.typing as npt
+import torch
 from filelock import FileLock
 
 from more3s.atomic import atomic_path, atomic_write_text, sha256_file
-from more3s.envs import get_task, state_caption
+from more3s.distributed import rank_and_world
+from more3s.envs import PromptSet, check_prompt_set, get_task, state_caption
 
 from .lxmert import FrozenLxmert
+
+if TYPE_CHECKING:
+    from more3s.data.frames import H5Frames
 
 __all__ = [
     "FORMAT_VERSION", "CacheConfig", "EmbeddingCache", "ChunkedStates", "CacheCorruptError",
@@ -56,6 +63,14 @@ class CacheCorruptError(RuntimeError):
     """A cache directory is incomplete or a chunk fails its checksum, and it cannot be rebuilt here."""
 
 
+class EpisodeLike(Protocol):
+    """What the cache reads of an episode (``more3s.data.Episode`` or any object alike): its observations
+    [T+1, ...], an array or lazily read frames (``frames.H5Frames``); ``task`` too, when it has one."""
+
+    @property
+    def observations(self) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     chunk_rows: int = 4096  # states per chunk file: the unit of resume, checksum and sharding
@@ -63,7 +78,7 @@ class CacheConfig:
     verify: bool = True  # checksum every chunk on load (reads the cache once; catches silent corruption)
     progress: bool = True  # tqdm bar with states/s (rank 0 only)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.chunk_rows < 1:
             raise ValueError(f"CacheConfig.chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -76,7 +91,7 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "more3s" / "embeddings"
 
 
-def dataset_fingerprint(episodes: Sequence, memo_file: str | os.PathLike | None = None) -> str:
+def dataset_fingerprint(episodes: Sequence[EpisodeLike], memo_file: str | os.PathLike[str] | None = None) -> str:
     """blake2b over every episode's observations (dtype, shape, content digest): what the states are made of.
 
     Hashing reads every frame (about 1 GB/s, plus hdf5 decompression: minutes for a full Atari dataset).
@@ -94,7 +109,7 @@ def dataset_fingerprint(episodes: Sequence, memo_file: str | os.PathLike | None 
     return h.hexdigest()
 
 
-def _content_digest(obs, rows_per_read: int = 256) -> bytes:
+def _content_digest(obs: np.ndarray, rows_per_read: int = 256) -> bytes:
     """blake2b of an episode's observation bytes, read in slices (a lazy episode never sits in memory whole)."""
     h = hashlib.blake2b(digest_size=20)
     for a in range(0, len(obs), rows_per_read):
@@ -107,19 +122,21 @@ class _DigestMemo:
     (inode, size, mtime_ns) are unchanged. A damaged memo is ignored and rewritten; writes are atomic."""
 
     def __init__(self, path: Path | None):
-        self.path, self.entries, self.dirty = path, {}, False
+        self.path = path
+        self.entries: dict[str, Any] = {}
+        self.dirty = False
         if path is not None and path.exists():
             try:
                 self.entries = dict(json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 self.entries = {}  # a memo is only a shortcut: re-hash rather than fail
 
-    def digest(self, obs) -> bytes:
+    def digest(self, obs: np.ndarray) -> bytes:
         src = getattr(obs, "path", None) if getattr(obs, "is_lazy_array", False) else None
         if self.path is None or src is None:
             return _content_digest(obs)
         st = os.stat(src)
-        ident, name = [st.st_ino, st.st_size, st.st_mtime_ns], f"{os.path.realpath(src)}|{obs.key}"
+        ident, name = [st.st_ino, st.st_size, st.st_mtime_ns], f"{os.path.realpath(src)}|{cast('H5Frames', obs).key}"
         entry = self.entries.get(name)
         if isinstance(entry, dict) and entry.get("file") == ident:
             try:
@@ -131,7 +148,7 @@ class _DigestMemo:
         return d
 
     def save(self) -> None:
-        if not self.dirty:
+        if not self.dirty or self.path is None:  # (only a memo with a file gets dirty)
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +163,8 @@ class _DigestMemo:
         self.dirty = False
 
 
-def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str, prompt_set: str) -> tuple[str, dict]:
+def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str,
+              prompt_set: PromptSet) -> tuple[str, dict[str, Any]]:
     """(key, parts): the key is sha256 of the canonical JSON of the parts."""
     spec = get_task(task)
     parts = {
@@ -199,24 +217,23 @@ class ChunkedStates:
             out[sel] = self.chunks[c][r[sel]]
         return out.reshape(*rows.shape, self.d)
 
-    def __getitem__(self, idx):
-        rest = ()
-        if isinstance(idx, tuple):
-            idx, rest = idx[0], idx[1:]
+    def __getitem__(self, index: slice | npt.ArrayLike | tuple[Any, ...]) -> np.ndarray:
+        """``index``: an int, a slice, an integer or boolean array, or a tuple of one of those and more axes."""
+        idx, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
         if isinstance(idx, slice):
             out = self._rows(np.arange(*idx.indices(self.shape[0])))
         elif isinstance(idx, (int, np.integer)):
             out = self._rows(np.asarray([idx]))[0]
         else:
-            idx = np.asarray(idx)
-            if idx.dtype == bool:
-                idx = np.flatnonzero(idx)
-            if not np.issubdtype(idx.dtype, np.integer):
-                raise TypeError(f"states index must be int, slice or integer array, got {idx.dtype}")
-            out = self._rows(idx)
+            rows = np.asarray(idx)
+            if rows.dtype == bool:
+                rows = np.flatnonzero(rows)
+            if not np.issubdtype(rows.dtype, np.integer):
+                raise TypeError(f"states index must be int, slice or integer array, got {rows.dtype}")
+            out = self._rows(rows)
         return out[(Ellipsis, *rest)] if rest else out
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         out = self[:]
         return out if dtype is None else out.astype(dtype)
 
@@ -227,7 +244,7 @@ class EmbeddingCache:
     states: ChunkedStates  # [N_obs, d_enc] fp16
     offsets: np.ndarray  # [E+1] int64; episode i's observations are rows offsets[i] .. offsets[i+1]-1
     action_table: np.ndarray  # [A, d_enc] (discrete) or [A+1, d_enc] (continuous: e_0, e_1..e_A) fp32
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
     hit: bool = False  # True when nothing had to be encoded
 
     @property
@@ -248,27 +265,16 @@ class EmbeddingCache:
 # Building
 # ---------------------------------------------------------------------------------------------
 
-def _dist():
-    """(rank, world, dist module or None when this process is alone)."""
-    import torch.distributed as dist
-
-    from more3s.distributed import rank_and_world
-
-    rank, world = rank_and_world()
-    return rank, world, dist if world > 1 else None
-
-
-def _all_reduce_sum(dist, value: int) -> int:
-    import torch
-
-    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+def _all_reduce_sum(value: int) -> int:
+    """Sum of ``value`` over the ranks of the torch.distributed group (also a barrier)."""
+    dev = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
     t = torch.tensor([value], dtype=torch.int64, device=dev)
-    dist.all_reduce(t)
+    torch.distributed.all_reduce(t)
     return int(t.item())
 
 
 class _Layout:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path) -> None:
         self.root = root
         self.chunks = root / "chunks"
         self.locks = root / "locks"
@@ -296,7 +302,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> str:
     return digest
 
 
-def _npy_ok(path: Path, shape: tuple, dtype, verify: bool) -> bool:
+def _npy_ok(path: Path, shape: tuple[int, ...], dtype: npt.DTypeLike, verify: bool) -> bool:
     """True when ``path`` and its sidecar exist, the header matches, and (verify) the checksum does."""
     side = path.with_suffix(".json")
     if not path.exists() or not side.exists():
@@ -320,7 +326,7 @@ def _chunk_len(i: int, chunk_rows: int, n_rows: int) -> int:
     return b - a
 
 
-def _encode_rows(encoder: FrozenLxmert, task: str, episodes: Sequence, offsets: np.ndarray,
+def _encode_rows(encoder: FrozenLxmert, task: str, episodes: Sequence[EpisodeLike], offsets: np.ndarray,
                  start: int, stop: int, batch_size: int, on_batch: Callable[[int], None]) -> np.ndarray:
     """E_s of flat rows [start, stop): [stop-start, d_enc] fp16. Row 0 of an episode is its own previous frame."""
     rows = np.arange(start, stop)
@@ -341,7 +347,9 @@ def _encode_rows(encoder: FrozenLxmert, task: str, episodes: Sequence, offsets: 
     return out
 
 
-def _resolve_episodes(source, task: str | None, max_episodes: int | None) -> list:
+def _resolve_episodes(source: str | os.PathLike[str] | Iterable[EpisodeLike], task: str | None,
+                      max_episodes: int | None) -> Sequence[EpisodeLike]:
+    episodes: Sequence[EpisodeLike]
     if isinstance(source, (str, os.PathLike)):
         from more3s.data import load_episodes
 
@@ -359,30 +367,30 @@ def _resolve_episodes(source, task: str | None, max_episodes: int | None) -> lis
     return episodes
 
 
-def _infer_task(episodes: Sequence, task: str | None) -> str:
+def _infer_task(episodes: Sequence[EpisodeLike], task: str | None) -> str:
     if task is not None:
         return get_task(task).name
-    names = {getattr(ep, "task", None) for ep in episodes}
-    names.discard(None)
+    names = {name for ep in episodes if (name := getattr(ep, "task", None)) is not None}
     if len(names) != 1:
         raise ValueError(f"cannot infer the task from the episodes (found {sorted(names) or 'none'}); pass task=")
     return get_task(names.pop()).name
 
 
-def open_cache(path: str | os.PathLike, verify: bool = True) -> EmbeddingCache:
+def open_cache(path: str | os.PathLike[str], verify: bool = True) -> EmbeddingCache:
     """Open a complete cache directory without an encoder; raise ``CacheCorruptError`` if it is not sound."""
     lay = _Layout(Path(path))
     if not lay.meta.exists():
         raise CacheCorruptError(f"{lay.root} is not a complete embedding cache (no meta.json)")
     meta = json.loads(lay.meta.read_text())
     n_rows, cr, d, n_chunks = meta["n_rows"], meta["chunk_rows"], meta["d_enc"], meta["n_chunks"]
-    bad = [i for i in range(n_chunks)
-           if not _npy_ok(lay.chunk(i), (_chunk_len(i, cr, n_rows), d), np.float16, verify)]
+    bad_chunks = [i for i in range(n_chunks)
+                  if not _npy_ok(lay.chunk(i), (_chunk_len(i, cr, n_rows), d), np.float16, verify)]
+    bad = [f"chunks {bad_chunks}"] if bad_chunks else []
     if not _npy_ok(lay.table, tuple(meta["action_table_shape"]), np.float32, verify):
-        bad.append("action_table")
+        bad.append("the action table")
     if bad:
         raise CacheCorruptError(
-            f"embedding cache {lay.root}: chunks {bad} are missing, truncated or fail their checksum; "
+            f"embedding cache {lay.root}: {' and '.join(bad)} missing, truncated or failing the checksum; "
             "rebuild with build_or_load_cache(...) / python -m more3s.encode (it re-encodes only those), "
             "or delete the directory")
     offsets = np.load(lay.offsets)
@@ -391,8 +399,9 @@ def open_cache(path: str | os.PathLike, verify: bool = True) -> EmbeddingCache:
                           action_table=np.load(lay.table), meta=meta, hit=True)
 
 
-def build_or_load_cache(source, encoder: FrozenLxmert, task: str | None = None,
-                        prompt_set: str = "original", cache_dir: str | os.PathLike | None = None, *,
+def build_or_load_cache(source: str | os.PathLike[str] | Iterable[EpisodeLike], encoder: FrozenLxmert,
+                        task: str | None = None, prompt_set: PromptSet = "original",
+                        cache_dir: str | os.PathLike[str] | None = None, *,
                         config: CacheConfig | None = None, max_episodes: int | None = None,
                         on_chunk: Callable[[int], None] | None = None) -> EmbeddingCache:
     """Return the embedding cache of ``source`` under ``encoder``, building what is missing.
@@ -401,80 +410,113 @@ def build_or_load_cache(source, encoder: FrozenLxmert, task: str | None = None,
     with ``observations`` [T+1, ...] and ``task``). ``on_chunk(i)`` is called after chunk i is written
     (progress hooks, failure injection in tests). Under torch.distributed every rank must call this.
     """
-    from more3s.envs import PROMPT_SETS
-
     config = config or CacheConfig()
-    if prompt_set not in PROMPT_SETS:
-        raise ValueError(f"unknown prompt set {prompt_set!r}; choose one of {PROMPT_SETS}")
+    prompt_set = check_prompt_set(prompt_set)
     episodes = _resolve_episodes(source, task, max_episodes)
     task = _infer_task(episodes, task)
     lengths = np.array([len(ep.observations) for ep in episodes], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [E+1]
-    n_rows = int(offsets[-1])
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key, parts = cache_key(dataset_fingerprint(episodes, root / FINGERPRINT_MEMO), encoder, task, prompt_set)
-    lay = _Layout(root / key)
-    rank, world, dist = _dist()
-    was_complete = lay.meta.exists()
+    job = _Build(_Layout(root / key), encoder, task, episodes, offsets, config)
+    rank, world = rank_and_world()
+    was_complete = job.lay.meta.exists()
 
-    # -- plan (identical from every process; the first one writes it) --
+    plan = _load_or_write_plan(job, {"key": key, "parts": parts, "n_rows": job.n_rows,
+                                     "chunk_rows": config.chunk_rows, "d_enc": encoder.d_enc,
+                                     "n_episodes": len(episodes)})
+    cr = int(plan["chunk_rows"])
+    n_chunks = -(-job.n_rows // cr)
+    mine = [i for i in range(n_chunks) if i % world == rank]
+    encoded = _encode_chunks(job, mine, cr, config.progress and rank == 0, on_chunk)
+    table_shape = _write_action_table(job, prompt_set)
+    if world > 1:
+        encoded = _all_reduce_sum(encoded)  # also a barrier: every rank's chunks are written
+    _mark_complete(job.lay, {**plan, "n_chunks": n_chunks, "action_table_shape": list(table_shape),
+                             "encoder_name": encoder.name, "encoder_source": encoder.source,
+                             "prompt_set": prompt_set, "caption": parts["caption"], "task": task})
+    if world > 1:
+        torch.distributed.barrier()
+    # Every chunk was checked just now (by its rank), so skip a second checksum pass.
+    cache = open_cache(job.lay.root, verify=False)
+    cache.hit = was_complete and encoded == 0
+    return cache
+
+
+@dataclass(frozen=True)
+class _Build:
+    """One build of a cache: what is encoded (the episodes of ``task``, flat rows at ``offsets``), by what, where."""
+
+    lay: _Layout
+    encoder: FrozenLxmert
+    task: str
+    episodes: Sequence[EpisodeLike]
+    offsets: np.ndarray  # [E+1] int64
+    config: CacheConfig
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+
+def _load_or_write_plan(job: _Build, new_plan: dict[str, Any]) -> dict[str, Any]:
+    """The build's plan, identical from every process: the first one writes it (and the offsets)."""
+    lay = job.lay
     lay.root.mkdir(parents=True, exist_ok=True)
     with lay.lock("plan"):
         if lay.plan.exists():
-            plan = json.loads(lay.plan.read_text())
-            if plan["n_rows"] != n_rows or plan["d_enc"] != encoder.d_enc:
+            plan: dict[str, Any] = json.loads(lay.plan.read_text())
+            if plan["n_rows"] != job.n_rows or plan["d_enc"] != job.encoder.d_enc:
                 raise CacheCorruptError(f"{lay.plan} does not match this dataset/encoder; delete {lay.root}")
         else:
-            plan = {"key": key, "parts": parts, "n_rows": n_rows, "chunk_rows": config.chunk_rows,
-                    "d_enc": encoder.d_enc, "n_episodes": len(episodes)}
+            plan = new_plan
             with atomic_path(lay.offsets) as tmp:
                 with open(tmp, "wb") as f:
-                    np.save(f, offsets)
+                    np.save(f, job.offsets)
             atomic_write_text(lay.plan, json.dumps(plan, indent=1))
-    cr = int(plan["chunk_rows"])
-    n_chunks = -(-n_rows // cr)
-    mine = [i for i in range(n_chunks) if i % world == rank]
-    bs = config.batch_size or encoder.config.batch_size
+    return plan
 
-    # -- chunks: check each of mine under its lock; encode the missing or broken ones --
+
+def _encode_chunks(job: _Build, mine: list[int], chunk_rows: int, progress: bool,
+                   on_chunk: Callable[[int], None] | None) -> int:
+    """Check each chunk of ``mine`` under its lock, encode the missing or broken ones; the rows encoded."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(_chunk_len(i, cr, n_rows) for i in mine), unit="state",
-               unit_scale=True, desc=f"encode {task} ({encoder.name})",
-               disable=not config.progress or rank != 0, dynamic_ncols=True)
+    lay, encoder, n_rows = job.lay, job.encoder, job.n_rows
+    bs = job.config.batch_size or encoder.config.batch_size
+    bar = tqdm(total=sum(_chunk_len(i, chunk_rows, n_rows) for i in mine), unit="state",
+               unit_scale=True, desc=f"encode {job.task} ({encoder.name})",
+               disable=not progress, dynamic_ncols=True)
     encoded = 0
     try:
         for i in mine:
-            a, b = _chunk_rows(i, cr, n_rows)
+            a, b = _chunk_rows(i, chunk_rows, n_rows)
             with lay.lock(f"chunk_{i:05d}"):
-                if _npy_ok(lay.chunk(i), (b - a, encoder.d_enc), np.float16, config.verify):
+                if _npy_ok(lay.chunk(i), (b - a, encoder.d_enc), np.float16, job.config.verify):
                     bar.update(b - a)
                     continue
-                arr = _encode_rows(encoder, task, episodes, offsets, a, b, bs, bar.update)
+                arr = _encode_rows(encoder, job.task, job.episodes, job.offsets, a, b, bs, bar.update)
                 _save_npy(lay.chunk(i), arr)
                 encoded += b - a
             if on_chunk is not None:
                 on_chunk(i)
     finally:
         bar.close()
+    return encoded
 
-    # -- action table and completion marker --
-    with lay.lock("table"):
-        table = encoder.embed_actions(task, prompt_set).cpu().numpy().astype(np.float32)
-        if not _npy_ok(lay.table, table.shape, np.float32, config.verify):
-            _save_npy(lay.table, table)
-    if dist is not None:
-        encoded = _all_reduce_sum(dist, encoded)  # also a barrier: every rank's chunks are written
+
+def _write_action_table(job: _Build, prompt_set: PromptSet) -> tuple[int, ...]:
+    """Encode the action table, and write it unless a sound one is there; its shape."""
+    with job.lay.lock("table"):
+        table = job.encoder.embed_actions(job.task, prompt_set).cpu().numpy().astype(np.float32)
+        if not _npy_ok(job.lay.table, table.shape, np.float32, job.config.verify):
+            _save_npy(job.lay.table, table)
+    return table.shape
+
+
+def _mark_complete(lay: _Layout, meta: dict[str, Any]) -> None:
+    """Write meta.json (the completion marker) unless another process did, stamped with the time."""
     with lay.lock("meta"):
         if not lay.meta.exists():
-            meta = {**plan, "n_chunks": n_chunks, "action_table_shape": list(table.shape),
-                    "encoder_name": encoder.name, "encoder_source": encoder.source,
-                    "prompt_set": prompt_set, "caption": parts["caption"], "task": task,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            meta = {**meta, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             atomic_write_text(lay.meta, json.dumps(meta, indent=1))
-    if dist is not None:
-        dist.barrier()
-    # Every chunk was checked just now (by its rank), so skip a second checksum pass.
-    cache = open_cache(lay.root, verify=False)
-    cache.hit = was_complete and encoded == 0
-    return cache

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from more3s import cuda_graphs
-from more3s.envs import TaskSpec, action_prompts, base_action_prompt, get_task, state_caption
+from more3s.envs import PromptSet, TaskSpec, action_prompts, base_action_prompt, get_task, state_caption
 
 from .regions import RegionConfig, Regions, extract_regions, region_projection
 from .tokenizer import build_tokenizer, check_tokenizer, tokenizer_fingerprint
@@ -319,7 +319,7 @@ class FrozenLxmert(nn.Module):
         # Slots hold the word pieces after [CLS] (whose output the pooler already reads).
         return self._layout(pooled, h[:, 1:], attn[:, 1:].bool()).float()
 
-    def embed_actions(self, task: str | TaskSpec, prompt_set: str = "original") -> torch.Tensor:
+    def embed_actions(self, task: str | TaskSpec, prompt_set: PromptSet = "original") -> torch.Tensor:
         """Action table: discrete [A, d_enc] (one row per action); continuous [A+1, d_enc] (e_0, e_1..e_A)."""
         spec = get_task(task)
         prompts = action_prompts(spec.name, prompt_set)

@@ -42,7 +42,7 @@ from more3s.envs import TaskSpec, get_task
 
 __all__ = [
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
-    "region_projection", "image_feature_dim", "mujoco_feature_dim", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
+    "region_projection", "image_feature_dim", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
     "ImageMode", "IMAGE_MODES", "RegionKind",
 ]
 
@@ -119,12 +119,6 @@ class Regions:
 def image_feature_dim(cfg: RegionConfig) -> int:
     """F_raw of image regions: box 4, centroid 2, area 2, colour 3, two crops, displacement 3, motion 1."""
     return 4 + 2 + 2 + 3 + 2 * cfg.crop * cfg.crop + 3 + 1
-
-
-def mujoco_feature_dim(cfg: RegionConfig | None = None) -> int:
-    """F_raw of body regions: position 3, quaternion 4, spatial velocity 6, body one-hot, then the body's own
-    joints' positions and velocities (so the observation, joint by joint, is in the body's region)."""
-    return 3 + 4 + 6 + MAX_BODIES + 2 * MAX_BODY_JOINTS
 
 
 @functools.lru_cache(maxsize=32)

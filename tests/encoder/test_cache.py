@@ -126,6 +126,24 @@ def test_corrupt_chunk_detected_and_rebuilt(tiny, atari_eps, tmp_path, damage):
     assert open_cache(rebuilt.path).hit
 
 
+def test_corrupt_action_table_named_and_rebuilt(tiny, atari_eps, tmp_path):
+    """A broken action table is named as such (not as a chunk) and rebuilt without re-encoding any state."""
+    c = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    table = c.action_table.copy()
+    path = c.path / "action_table.npy"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheCorruptError, match="the action table") as err:
+        open_cache(c.path)
+    assert "chunks" not in str(err.value)
+    with Counting(tiny) as n:
+        rebuilt = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
+    assert n.rows == 0
+    np.testing.assert_array_equal(rebuilt.action_table, table)
+    np.testing.assert_array_equal(open_cache(c.path).action_table, table)
+
+
 def test_two_builders_share_the_work(tiny, cheetah_run, tmp_path):
     """Two concurrent builders of one key: every chunk encoded once, the result sound."""
     eps = make_episodes(cheetah_run[0], "halfcheetah", [6])
