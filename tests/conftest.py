@@ -45,3 +45,11 @@ def tiny_config(tiny_dataset, cache_root, tmp_path):
         base.update(overrides)
         return TrainConfig(**base).validate()
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The random-init lxmert-tiny encoder on CPU (shared by the encoder and encode-CLI tests)."""
+    from more3s.encoder import load_encoder
+
+    return load_encoder("lxmert-tiny", device="cpu")

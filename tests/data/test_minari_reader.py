@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from more3s.data import load_episodes
+from more3s.data import collect_dataset, dataset_path, dataset_provenance, load_episodes
 
 from .conftest import frames_dataset, small_minari
 
@@ -74,3 +74,14 @@ def test_minari_bad_inputs():
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="missing field 'data_format'"):
         load_episodes("tst/meta-v0")
+
+
+def test_collections_record_their_provenance():
+    collect_dataset("breakout", "random", 1, "mine/breakout-random-v0", seed=5, max_episode_steps=7,
+                    progress=False)
+    prov = dataset_provenance("mine/breakout-random-v0")
+    from more3s import __version__
+
+    assert prov["collected_by"] == "more3s" and prov["version"] == __version__
+    assert prov["policy"] == "random" and prov["seed"] == 5 and prov["max_episode_steps"] == 7
+    assert dataset_provenance(str(dataset_path("mine/breakout-random-v0"))) == prov  # by path alike

@@ -5,7 +5,7 @@ import time
 import minari
 import pytest
 
-from more3s.data import is_online, load_episodes
+from more3s.data import is_online, load_episodes, published_reason
 
 
 def test_remote_id_fails_fast_offline(monkeypatch):
@@ -40,3 +40,19 @@ def test_is_online_probe_is_quick(monkeypatch):
     # a non-routable address (TCP may still connect through a transparent proxy): no HTTPS answer
     assert is_online("https://10.255.255.1", timeout=0.5) is False
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_remote_listing_only_when_online(monkeypatch):
+    import more3s.data.remote as io
+
+    calls = []
+
+    def listing(**kw):
+        calls.append(kw)
+        return {"someone/listed-v0": {}}
+
+    monkeypatch.setattr(minari, "list_remote_datasets", listing)
+    assert published_reason("someone/listed-v0") is None and calls == []  # HF_HUB_OFFLINE=1: never asked
+    monkeypatch.setattr(io, "is_online", lambda timeout=2.0: True)
+    assert "remote lists" in published_reason("someone/listed-v0")
+    assert published_reason("someone/other-v0") is None

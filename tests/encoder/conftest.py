@@ -40,13 +40,6 @@ def cheetah_run():
     env.close()
 
 
-@pytest.fixture(scope="session")
-def tiny():
-    from more3s.encoder import load_encoder
-
-    return load_encoder("lxmert-tiny", device="cpu")
-
-
 def make_episodes(observations: np.ndarray, task: str, splits: list[int]) -> list:
     """Episodes (observations + task only: all the cache reads) cut from one run at ``splits``."""
     return [types.SimpleNamespace(observations=o, task=task) for o in np.split(observations, splits)]
