@@ -37,51 +37,30 @@ class RunFormatError(ValueError):
     """run.json is missing, of another format version, or not a more3s run's."""
 
 
-@dataclass(frozen=True)
 class RunPaths:
     """Where each part of a run lives under its directory."""
 
-    root: Path
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.config_json = self.root / "config.json"
+        self.config_yaml = self.root / "config.yaml"
+        self.run_json = self.root / "run.json"
+        self.checkpoints = self.root / "checkpoints"
+        self.metrics = self.root / "metrics.csv"
+        self.tensorboard = self.root / "tb"
+        self.eval_json = self.root / "eval.json"
+        self.report_png = self.root / "report.png"
+        self.videos = self.root / "videos"
+        self.dist_json = self.root / "dist.json"
 
-    @property
-    def config_json(self) -> Path:
-        return self.root / "config.json"
+    def __repr__(self) -> str:
+        return f"RunPaths({str(self.root)!r})"
 
-    @property
-    def config_yaml(self) -> Path:
-        return self.root / "config.yaml"
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunPaths) and other.root == self.root
 
-    @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tb"
-
-    @property
-    def eval_json(self) -> Path:
-        return self.root / "eval.json"
-
-    @property
-    def report_png(self) -> Path:
-        return self.root / "report.png"
-
-    @property
-    def videos(self) -> Path:
-        return self.root / "videos"
-
-    @property
-    def dist_json(self) -> Path:
-        return self.root / "dist.json"
+    def __hash__(self) -> int:
+        return hash(self.root)
 
 
 @dataclass
