@@ -72,6 +72,9 @@ SAMPLERS: tuple[SamplerChoice, ...] = get_args(SamplerChoice)
 EvalDtypeChoice = Literal["auto", "fp32", "bf16", "fp16"]
 EVAL_DTYPES: tuple[EvalDtypeChoice, ...] = get_args(EvalDtypeChoice)
 
+# Choice values an older more3s wrote into config files, and their names now.
+RENAMED_CHOICES = {("eval_engine", "recompute"): "banded"}
+
 # Baseline presets: applied to the defaults (or the --config file) before command-line overrides.
 PresetChoice = Literal["more3s", "dt", "bc", "dt-published"]
 PRESETS: dict[PresetChoice, dict[str, Any]] = {
@@ -383,6 +386,9 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         (elem, *_rest) = typing.get_args(tp) or (Any,)
         return tuple(_coerce(name, elem, v) for v in value)
     if origin is Literal:
+        if (name, value) in RENAMED_CHOICES:
+            raise ValueError(f"config: {name}={value!r} was renamed {RENAMED_CHOICES[name, value]!r}; edit the "
+                             f"config file (a run saved before the rename)")
         if value not in typing.get_args(tp):
             raise ValueError(f"config: {name}={value!r} must be one of {typing.get_args(tp)}")
         return value

@@ -127,3 +127,14 @@ def test_every_preset_is_a_cli_choice():
     from more3s.config import PRESETS, PresetChoice
 
     assert get_args(PresetChoice) == tuple(PRESETS)
+
+
+def test_a_renamed_choice_in_an_old_config_says_its_new_name(tmp_path):
+    import json
+
+    from more3s.config import TrainConfig, config_to_dict, load_config_file
+
+    old = {**config_to_dict(TrainConfig()), "eval_engine": "recompute"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="eval_engine='recompute' was renamed 'banded'"):
+        load_config_file(tmp_path / "config.json")
