@@ -63,6 +63,8 @@ class ReproduceConfig:
     slurm_partition: str | None = None
     slurm_time_min: int = 24 * 60
     slurm_gpus_per_job: int = 1
+    report_only: bool = False
+    """Run nothing: write the outputs from the cells finished so far (the others are listed as not run yet)."""
 
 
 def _parse_pairs(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -209,6 +211,8 @@ def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
                          f"({', '.join(prof.tasks)})")
     overrides = _overrides(cfg.override)
     pretrained = _pretrained_available()
+    if cfg.report_only:
+        return _write_outputs(cfg, root, _finished_so_far(cells, root, pretrained), pretrained, log)
     root.mkdir(parents=True, exist_ok=True)
     commit = _commit()
     atomic_write_text(root / "grid.json", json.dumps({
@@ -234,7 +238,7 @@ def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
     to_run, skipped = [], []
     for cell in cells:
         if cell.arm in NEEDS_PRETRAINED and not pretrained:
-            skipped.append(not_run(cell, str(root), f"needs pretrained weights ({PRETRAINED_ENCODER}) on disk"))
+            skipped.append(_needs_pretrained(cell, root))
         else:
             to_run.append(cell)
     finished = [c for c in to_run if (r := read_cell(c.run_dir(root))) is not None and r.status == "ok"]
@@ -242,6 +246,29 @@ def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
         f"{len(to_run) - len(finished)} to run with {cfg.jobs} job(s) ({cfg.launcher})")
     cell_over = {c: {**overrides, "dataset": specs[c.task].dataset} for c in to_run}
     results = skipped + _dispatch(cfg, to_run, root, cell_over, commit, log)
+    return _write_outputs(cfg, root, results, pretrained, log)
+
+
+def _needs_pretrained(cell: Cell, root: Path) -> CellResult:
+    return not_run(cell, str(root), f"needs pretrained weights ({PRETRAINED_ENCODER}) on disk")
+
+
+def _finished_so_far(cells: list[Cell], root: Path, pretrained: bool) -> list[CellResult]:
+    """Each cell's recorded outcome, or 'not run' (needs pretrained weights / not run yet)."""
+    out = []
+    for cell in cells:
+        if cell.arm in NEEDS_PRETRAINED and not pretrained:
+            out.append(_needs_pretrained(cell, root))
+        else:
+            out.append(read_cell(cell.run_dir(root)) or not_run(cell, str(root), "not run yet: the grid is unfinished"))
+    return out
+
+
+def _write_outputs(cfg: ReproduceConfig, root: Path, results: list[CellResult], pretrained: bool,
+                   log: Log = print) -> Path:
+    """scores.csv, table.md, claims.md and scores.png from the cells' outcomes."""
+    prof = PROFILES[cfg.profile]
+    root.mkdir(parents=True, exist_ok=True)
     results.sort(key=lambda r: (r.task, prof.arms.index(r.arm) if r.arm in prof.arms else 99, r.seed))
     write_scores_csv(root / "scores.csv", results)
     arms = [a for a in prof.arms if any(r.arm == a for r in results)]
