@@ -40,6 +40,8 @@ class BehaviourStats:
     best_train_return: float  # in RTG units (clipped rewards for Atari)
     p90_train_return: float
     mean_train_return: float
+    best_return: float | None = None  # raw; None in files written before it was recorded
+    p90_return: float | None = None
 
 
 @dataclass
@@ -110,7 +112,8 @@ def behaviour_stats(task: str, raw_returns: Sequence[float],
         episodes=int(raw.size), mean_return=float(raw.mean()), std_return=float(raw.std()),
         mean_normalized=float(norm.mean()), std_normalized=float(norm.std()),
         best_train_return=float(tr.max()), p90_train_return=float(np.percentile(tr, 90)),
-        mean_train_return=float(tr.mean()),
+        mean_train_return=float(tr.mean()), best_return=float(raw.max()),
+        p90_return=float(np.percentile(raw, 90)),
     )
 
 
@@ -172,7 +175,9 @@ def format_table(report: EvalReport) -> str:
         b = report.behaviour
         lines.append(f"Dataset behaviour: {b.episodes} episodes; return in RTG units: mean "
                      f"{b.mean_train_return:.1f}, p90 {b.p90_train_return:.1f}, "
-                     f"best {b.best_train_return:.1f}.")
+                     f"best {b.best_train_return:.1f}"
+                     + (f"; raw return: p90 {b.p90_return:.1f}, best {b.best_return:.1f}."
+                        if b.p90_return is not None and b.best_return is not None else "."))
     if report.dataset:
         lines.append(f"Dataset: {report.dataset}.")
     if report.targets_source:

@@ -17,6 +17,7 @@ def test_behaviour_stats_and_targets():
     assert b.mean_normalized == pytest.approx(np.mean(normalized_score("breakout", raw)))
     assert b.best_train_return == 9.0 and b.p90_train_return == pytest.approx(np.percentile(train, 90))
     assert data_targets(b) == (9.0, pytest.approx(np.percentile(train, 90)))
+    assert b.best_return == 30.0 and b.p90_return == pytest.approx(np.percentile(raw, 90))  # raw, beside
     same = behaviour_stats("breakout", [2.0, 2.0], [2.0, 2.0])
     assert data_targets(same) == (2.0,)
     with pytest.raises(ValueError, match="no episodes"):

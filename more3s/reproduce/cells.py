@@ -14,14 +14,11 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from more3s.atomic import atomic_write_text
 
 from .grid import Cell
-
-if TYPE_CHECKING:
-    from more3s.run import RunInfo
 
 __all__ = ["CellResult", "run_cell", "read_cell", "CELL_FILE"]
 
@@ -89,18 +86,8 @@ def _score(cell: Cell, run_dir: Path, res: CellResult) -> CellResult:
                     f"({primary.distinct_trajectories} distinct), {report.actions} actions, {cap}, "
                     f"engine={report.engine}")
     res.behaviour_mean = info.behaviour.mean_return
-    res.behaviour_best = _best_raw_return(info)
+    res.behaviour_best = info.behaviour.best_return
     return res
-
-
-def _best_raw_return(info: RunInfo) -> float | None:
-    from more3s.data import load_episodes
-
-    try:
-        eps = load_episodes(info.dataset, task=info.task, lazy=True)
-    except Exception:  # noqa: BLE001 - the table then shows no best; the score stands
-        return None
-    return float(max(ep.raw_return for ep in eps))
 
 
 def run_cell(cell: Cell, root: str, overrides: dict[str, Any] | None = None, threads: int = 1,
