@@ -53,3 +53,21 @@ def tiny():
     from more3s.encoder import load_encoder
 
     return load_encoder("lxmert-tiny", device="cpu")
+
+
+class ZeroEncoder:
+    """A state encoder of zeros: engine tests that script their environment need no LXMERT."""
+
+    def __init__(self, d: int):
+        self.d = d
+
+    def embed_states(self, task, obs, prev):
+        import torch
+
+        return torch.zeros(len(obs), self.d)
+
+
+@pytest.fixture
+def zero_encoder():
+    """The ZeroEncoder class (call it with the state width)."""
+    return ZeroEncoder

@@ -213,19 +213,11 @@ class _ScriptedVecEnv:
         return self._obs(), r, term, np.zeros(2, bool), {}
 
 
-class _ZeroEncoder:
-    def __init__(self, d):
-        self.d = d
-
-    def embed_states(self, task, obs, prev):
-        return torch.zeros(len(obs), self.d)
-
-
-def test_overlay_text_is_the_engines_decision_for_a_scripted_episode(encoder, tmp_path):
+def test_overlay_text_is_the_engines_decision_for_a_scripted_episode(zero_encoder, encoder, tmp_path):
     model = _model(encoder, seed=1)
     task = get_task("breakout")
     prompts = action_prompts("breakout")
-    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), task, mode="banded")
+    eng = RolloutEngine(model, zero_encoder(encoder.d_enc), task, mode="banded")
     rec = _recorder(tmp_path, task, model, count=2, target=10.0, seed=0)
     res = eng.run(_ScriptedVecEnv(), 10.0, 2, record=True, recorder=rec)
     scale = float(model.logit_scale.detach().exp())
@@ -298,7 +290,7 @@ def test_mujoco_episode_is_rendered_with_its_action_vector(encoder, tmp_path):
     assert log["steps"][0]["text"][2].startswith("action [") and len(log["steps"][0]["action"]) == 3
 
 
-def test_an_interrupted_recording_leaves_no_partial_video(encoder, tmp_path):
+def test_an_interrupted_recording_leaves_no_partial_video(zero_encoder, encoder, tmp_path):
     class _Dies(_ScriptedVecEnv):
         def step(self, action):
             if self.t[0] == 2:
@@ -307,7 +299,7 @@ def test_an_interrupted_recording_leaves_no_partial_video(encoder, tmp_path):
 
     model = _model(encoder, seed=1)
     rec = _recorder(tmp_path, get_task("breakout"), model, count=2)
-    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout")
+    eng = RolloutEngine(model, zero_encoder(encoder.d_enc), "breakout")
     with pytest.raises(KeyboardInterrupt):
         try:
             eng.run(_Dies(), 10.0, 2, recorder=rec)

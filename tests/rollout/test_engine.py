@@ -106,17 +106,9 @@ class _FakeVecEnv:
         return obs, r, term, np.zeros(2, bool), {}
 
 
-class _ZeroEncoder:
-    def __init__(self, d):
-        self.d = d
-
-    def embed_states(self, task, obs, prev):
-        return torch.zeros(len(obs), self.d)
-
-
-def test_rtg_timestep_and_first_bookkeeping(encoder, monkeypatch):
+def test_rtg_timestep_and_first_bookkeeping(zero_encoder, encoder, monkeypatch):
     model = _model(encoder, "kv", 2, seed=0)
-    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout", mode="banded")
+    eng = RolloutEngine(model, zero_encoder(encoder.d_enc), "breakout", mode="banded")
     seen = []
     real = eng._decide
     monkeypatch.setattr(eng, "_decide", lambda s, a, r, t, f: (seen.append((r.tolist(), t.tolist(), f.tolist())),
@@ -268,10 +260,10 @@ class _SeededVecEnv:
         return np.ones((self.num_envs, 8, 8, 3), np.uint8), r, term, np.zeros(self.num_envs, bool), {}
 
 
-def test_shards_play_the_episodes_of_one_process(encoder):
+def test_shards_play_the_episodes_of_one_process(zero_encoder, encoder):
     """Envs 0-1 and 2-4 of 5, run as two shards, play what one 5-env run plays: seeds, quotas, indices."""
     model = _model(encoder, "kv", 2, seed=0)
-    eng = RolloutEngine(model, _ZeroEncoder(encoder.d_enc), "breakout", mode="ring")
+    eng = RolloutEngine(model, zero_encoder(encoder.d_enc), "breakout", mode="ring")
 
     def played(res):
         seen: dict[int, int] = {}
