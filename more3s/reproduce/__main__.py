@@ -260,7 +260,7 @@ def _finished_so_far(cells: list[Cell], root: Path, pretrained: bool) -> list[Ce
         if cell.arm in NEEDS_PRETRAINED and not pretrained:
             out.append(_needs_pretrained(cell, root))
         else:
-            out.append(read_cell(cell.run_dir(root)) or not_run(cell, str(root), "not run yet: the grid is unfinished"))
+            out.append(read_cell(cell.run_dir(root)) or not_run(cell, str(root), "the grid has not reached it yet"))
     return out
 
 

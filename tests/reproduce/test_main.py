@@ -60,7 +60,7 @@ def test_killed_grid_resumes_without_rerunning_finished_cells(tmp_path):
     partial = subprocess.run([*args, "--report-only"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert partial.returncode == 0, partial.stderr[-3000:]
     assert [(r["arm"], r["status"]) for r in _rows(out)] == [("more3s", "ok"), ("dt-published", "not run")]
-    assert "not run yet" in _rows(out)[1]["message"]
+    assert "not reached it yet" in _rows(out)[1]["message"]
     assert not (out / "runs/breakout/dt-published/seed0/cell.json").exists()  # --report-only ran nothing
     stamp = first.stat().st_mtime_ns
     again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
