@@ -47,6 +47,8 @@ def test_sampler_batches_per_second(benchmark, kind):
     rng = np.random.default_rng(0)
     offsets = np.concatenate([[0], np.cumsum(LENGTHS)])
     baseline = _rate(lambda: _naive_window_batch(rng, LENGTHS, offsets, int(offsets[-1])), 200)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     ours = 1.0 / benchmark.stats.stats.mean
     benchmark.extra_info.update(batch=B, window=K, batches_per_s=round(ours, 1),
                                 naive_python_batches_per_s=round(baseline, 1),
@@ -74,6 +76,8 @@ def test_load_d4rl_steps_per_second(benchmark, d4rl_file):
     path, n = d4rl_file
     eps = benchmark.pedantic(load_episodes, args=(path,), rounds=3, iterations=1)
     assert sum(len(e) for e in eps) == n
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     benchmark.extra_info.update(steps=n, steps_per_s=round(n / benchmark.stats.stats.mean))
 
 
@@ -106,6 +110,8 @@ def test_load_minari_frames_steps_per_second(benchmark):
     t0 = time.perf_counter()
     plain_minari()
     plain = time.perf_counter() - t0
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     ours = benchmark.stats.stats.mean
     benchmark.extra_info.update(steps=n, steps_per_s=round(n / ours),
                                 plain_minari_steps_per_s=round(n / plain),

@@ -69,6 +69,8 @@ def test_region_extraction(benchmark, frames, cheetah, kind):
     else:
         fn, n = (lambda: mujoco_regions("halfcheetah", cheetah)), len(cheetah)
     benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     benchmark.extra_info.update(batch=n, frames_per_s=n / benchmark.stats.stats.mean)
 
 
@@ -79,6 +81,8 @@ def test_region_extraction_threads(benchmark, frames, workers):
     one = _best_of(lambda: extract_regions("breakout", frames[1:], frames[:-1], workers=1), 3)
     benchmark.pedantic(lambda: extract_regions("breakout", frames[1:], frames[:-1], workers=workers), rounds=5,
                        warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     n = len(frames) - 1
     benchmark.extra_info.update(batch=n, workers=workers, cpu_count=os.cpu_count(),
                                 frames_per_s=n / benchmark.stats.stats.median,
@@ -91,6 +95,8 @@ def test_encoder_states_per_s_cpu(benchmark, frames, name, batch, rounds):
     regions = enc.regions("breakout", frames[1:batch + 1], frames[:batch])
     enc.embed_regions("breakout", regions)  # warm-up (caption states, fused projection)
     benchmark.pedantic(lambda: enc.embed_regions("breakout", regions), rounds=rounds, warmup_rounds=0)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     lxmert_s = benchmark.stats.stats.mean
     region_s = _best_of(lambda: enc.regions("breakout", frames[1:batch + 1], frames[:batch]), 3)
     benchmark.extra_info.update(
@@ -123,6 +129,8 @@ def test_featurization_new_vs_old(benchmark, frames):
 
     old_s = _best_of(old, 3)
     benchmark.pedantic(lambda: atari_regions(cur, prev, dataclasses.replace(cfg)), rounds=5, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     benchmark.extra_info.update(batch=n, new_frames_per_s=n / benchmark.stats.stats.mean,
                                 old_frames_per_s=n / old_s, new_vs_old_time=benchmark.stats.stats.min / old_s)
 
@@ -141,6 +149,8 @@ def test_encoder_slots_vs_pooled_mean(benchmark, frames):
     old.embed_regions("breakout", bare), new.embed_regions("breakout", regions)  # warm-up
     old_s = _best_of(lambda: old.embed_regions("breakout", bare), 3)
     benchmark.pedantic(lambda: new.embed_regions("breakout", regions), rounds=5, warmup_rounds=0)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     benchmark.extra_info.update(batch=64, d_enc_new=new.d_enc, d_enc_old=old.d_enc,
                                 new_states_per_s=64 / benchmark.stats.stats.mean, old_states_per_s=64 / old_s,
                                 new_vs_old_time=benchmark.stats.stats.min / old_s)
@@ -168,6 +178,8 @@ def test_batch_assembly_cache_vs_on_the_fly(benchmark, frames, tmp_path):
 
     torch.testing.assert_close(from_cache(), on_the_fly(), atol=5e-3, rtol=5e-3)
     benchmark(from_cache)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     fly = _best_of(on_the_fly, 3)
     benchmark.extra_info.update(batch=f"{B}x{K}", on_the_fly_s=fly,
                                 speedup_cache_vs_on_the_fly=fly / benchmark.stats.stats.mean)
@@ -188,6 +200,8 @@ def test_gpu_fp16_graphs_vs_fp32_eager(benchmark, frames, batch):
 
     run(fast), run(ref)  # capture / warm-up
     benchmark.pedantic(lambda: run(fast), rounds=20, warmup_rounds=2)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
     eager = min(_best_of(lambda: run(ref), 5), float("inf"))
     benchmark.extra_info.update(batch=batch, fp16_graph_states_per_s=batch / benchmark.stats.stats.mean,
                                 fp32_eager_states_per_s=batch / eager,

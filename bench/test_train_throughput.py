@@ -105,6 +105,8 @@ HF_DT_TOKENS_PER_STEP = 3  # DecisionTransformerModel: [R_t, s_t, a_t]
 
 
 def _report(benchmark, backbone: str, tokens_per_step: int, peer: float) -> None:
+    if benchmark.disabled:  # --benchmark-disable: the step ran once, nothing to report
+        return
     sec = benchmark.stats.stats.median
     steps = BATCH[backbone] * WINDOW
     benchmark.extra_info.update(
