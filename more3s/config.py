@@ -49,7 +49,7 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence, TypeAlias, get_args
+from typing import TYPE_CHECKING, Any, Literal, Sequence, get_args
 
 from more3s.envs import PROMPT_SETS, PromptSet
 from more3s.hub import hf_available, loud
@@ -88,12 +88,6 @@ PRESETS: dict[PresetChoice, dict[str, Any]] = {
                      "state_loss_weight": 0.0, "backbone": "dt-small", "name": "dt-published"},
 }
 
-# The choice-typed fields: each Literal is the owner module's (tyro and the config-file loader enforce them).
-RtgModeChoice: TypeAlias = RtgMode
-ObjectiveChoice: TypeAlias = Objective
-EngineChoice: TypeAlias = EngineMode
-PromptSetChoice: TypeAlias = PromptSet
-AttentionChoice: TypeAlias = AttentionBackend
 
 
 @dataclass
@@ -132,7 +126,7 @@ class TrainConfig:
     # --- encoder -----------------------------------------------------------------------------------
     encoder: str = "auto"
     """'auto' = unc-nlp/lxmert-base-uncased when present locally, else lxmert-tiny (loud notice)."""
-    prompt_set: PromptSetChoice = "original"
+    prompt_set: PromptSet = "original"
     cache_dir: Path | None = None
     """Embedding cache root (None: more3s.encoder.cache's default)."""
 
@@ -143,8 +137,8 @@ class TrainConfig:
     """Override the backbone's geometry (None = the backbone's: dt-small 6/1/128, gpt2 6/12/768)."""
     n_head: int | None = None
     n_embd: int | None = None
-    rtg_mode: RtgModeChoice = "kv"
-    objective: ObjectiveChoice = "semantic"
+    rtg_mode: RtgMode = "kv"
+    objective: Objective = "semantic"
     window: int = 20
     """Steps per training window (each step = 2 tokens [a_{t-1}, s_t])."""
     memory_steps: int = 20
@@ -158,7 +152,7 @@ class TrainConfig:
     """Standardize state embeddings per dimension with the dataset's mean/std (saved with the model)."""
     rtg_features: int = 1
     """F, the size of the RTG feature phi(R): 1 = R / rtg_scale; odd F > 1 adds sin/cos pairs."""
-    attention_backend: AttentionChoice = "auto"
+    attention_backend: AttentionBackend = "auto"
 
     # --- optimisation ------------------------------------------------------------------------------
     batch_size: int = 32
@@ -205,7 +199,7 @@ class TrainConfig:
     MuJoCo actions are deterministic either way."""
     eval_greedy: bool = True
     """When sampling, also play greedy episodes from the same seeds and report them beside the sampled ones."""
-    eval_engine: EngineChoice = "ring"
+    eval_engine: EngineMode = "ring"
     """ring = KV-cache engine; banded = its exact oracle (forward_banded); window = cache-less DT-style baseline."""
     eval_dtype: EvalDtypeChoice = "auto"
     """dtype of the rollout model step: auto = bf16 on a GPU, fp32 on the CPU (fp16 needs a GPU)."""

@@ -14,7 +14,7 @@ import logging
 import sys
 from dataclasses import dataclass, fields
 
-from more3s.config import PromptSetChoice
+from more3s.envs import PromptSet
 from more3s.encoder.lxmert import PRETRAINED_ID
 
 __all__ = ["EncodeConfig", "main"]
@@ -24,7 +24,7 @@ __all__ = ["EncodeConfig", "main"]
 class EncodeConfig:
     dataset: str  # Minari id or path, or a D4RL hdf5 path (more3s.data.load_episodes)
     encoder: str = PRETRAINED_ID  # or a local directory, lxmert-tiny, lxmert-base-random
-    prompt_set: PromptSetChoice = "original"  # the paper's prompt ablation
+    prompt_set: PromptSet = "original"  # the paper's prompt ablation
     cache_dir: str | None = None  # default: $MORE3S_CACHE or ~/.cache/more3s/embeddings
     task: str | None = None  # inferred from the dataset when omitted
     max_episodes: int | None = None

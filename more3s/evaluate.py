@@ -38,7 +38,8 @@ import torch
 import tyro
 
 from more3s.checkpoint import CorruptCheckpointError
-from more3s.config import EVAL_DTYPES, EngineChoice, EvalDtypeChoice
+from more3s.config import EVAL_DTYPES, EvalDtypeChoice
+from more3s.rollout.engine import EngineMode
 from more3s.distributed import rank_and_world, resolve_device, setup_distributed
 from more3s.encoder import load_encoder
 from more3s.encoder.raw import RAW_ENCODER, RawObservations
@@ -70,7 +71,7 @@ class EvalConfig:
     """RTG targets; empty = the run's (run.json). Each distinct target is evaluated once."""
     seeds: tuple[int, ...] = (1000,)
     """Environment seeds (env i of the vector gets seed + i); episodes run per seed and target."""
-    engine: EngineChoice = "ring"
+    engine: EngineMode = "ring"
     """ring = KV-cache engine; banded = its exact oracle (forward_banded); window = cache-less DT-style baseline."""
     max_episode_steps: int | Literal["run", "full"] = "run"
     """Cap on agent steps per episode: run = the run's (from its dataset: the recorded collection cap for datasets
