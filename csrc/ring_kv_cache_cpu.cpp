@@ -1,4 +1,5 @@
-// CPU ring-buffer KV cache: append and decode attention, parallel over batch x head.
+// CPU ring-buffer KV cache: append and decode attention, parallel over batch x head (float32
+// heads of a supported size go to the AVX-512 body in ring_attention_avx512.cpp when the CPU has it).
 //
 // Semantics (shared with the CUDA kernels and the PyTorch reference in
 // more3s/model/ring_ops.py): the token with absolute index a (tokens since the environment's
@@ -19,6 +20,7 @@
 #include "dispatch_utils.h"
 #include "ops.h"
 #include "ring_kv_cache.h"
+#include "ring_attention_cpu.h"
 
 namespace more3s {
 namespace {
@@ -154,18 +156,6 @@ MORE3S_INLINE void weighted_rows(const float* __restrict__ p,  // [n, C]
     }
   }
 }
-
-template <typename scalar_t>
-struct AttentionArgs {
-  const scalar_t* q;    // [B, H, n, D] strided (q_stride)
-  const scalar_t* kc;   // [B, H, C, D]
-  const scalar_t* vc;   // [B, H, C, D]
-  const int64_t* len;   // [B] strided (len_stride)
-  scalar_t* out;        // [B, H, n, D] contiguous
-  int64_t H, n, C, D, len_stride;
-  int64_t q_stride[4];
-  float scale;
-};
 
 // Per-task scratch, allocated once per parallel_for chunk.
 struct AttentionScratch {
@@ -328,6 +318,14 @@ void ring_attention_impl(const at::Tensor& query, const at::Tensor& k_cache,
   a.scale = scale;
   const int64_t B = k_cache.size(0), n = a.n, C = a.C, D = a.D;
 
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (ring_attention_avx512_supports(D)) {
+      at::parallel_for(0, B * a.H, grain_for(2 * n * C * D), [&](int64_t begin, int64_t end) {
+        ring_attention_avx512(a, begin, end);
+      });
+      return;
+    }
+  }
   at::parallel_for(0, B * a.H, grain_for(2 * n * C * D), [&](int64_t begin, int64_t end) {
     const bool convert = !std::is_same_v<scalar_t, float>;
     std::vector<float> buf(2 * n * D + n * C + (convert ? 2 * C * D : 0));
