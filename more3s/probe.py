@@ -78,29 +78,47 @@ def _standardize(x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _ridge_r2(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
-              groups: np.ndarray) -> float:
-    """Held-out R² of ridge regression; the penalty is chosen by cross-validation over the training
-    *episodes* (``groups``): leave-one-row-out would pick a penalty that memorizes neighbouring steps."""
+              groups: np.ndarray, joint: bool = False) -> np.ndarray:
+    """Held-out R² of ridge regression for each column of ``y`` [N, T] (targets observed on the same rows).
+
+    Per target, the penalty is chosen by cross-validation over the training *episodes* (``groups``; leave-one-row-out
+    would pick a penalty that memorizes neighbouring steps), on the pooled squared error, as ``GridSearchCV(Ridge())``
+    would choose it target by target. Ridge fits each column independently, so one multi-output fit per fold and
+    penalty serves every target: the same choices and scores as T separate searches, in 1/T of the fits.
+    ``joint``: one penalty for all columns (a continuous action's dimensions, scored together)."""
     from sklearn.linear_model import Ridge
     from sklearn.metrics import r2_score
-    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.model_selection import GroupKFold
 
-    if len(y_tr) < 2 or len(y_te) < 2 or np.var(y_te) == 0:
-        return float("nan")
+    T = y_tr.shape[1]
+    if len(y_tr) < 2 or len(y_te) < 2:
+        return np.full(T, np.nan)
     x_tr, x_te = _standardize(x_tr, x_te)
     folds = min(RIDGE_FOLDS, len(np.unique(groups)))
-    search = GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=GroupKFold(folds),
-                          scoring="neg_mean_squared_error")  # pooled error: R² of a quiet fold would swing it
+    cv_mse = np.zeros((len(RIDGE_ALPHAS), T))  # mean over folds of each target's validation MSE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ill-conditioned small penalties: CV rejects them, the score stands
-        search.fit(x_tr, y_tr, groups=groups)
-    return float(r2_score(y_te, search.predict(x_te)))
+        for fit_rows, val_rows in GroupKFold(folds).split(x_tr, groups=groups):
+            for i, alpha in enumerate(RIDGE_ALPHAS):
+                pred = Ridge(alpha=alpha).fit(x_tr[fit_rows], y_tr[fit_rows]).predict(x_tr[val_rows])
+                cv_mse[i] += ((pred.reshape(len(val_rows), T) - y_tr[val_rows]) ** 2).mean(0) / folds
+        # first of equals, as GridSearchCV ranks them
+        best = np.full(T, cv_mse.mean(1).argmin()) if joint else cv_mse.argmin(0)
+        r2 = np.full(T, np.nan)
+        for i in np.unique(best):
+            cols = np.flatnonzero(best == i)
+            pred = Ridge(alpha=RIDGE_ALPHAS[i]).fit(x_tr, y_tr[:, cols]).predict(x_te).reshape(len(x_te), len(cols))
+            for c, j in enumerate(cols):
+                if np.var(y_te[:, j]) > 0:
+                    r2[j] = r2_score(y_te[:, j], pred[:, c])
+    return r2
 
 
 def _action_scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, groups: np.ndarray,
                    seed: int, discrete: bool) -> dict[str, float]:
-    if not discrete:
-        return {"r2": _ridge_r2(x_tr, y_tr, x_te, y_te, groups)}
+    if not discrete:  # one penalty and one score (the mean R²) over the action's dimensions
+        r2 = _ridge_r2(x_tr, y_tr.reshape(len(y_tr), -1), x_te, y_te.reshape(len(y_te), -1), groups, joint=True)
+        return {"r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan")}
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 
@@ -130,10 +148,16 @@ def probe_features(features: dict[str, np.ndarray], targets: dict[str, np.ndarra
     out: dict[str, Any] = {}
     for name, x in features.items():
         facts: dict[str, dict[str, float]] = {}
+        by_rows: dict[bytes, list[str]] = {}  # targets observed on the same rows are fit together
         for fact, y in targets.items():
-            ok = np.isfinite(y)
-            tr = train & ok
-            facts[fact] = {"r2": _ridge_r2(x[tr], y[tr], x[test & ok], y[test & ok], episode[tr])}
+            by_rows.setdefault(np.isfinite(y).tobytes(), []).append(fact)
+        for names in by_rows.values():
+            ok = np.isfinite(targets[names[0]])
+            tr, te = train & ok, test & ok
+            y = np.stack([targets[f] for f in names], axis=1)  # [N, T]
+            for f, r2 in zip(names, _ridge_r2(x[tr], y[tr], x[te], y[te], episode[tr])):
+                facts[f] = {"r2": float(r2)}
+        facts = {f: facts[f] for f in targets}  # the targets' order
         entry: dict[str, Any] = {"facts": facts, "action": _action_scores(x[train], actions[train], x[test], actions[test],
                                                             episode[train], seed, discrete)}
         if discrete:

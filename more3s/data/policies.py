@@ -17,7 +17,8 @@ dataset can be downloaded here, so the behaviour is built from parts:
   with epsilon drawn per episode from U[0, 1]; ``eps:X`` fixes epsilon to X;
 * ``sac:FILE.zip`` — a stable-baselines3 SAC snapshot; ``sac-medium:DIR``, ``sac-expert:DIR``,
   ``sac-medium-replay:DIR``, ``sac-medium-expert:DIR`` pick snapshots of a training run made by
-  ``more3s.data.sac`` (see there) to build D4RL-like analogues.
+  ``more3s.data.sac`` (see there) to build D4RL-like analogues (medium-replay samples its actions, as a
+  replay buffer holds them; the others act deterministically).
 
 Every policy gets a ``numpy.random.Generator`` at each episode start, so a collection is
 reproducible from its seed.
@@ -212,23 +213,29 @@ class EpsilonMixture:
 
 
 class SnapshotPolicy:
-    """Deterministic actions of stable-baselines3 SAC snapshots; with several, one is drawn per
-    episode (medium-replay / medium-expert analogues)."""
+    """Actions of stable-baselines3 SAC snapshots; with several, one is drawn per episode (medium-replay /
+    medium-expert analogues). ``deterministic=False`` samples from each snapshot's policy, as SAC acts while it
+    trains (a replay buffer's actions), seeded from the episode's generator."""
 
-    def __init__(self, paths: list[Path], name: str, weights: list[float] | None = None):
+    def __init__(self, paths: list[Path], name: str, weights: list[float] | None = None,
+                 deterministic: bool = True):
         if not paths:
             raise ValueError(f"policy {name!r}: no SAC snapshots given")
         self.paths = [Path(p) for p in paths]
         self.models = [load_sac(p) for p in self.paths]
         self.weights = None if weights is None else np.asarray(weights, float) / np.sum(weights)
-        self.name, self.current = name, 0
+        self.name, self.current, self.deterministic = name, 0, deterministic
 
     def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
         self.current = int(rng.choice(len(self.models), p=self.weights))
+        if not self.deterministic:
+            import torch
+
+            torch.manual_seed(int(rng.integers(2**31)))  # SAC samples its actions with torch's generator
         return {"snapshot": self.paths[self.current].name}
 
     def act(self, obs: Any, env: Env) -> Any:
-        action, _ = self.models[self.current].predict(obs, deterministic=True)
+        action, _ = self.models[self.current].predict(obs, deterministic=self.deterministic)
         return action
 
 
@@ -278,6 +285,7 @@ def make_policy(task: str | TaskSpec, policy: str, env: Env) -> Policy:
         if not arg:
             raise ValueError(f"policy {policy!r}: give a path, e.g. sac:runs/sac/step_0100000.zip "
                              f"or sac-medium:runs/sac")
-        paths, weights = select_snapshots(Path(arg), kind.removeprefix("sac").lstrip("-") or "file")
-        return SnapshotPolicy(paths, policy, weights)
+        level = kind.removeprefix("sac").lstrip("-") or "file"
+        paths, weights = select_snapshots(Path(arg), level)
+        return SnapshotPolicy(paths, policy, weights, deterministic=level != "medium-replay")
     raise ValueError(f"unknown policy {policy!r}; choose one of: {POLICY_HELP}")

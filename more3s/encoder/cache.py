@@ -55,7 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: regions smallest first with displacements, state/action slots
+FORMAT_VERSION = 3  # 2: regions smallest first with displacements, state/action slots; 3: MuJoCo com velocities scaled
 FINGERPRINT_MEMO = "fingerprints.json"  # in the cache root, beside the <key> folders (see dataset_fingerprint)
 
 

@@ -48,7 +48,11 @@ __all__ = [
 
 MAX_BODIES = 16  # width of the body one-hot in MuJoCo features (gymnasium's robots have <= 13 bodies)
 MAX_BODY_JOINTS = 3  # joints per body in MuJoCo features (a planar root has 3: x, z, pitch)
-JOINT_VEL_SCALE = 10.0  # joint velocities (rad/s, m/s; |v| up to ~10-20) are divided by this: features ~1
+# Velocities (the bodies' com velocities and the joint velocities: rad/s, m/s, |v| up to ~10-20) are divided by this,
+# so that every MuJoCo feature is ~1: unscaled, the com velocities dominated each region's projected vector, whose
+# layer norm then squeezed the joint angles into directions a linear probe barely reads (mean R² over the observation
+# 0.95 with them unscaled, 0.999 scaled: HalfCheetah and Hopper, 10 x 300-step mixed data, 2 episodes held out).
+VELOCITY_SCALE = 10.0
 
 # Motion of an object between the previous and the current frame (``_displacement``): the match is the
 # nearest object of the same colour and box size (within MATCH_SIZE_TOL px, sprites keep their size) no
@@ -498,7 +502,7 @@ def mujoco_regions(task: str | TaskSpec, observations: np.ndarray, cfg: RegionCo
         mujoco.mj_comVel(robot.model, data)
         xpos[i] = data.xpos[1:]
         xquat[i] = data.xquat[1:]
-        cvel[i] = data.cvel[1:]
+        cvel[i] = data.cvel[1:] / VELOCITY_SCALE
     x_min, z_min, x_max, z_max = cfg.mujoco_view
     u = (xpos[..., 0] - x_min) / (x_max - x_min)  # [N, nb] left-to-right
     v = (z_max - xpos[..., 2]) / (z_max - z_min)  # [N, nb] top-to-bottom, as image rows
@@ -510,7 +514,7 @@ def mujoco_regions(task: str | TaskSpec, observations: np.ndarray, cfg: RegionCo
     qpos = np.concatenate([np.zeros((N, 1)), obs64[:, :nq - 1]], axis=1)  # [N, nq], root x = 0 as above
     qvel = obs64[:, nq - 1:]  # [N, nv]
     jq = np.where(robot.qpos_idx >= 0, qpos[:, robot.qpos_idx.clip(0)], 0.0)  # [N, nb, MAX_BODY_JOINTS]
-    jv = np.where(robot.qvel_idx >= 0, qvel[:, robot.qvel_idx.clip(0)], 0.0) / JOINT_VEL_SCALE
+    jv = np.where(robot.qvel_idx >= 0, qvel[:, robot.qvel_idx.clip(0)], 0.0) / VELOCITY_SCALE
     feats = np.concatenate([xpos, xquat, cvel, onehot, jq, jv], axis=-1).astype(np.float32)  # [N, nb, F_raw]
     return Regions(feats=feats, boxes=boxes, mask=np.ones((N, nb), bool), kind="bodies",
                    slots=_fixed_slots(cfg, N, nb))

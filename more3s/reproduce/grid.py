@@ -117,8 +117,8 @@ PROFILES: dict[str, Profile] = {
             "breakout": (DataSpec("more3s/breakout/mixed-v1", "mixed", 40, 1000), _CPU_ATARI),  # the main job's data
             "pong": (DataSpec("more3s/pong/mixed-v0", "mixed", 20, 800), _CPU_ATARI),
             "halfcheetah": (DataSpec("more3s/halfcheetah/mixed-v0", "mixed", 40, 1000), _CPU_MUJOCO),
-            "hopper": (DataSpec("more3s/hopper/sac-replay-v0", "sac-medium-replay", 60, 1000,
-                                sac_steps=20_000), _CPU_MUJOCO),
+            "hopper": (DataSpec("more3s/hopper/sac-replay-v1", "sac-medium-replay", 60, 1000,
+                                sac_steps=60_000), _CPU_MUJOCO),
         },
         arms=_ALL_ARMS, seeds=3),
     "paper": Profile(
