@@ -88,6 +88,38 @@ def test_probe_fails_with_shuffled_slots(breakout, tmp_path, monkeypatch):
     assert emb["paddle_x"]["r2"] < FLOORS["paddle_x"] and emb["ball_x"]["r2"] < FLOORS["ball_x"], emb
 
 
+# MuJoCo: the observation is the ground truth. Mean held-out R² over HalfCheetah's 17 dimensions, 5 x 80 steps,
+# 1 episode held out: measured 0.998 (worst 0.989); 0.914 (worst 0.719) with velocities left unscaled.
+MUJOCO_MEAN_FLOOR, MUJOCO_WORST_FLOOR = 0.99, 0.97
+
+
+@pytest.fixture(scope="module")
+def cheetah(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("probe_minari_mj")))
+        path = collect_dataset("halfcheetah", "mixed", 5, "probe/halfcheetah-v0", seed=3, max_episode_steps=80,
+                               progress=False)
+    return path
+
+
+def _obs_r2(path, cache) -> np.ndarray:
+    rep = _probe(path, cache, features=("embedding",))
+    return np.array([v["r2"] for v in rep["features"]["embedding"]["facts"].values()])
+
+
+def test_probe_keeps_the_mujoco_observation(cheetah, tmp_path):
+    r2 = _obs_r2(cheetah, tmp_path)
+    assert len(r2) == 17 and r2.mean() >= MUJOCO_MEAN_FLOOR and r2.min() >= MUJOCO_WORST_FLOOR, r2
+
+
+def test_probe_fails_with_unscaled_mujoco_velocities(cheetah, tmp_path, monkeypatch):
+    from more3s.encoder import regions
+
+    monkeypatch.setattr(regions, "VELOCITY_SCALE", 1.0)  # velocities ~10x the other features again
+    r2 = _obs_r2(cheetah, tmp_path)
+    assert r2.mean() < MUJOCO_MEAN_FLOOR, r2
+
+
 def test_dataset_without_ram_names_the_missing_facts(breakout, tmp_path):
     path, cache = breakout
     bare = tmp_path / "bare"

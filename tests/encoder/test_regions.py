@@ -10,6 +10,7 @@ from more3s.encoder import (
     MAX_BODIES, RegionConfig, atari_regions, extract_regions, grid_regions, image_feature_dim, mujoco_regions,
     region_projection,
 )
+from more3s.encoder.regions import VELOCITY_SCALE
 
 AREA, MOTION = 6, -1  # feature columns: area fraction, motion
 DX, DY, MATCHED = -4, -3, -2  # displacement from the matching previous-frame object (/ 4 px), matched flag
@@ -148,14 +149,14 @@ def test_mujoco_bodies_match_forward_kinematics(cheetah_run):
     mujoco.mj_forward(model, data)
     np.testing.assert_allclose(r.feats[-1, :, :3], data.xpos[1:], atol=1e-5)
     np.testing.assert_allclose(r.feats[-1, :, 3:7], data.xquat[1:], atol=1e-5)
-    np.testing.assert_allclose(r.feats[-1, :, 7:13], data.cvel[1:], atol=1e-4)
+    np.testing.assert_allclose(r.feats[-1, :, 7:13] * VELOCITY_SCALE, data.cvel[1:], atol=1e-4)  # velocities ~1
     # bodies move between steps
     assert np.abs(np.diff(r.feats[:, :, :3], axis=0)).max() > 1e-3
     # each body carries its own joints: the observation is in the regions, joint by joint
     j = 3 + 4 + 6 + MAX_BODIES
     np.testing.assert_allclose(r.feats[:, 0, j + 1:j + 3], obs[:, 0:2], atol=1e-6)  # root z, pitch (x is 0)
     np.testing.assert_allclose(r.feats[:, 1:, j], obs[:, 2:8], atol=1e-6)  # the 6 hinge angles
-    np.testing.assert_allclose(r.feats[:, 1:, j + 3] * 10, obs[:, 11:17], rtol=1e-5, atol=1e-5)  # their velocities
+    np.testing.assert_allclose(r.feats[:, 1:, j + 3] * VELOCITY_SCALE, obs[:, 11:17], rtol=1e-5, atol=1e-5)  # their velocities
     np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 4, 5, 6] + [-1] * 9)
     hop = mujoco_regions("hopper", np.zeros((2, 11)))
     assert hop.feats.shape[1] == 4
