@@ -90,8 +90,9 @@ _SMOKE_BUDGET = Budget(max_steps=12, batch_size=4, window=4, memory_steps=4, eva
 # CPU: budgets sized so that the whole grid (4 tasks x 8 arms x 3 seeds) fits ~4 hours with --jobs 2 (estimated
 # from ~0.19 s per LXMERT-arm step and ~1 s per dt-published Atari step, whose CNN reads every frame). Only the
 # protocol's (sampled) episodes are played: the greedy ones beside them would double the evaluation time.
-# Measured on the first 15 cells (two at once): ~0.4 s per LXMERT-arm step and 150-250 s of evaluation, so
-# ~9-10 min a cell and ~7-8 hours for the grid (it resumes, so it may span sessions).
+# Measured on the first 28 cells (two at once, 2-core machine): LXMERT arms 0.25-0.55 s per step and 150-1,000 s of
+# evaluation (Breakout's longer games the most), dt-published on Atari ~2.7 s per step (~45 min a cell): ~13 min a
+# cell on average, ~10 hours for the grid. It resumes, so it may span sessions.
 _CPU_ATARI = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=16,
                     extra={"eval_greedy": False})
 _CPU_MUJOCO = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=4)
