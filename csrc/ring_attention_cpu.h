@@ -1,6 +1,6 @@
 // Shared by the CPU decode-attention bodies: the portable one (ring_kv_cache_cpu.cpp) and the
-// AVX-512 float32 one (ring_attention_avx512.cpp), which the portable op hands its heads to when
-// the CPU and the head size allow.
+// AVX-512 one (ring_attention_avx512.cpp), which the op hands its heads to when the CPU and the
+// head size allow.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +23,10 @@ struct AttentionArgs {
 // and D is 16, 32, 64, 128 or 256.
 bool ring_attention_avx512_supports(int64_t head_dim);
 
-// Float32 decode attention of the flattened heads [begin, end) of B x H, the semantics of
-// ring_attention_cpu; call only when ring_attention_avx512_supports(a.D).
-void ring_attention_avx512(const AttentionArgs<float>& a, int64_t begin, int64_t end);
+// Decode attention (float32 math) of the flattened heads [begin, end) of B x H, the semantics of
+// ring_attention_cpu; call only when ring_attention_avx512_supports(a.D). Instantiated for float,
+// c10::Half and c10::BFloat16.
+template <typename scalar_t>
+void ring_attention_avx512(const AttentionArgs<scalar_t>& a, int64_t begin, int64_t end);
 
 }  // namespace more3s

@@ -1,5 +1,5 @@
-// CPU ring-buffer KV cache: append and decode attention, parallel over batch x head (float32
-// heads of a supported size go to the AVX-512 body in ring_attention_avx512.cpp when the CPU has it).
+// CPU ring-buffer KV cache: append and decode attention, parallel over batch x head (heads of a
+// supported size go to the AVX-512 body in ring_attention_avx512.cpp when the CPU has it).
 //
 // Semantics (shared with the CUDA kernels and the PyTorch reference in
 // more3s/model/ring_ops.py): the token with absolute index a (tokens since the environment's
@@ -318,13 +318,11 @@ void ring_attention_impl(const at::Tensor& query, const at::Tensor& k_cache,
   a.scale = scale;
   const int64_t B = k_cache.size(0), n = a.n, C = a.C, D = a.D;
 
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (ring_attention_avx512_supports(D)) {
-      at::parallel_for(0, B * a.H, grain_for(2 * n * C * D), [&](int64_t begin, int64_t end) {
-        ring_attention_avx512(a, begin, end);
-      });
-      return;
-    }
+  if (ring_attention_avx512_supports(D)) {
+    at::parallel_for(0, B * a.H, grain_for(2 * n * C * D), [&](int64_t begin, int64_t end) {
+      ring_attention_avx512(a, begin, end);
+    });
+    return;
   }
   at::parallel_for(0, B * a.H, grain_for(2 * n * C * D), [&](int64_t begin, int64_t end) {
     const bool convert = !std::is_same_v<scalar_t, float>;

@@ -44,30 +44,37 @@ def test_compiled_matches_reference_twins():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n", [1, 2, 3])
 @pytest.mark.parametrize("D", [16, 64, 128, 256])
-def test_compiled_matches_reference_avx512_head_sizes(D, n):
-    """float32 heads of size 16..256 take the AVX-512 body on CPUs that have it (the portable one elsewhere;
-    odd sizes such as 9 above always take the portable one): empty, partly filled and wrapped rings, one or
-    several queries (the weighted sum runs two queries per pass, then the odd one), logits far apart (the
-    vectorized exp's underflow to 0)."""
+def test_compiled_matches_reference_avx512_head_sizes(D, n, dtype):
+    """Heads of size 16..256 take the AVX-512 body on CPUs that have it (the portable one elsewhere; odd sizes
+    such as 9 above always take the portable one): empty, partly filled and wrapped rings, one or several queries
+    (the weighted sum runs two queries per pass, then the odd one), logits far apart (the vectorized exp's
+    underflow to 0), K/V widened from half precision in registers. Tolerance: 1e-5 in float32; in half precision
+    two units in the last place, as the reference itself rounds its output once."""
     _require_ext()
+    tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
     B, H, C = 5, 2, 21  # C not a multiple of 16: the logits rows' padded tails
     g = torch.Generator().manual_seed(D + n)
-    kc, vc = torch.randn(B, H, C, D, generator=g), torch.randn(B, H, C, D, generator=g)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(dtype)
+
+    kc, vc = randn(B, H, C, D), randn(B, H, C, D)
     kc[1, :, 3] *= 40.0  # one key dominates, the others' weights underflow
-    query = torch.randn(B, H, n, D, generator=g)
+    query = randn(B, H, n, D)
     lengths = torch.tensor([0, 5, C - n, C + 3, 10 * C + 7])
     for _ in range(2):  # append, then attend over the result; twice so the second step sees the first's tokens
-        key, value = torch.randn(B, H, n, D, generator=g), torch.randn(B, H, n, D, generator=g)
-        ring_append(kc, vc, key, value, lengths)
-        torch.testing.assert_close(ring_attention(query, kc, vc, lengths, D ** -0.5),
-                                   ring_attention(query, kc, vc, lengths, D ** -0.5, impl="reference"),
-                                   atol=1e-5, rtol=1e-5)
+        ring_append(kc, vc, randn(B, H, n, D), randn(B, H, n, D), lengths)
+        got = ring_attention(query, kc, vc, lengths, D ** -0.5)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, ring_attention(query, kc, vc, lengths, D ** -0.5, impl="reference"),
+                                   atol=tol, rtol=tol)
         lengths = lengths + n
-    strided = torch.randn(B, n, H, D, generator=g).transpose(1, 2)  # a non-contiguous query
+    strided = randn(B, n, H, D).transpose(1, 2)  # a non-contiguous query
     torch.testing.assert_close(ring_attention(strided, kc, vc, lengths, 0.1),
-                               ring_attention(strided, kc, vc, lengths, 0.1, impl="reference"), atol=1e-5, rtol=1e-5)
+                               ring_attention(strided, kc, vc, lengths, 0.1, impl="reference"), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("impl", ["op", "reference"])
