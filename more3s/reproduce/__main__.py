@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeAlias
 
+import numpy as np
 import tyro
 
 from more3s.atomic import atomic_write_text
@@ -118,14 +119,49 @@ def _pretrained_available() -> bool:
     return hf_available(PRETRAINED_ENCODER)
 
 
+# A collected dataset whose episodes' returns all lie within this fraction of their mean magnitude (or within 1)
+# has no spread of quality: offline RL on it measures nothing (the first cpu Hopper data were one untrained fall,
+# returns 17.1-18.2).
+ALIKE_FRACTION = 0.1
+
+
+def describe_collected(dataset: str) -> tuple[str, bool] | None:
+    """(one line on a dataset more3s collected: episodes, return range, lengths; whether its episodes are all
+    alike), or None for a dataset more3s did not collect (nothing recorded to describe)."""
+    from more3s.data import dataset_provenance
+
+    prov = dataset_provenance(dataset)
+    if not prov or not prov.get("returns"):
+        return None
+    rets = np.asarray(prov["returns"], dtype=np.float64)
+    lengths = np.asarray(prov.get("lengths") or [0], dtype=np.int64)
+    alike = bool(np.ptp(rets) <= max(1.0, ALIKE_FRACTION * abs(float(rets.mean()))))
+    line = (f"{dataset}: {len(rets)} episodes, return min / median / max {rets.min():.1f} / {np.median(rets):.1f} / "
+            f"{rets.max():.1f}, {lengths.min()}-{lengths.max()} steps")
+    return line, alike
+
+
 def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None:
-    """Collect a task's dataset here when the profile says how and it is missing (published ones never are)."""
-    from more3s.data import collect_dataset
+    """Collect a task's dataset here when the profile says how and it is missing (published ones never are), and
+    say what it holds; a collected dataset whose episodes are all alike gets a warning in the grid's log."""
     from more3s.train import local_dataset_exists
 
-    if spec.policy is None or local_dataset_exists(spec.dataset):
+    if spec.policy is None:  # a published dataset: used as it is
         return
-    policy = spec.policy
+    if not local_dataset_exists(spec.dataset):
+        _collect(spec, spec.policy, env, root, log)
+    described = describe_collected(spec.dataset)
+    if described is not None:
+        line, alike = described
+        log(f"data {line}")
+        if alike:
+            log(f"WARNING: every episode of {spec.dataset} scores alike; its cells cannot tell good actions from bad "
+                f"(check the behaviour policy {spec.policy!r})")
+
+
+def _collect(spec: DataSpec, policy: str, env: str, root: Path, log: Log) -> None:
+    from more3s.data import collect_dataset
+
     if spec.sac_steps > 0:
         from more3s.data.sac import SACConfig, train_sac
 
@@ -133,7 +169,7 @@ def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None
         log(f"training a SAC behaviour agent for {env} ({spec.sac_steps} steps, resumable) in {sac_dir}")
         train_sac(SACConfig(env=env, total_steps=spec.sac_steps, out_dir=str(sac_dir),
                             snapshot_every=max(1, spec.sac_steps // 8)))
-        policy = f"{spec.policy}:{sac_dir}"
+        policy = f"{policy}:{sac_dir}"
     log(f"collecting {spec.dataset}: {spec.episodes} {env} episodes of {policy!r}")
     collect_dataset(env, policy, spec.episodes, spec.dataset, seed=0, max_episode_steps=spec.max_episode_steps,
                     progress=False)

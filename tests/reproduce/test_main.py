@@ -106,3 +106,26 @@ def test_paper_profile_first_cell_on_a_local_stand_in(tmp_path, tiny_breakout):
     assert row["task"] == "breakout" and row["dataset"] == str(tiny_breakout)
     grid = (out / "grid.json").read_text()
     assert "atari/breakout/expert-v0" in grid and "deviations" in grid
+
+
+@pytest.mark.parametrize("returns, alike", [
+    ([17.9, 17.6, 17.1, 18.2, 17.4], True),  # the first cpu Hopper data: one untrained fall, repeated
+    ([3.1, 28.1, 210.6, 216.1, 12.0], False),  # its replacement
+    ([0.0, 0.0, 0.5, 0.2, 0.0], True),  # all near zero
+])
+def test_collected_data_alike_in_quality_is_flagged(tmp_path, monkeypatch, returns, alike):
+    from more3s.reproduce import __main__ as grid_main
+    from more3s.reproduce.grid import DataSpec
+
+    prov = {"collected_by": "more3s", "returns": returns, "lengths": [37] * len(returns)}
+    monkeypatch.setattr("more3s.data.dataset_provenance", lambda dataset: prov)
+    monkeypatch.setattr("more3s.train.local_dataset_exists", lambda dataset: True)
+    lines: list[str] = []
+    grid_main.prepare_data(DataSpec("more3s/hopper/x-v0", "sac-medium-replay", 5, 1000), "hopper", tmp_path,
+                           lines.append)
+    assert lines[0].startswith(f"data more3s/hopper/x-v0: 5 episodes, return min / median / max {min(returns):.1f}")
+    assert any(line.startswith("WARNING: every episode of more3s/hopper/x-v0 scores alike") for line in lines) == alike
+    monkeypatch.setattr("more3s.data.dataset_provenance", lambda dataset: None)  # not collected by more3s
+    lines.clear()
+    grid_main.prepare_data(DataSpec("more3s/hopper/x-v0", "mixed", 5, 1000), "hopper", tmp_path, lines.append)
+    assert lines == []
