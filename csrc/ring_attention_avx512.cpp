@@ -60,14 +60,6 @@ MORE3S_AVX512 __m512 load16(const c10::BFloat16* p) {  // bfloat16 is float32's 
   return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 
-// Row of held token t (0 = oldest) in a head's [C, D] slot-ordered rows.
-template <typename scalar_t>
-MORE3S_AVX512 const scalar_t* held_row(const scalar_t* rows, int64_t first_slot, int64_t t,
-                                       int64_t C, int64_t D) {
-  const int64_t slot = first_slot + t;  // t < C, so one wrap at most
-  return rows + (slot >= C ? slot - C : slot) * D;
-}
-
 // logits[j, t] = q[j] . row(t). Four keys per pass give four independent FMA chains; the
 // four horizontal sums are what is left of the per-key cost.
 template <int DV, typename scalar_t>
@@ -190,18 +182,10 @@ __attribute__((target("avx512f"))) void attend_heads(const AttentionArgs<scalar_
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / H;
     const int64_t h = bh % H;
-    const int64_t before = a.len[b * a.len_stride];              // tokens before the append
-    const int64_t first = std::max<int64_t>(0, before + n - C);  // oldest held token
-    const int64_t first_slot = first % C;
-    const int64_t held = before + n - first;                     // tokens in the ring
+    const auto [before, first, first_slot, held] = held_tokens(a, b);
     const scalar_t* k = a.kc + bh * C * D;
     const scalar_t* v = a.vc + bh * C * D;
-    for (int64_t j = 0; j < n; ++j) {
-      const scalar_t* q_src = a.q + b * a.q_stride[0] + h * a.q_stride[1] + j * a.q_stride[2];
-      for (int64_t d = 0; d < D; ++d) {
-        q_rows[j * D + d] = static_cast<float>(q_src[d * a.q_stride[3]]) * a.scale;
-      }
-    }
+    scaled_queries(a, b, h, q_rows);
     logits_of<DV>(q_rows, k, first_slot, C, n, held, probs, ld);
     for (int64_t j = 0; j < n; ++j) {
       // Query j sees held tokens first .. before + j (its own included).

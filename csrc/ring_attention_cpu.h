@@ -3,6 +3,7 @@
 // head size allow.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace more3s {
@@ -18,6 +19,40 @@ struct AttentionArgs {
   int64_t q_stride[4];
   float scale;
 };
+
+// The tokens environment b's ring holds after the append of n (the semantics in ops.h): absolute
+// indices first .. before + n - 1, the oldest in slot first_slot; query j sees first .. before + j.
+struct HeldTokens {
+  int64_t before;      // tokens before the append
+  int64_t first;       // oldest held token
+  int64_t first_slot;  // its slot
+  int64_t held;        // tokens in the ring
+};
+
+template <typename scalar_t>
+inline HeldTokens held_tokens(const AttentionArgs<scalar_t>& a, int64_t b) {
+  const int64_t before = a.len[b * a.len_stride];
+  const int64_t first = std::max<int64_t>(0, before + a.n - a.C);
+  return {before, first, first % a.C, before + a.n - first};
+}
+
+// Row of held token t (0 = oldest) in a head's [C, D] slot-ordered rows.
+template <typename T>
+inline const T* held_row(const T* rows, int64_t first_slot, int64_t t, int64_t C, int64_t D) {
+  const int64_t slot = first_slot + t;  // t < C, so one wrap at most
+  return rows + (slot >= C ? slot - C : slot) * D;
+}
+
+// Head (b, h)'s n queries (any strides) as float times the scale -> q_rows [n, D].
+template <typename scalar_t>
+inline void scaled_queries(const AttentionArgs<scalar_t>& a, int64_t b, int64_t h, float* q_rows) {
+  for (int64_t j = 0; j < a.n; ++j) {
+    const scalar_t* q_src = a.q + b * a.q_stride[0] + h * a.q_stride[1] + j * a.q_stride[2];
+    for (int64_t d = 0; d < a.D; ++d) {
+      q_rows[j * a.D + d] = static_cast<float>(q_src[d * a.q_stride[3]]) * a.scale;
+    }
+  }
+}
 
 // Whether ring_attention_avx512 runs here for head size D: the CPU has AVX-512F (checked once)
 // and D is 16, 32, 64, 128 or 256.

@@ -78,13 +78,6 @@ MORE3S_INLINE void to_float(const c10::BFloat16* __restrict__ src, float* __rest
   for (int64_t i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(uint32_t{bits[i]} << 16);
 }
 
-// Row of held token t (0 = oldest) in a head's [C, D] slot-ordered rows.
-MORE3S_INLINE const float* held_row(const float* rows, int64_t first_slot, int64_t t, int64_t C,
-                                    int64_t D) {
-  const int64_t slot = first_slot + t;  // t < C, so one wrap at most
-  return rows + (slot >= C ? slot - C : slot) * D;
-}
-
 // logits[j, t] = q[j] . row(t) for the n queries and the `held` tokens. Each block of keys is
 // read once from memory and reused from L1 by every query.
 MORE3S_INLINE void dot_rows(const float* __restrict__ q,  // [n, D]
@@ -189,18 +182,10 @@ MORE3S_INLINE void attend_heads(const AttentionArgs<scalar_t>& a, const Attentio
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / H;
     const int64_t h = bh % H;
-    const int64_t before = a.len[b * a.len_stride];              // tokens before the append
-    const int64_t first = std::max<int64_t>(0, before + n - C);  // oldest held token
-    const int64_t first_slot = first % C;
-    const int64_t held = before + n - first;                     // tokens in the ring
+    const auto [before, first, first_slot, held] = held_tokens(a, b);
     const float* k_head = head_as_float(a.kc + bh * C * D, w.k_head, first_slot, held, C, D);
     const float* v_head = head_as_float(a.vc + bh * C * D, w.v_head, first_slot, held, C, D);
-    for (int64_t j = 0; j < n; ++j) {
-      const scalar_t* q_src = a.q + b * a.q_stride[0] + h * a.q_stride[1] + j * a.q_stride[2];
-      for (int64_t d = 0; d < D; ++d) {
-        w.q_rows[j * D + d] = static_cast<float>(q_src[d * a.q_stride[3]]) * a.scale;
-      }
-    }
+    scaled_queries(a, b, h, w.q_rows);
     dot_rows(w.q_rows, k_head, first_slot, C, D, n, held, w.probs);
     for (int64_t j = 0; j < n; ++j) {
       // Query j sees held tokens first .. before + j (its own included); the newer ones get
