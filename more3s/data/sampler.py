@@ -8,7 +8,11 @@ with the same batch. Two samplers:
   the window runs ``window`` steps from there, is cut at the episode end, and is padded on the LEFT.
 * ``StreamSampler`` — ``batch_size`` streams, each walking one episode in consecutive windows and
   moving to the next episode (drawn from a per-epoch shuffle) when it ends; a window whose first real
-  step is 0 starts an episode, where the model must clear that stream's memory.
+  step is 0 starts an episode, where the model must clear that stream's memory. Stream b enters its
+  first episode at step ``b * length // batch_size``, not at 0: with equal-length episodes (MuJoCo's
+  1,000-step ones) streams started together would stay in lockstep for the whole run, every batch
+  holding one narrow band of timesteps and the bands cycling through the episode, so the last batches
+  would fit the model to the episodes' ends.
 
 Both are seeded, reproducible and resumable exactly through ``state_dict()/load_state_dict()``.
 """
@@ -129,8 +133,9 @@ class StreamSampler(_Base):
     """``batch_size`` contiguous streams over episodes; see the module docstring.
 
     Every epoch visits each non-empty episode exactly once (shuffled); a stream that finishes its
-    episode takes the next one from the epoch's queue. Streams are independent: episode lengths
-    differ, so streams start episodes at different batches.
+    episode takes the next one from the epoch's queue. The streams' first episodes are entered at
+    staggered steps (their earlier steps are skipped once; the stream's memory is empty there), so
+    streams reach episode ends at different batches even when all episodes have one length.
     """
 
     kind = "stream"
@@ -154,7 +159,10 @@ class StreamSampler(_Base):
         steps = np.zeros((B, K), dtype=np.int64)
         mask = np.zeros((B, K), dtype=bool)
         for b in range(B):
-            if self._ep[b] < 0 or self._pos[b] >= self.lengths[self._ep[b]]:
+            if self._ep[b] < 0:  # the stream's first episode, entered at its stagger
+                self._ep[b] = self._next_episode()
+                self._pos[b] = b * int(self.lengths[self._ep[b]]) // B
+            elif self._pos[b] >= self.lengths[self._ep[b]]:
                 self._ep[b], self._pos[b] = self._next_episode(), 0
             start = int(self._pos[b])
             n = min(K, int(self.lengths[self._ep[b]]) - start)

@@ -58,10 +58,12 @@ def test_stream_sampler_contiguous_and_resets(lengths, K, B, seed):
         for b in range(B):
             real = batch.steps[b][batch.mask[b]]
             ep = int(batch.episode[b])
-            if real[0] == 0:  # the window starts an episode
+            if last[b] is None:  # the stream's first window enters its episode at the stream's stagger
+                assert real[0] == b * lengths[ep] // B
+                seen.append(ep)
+            elif real[0] == 0:  # the window starts an episode
                 # a new episode starts only after the previous one was walked to its end
-                if last[b] is not None:
-                    assert last[b][1] == lengths[last[b][0]] - 1
+                assert last[b][1] == lengths[last[b][0]] - 1
                 seen.append(ep)
             else:
                 assert last[b] is not None and last[b][0] == ep
@@ -70,6 +72,21 @@ def test_stream_sampler_contiguous_and_resets(lengths, K, B, seed):
     # every epoch covers each non-empty episode once before any repeats
     first_epoch = seen[:nonempty]
     assert sorted(first_epoch) == sorted(i for i, l in enumerate(lengths) if l > 0)
+
+
+def test_stream_sampler_streams_never_run_in_lockstep():
+    # Equal-length episodes (MuJoCo's are all 1,000 steps): streams that entered together would keep
+    # one narrow band of timesteps per batch for the whole run. Staggered, every batch spreads over
+    # the episode and every timestep is trained at about the same rate.
+    L, K, B = 100, 10, 8
+    s = StreamSampler([L] * 6, K, B, seed=0)
+    counts = np.zeros(L)
+    for _ in range(200):
+        batch = s.sample()
+        real = batch.steps[batch.mask]
+        assert real.max() - real.min() >= L // 2, "a batch holds one band of timesteps"
+        np.add.at(counts, real, 1)
+    assert counts.min() >= 0.7 * counts.mean()
 
 
 @pytest.mark.parametrize("cls", [WindowSampler, StreamSampler])
