@@ -215,19 +215,34 @@ class EpsilonMixture:
 class SnapshotPolicy:
     """Actions of stable-baselines3 SAC snapshots; with several, one is drawn per episode (medium-replay /
     medium-expert analogues). ``deterministic=False`` samples from each snapshot's policy, as SAC acts while it
-    trains (a replay buffer's actions), seeded from the episode's generator."""
+    trains (a replay buffer's actions), seeded from the episode's generator. ``explore=True`` adds uniform random
+    actions as one more member, drawn like a snapshot: the exploration SAC does before it starts learning, which
+    opens every replay buffer (D4RL's medium-replay included). Without it a run that passes the medium level by
+    its first snapshot (Hopper: ~230 at 7,500 steps against a target of ~110) gives a "replay" of one policy."""
+
+    EXPLORATION = "random-exploration"
 
     def __init__(self, paths: list[Path], name: str, weights: list[float] | None = None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, explore: bool = False, action_space: gym.Space[Any] | None = None):
         if not paths:
             raise ValueError(f"policy {name!r}: no SAC snapshots given")
+        if explore and action_space is None:
+            raise ValueError(f"policy {name!r}: explore=True needs the env's action space")
         self.paths = [Path(p) for p in paths]
         self.models = [load_sac(p) for p in self.paths]
+        self.random = RandomPolicy(action_space) if explore and action_space is not None else None
+        members = len(self.models) + (self.random is not None)
+        if weights is not None and len(weights) != members:
+            raise ValueError(f"policy {name!r}: {len(weights)} weights for {members} members")
         self.weights = None if weights is None else np.asarray(weights, float) / np.sum(weights)
         self.name, self.current, self.deterministic = name, 0, deterministic
 
     def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
-        self.current = int(rng.choice(len(self.models), p=self.weights))
+        n = len(self.models) + (self.random is not None)
+        self.current = int(rng.choice(n, p=self.weights)) - (self.random is not None)  # -1: exploration
+        if self.current < 0 and self.random is not None:
+            self.random.reset(env, rng)
+            return {"snapshot": self.EXPLORATION}
         if not self.deterministic:
             import torch
 
@@ -235,6 +250,8 @@ class SnapshotPolicy:
         return {"snapshot": self.paths[self.current].name}
 
     def act(self, obs: Any, env: Env) -> Any:
+        if self.current < 0 and self.random is not None:
+            return self.random.act(obs, env)
         action, _ = self.models[self.current].predict(obs, deterministic=self.deterministic)
         return action
 
@@ -287,5 +304,6 @@ def make_policy(task: str | TaskSpec, policy: str, env: Env) -> Policy:
                              f"or sac-medium:runs/sac")
         level = kind.removeprefix("sac").lstrip("-") or "file"
         paths, weights = select_snapshots(Path(arg), level)
-        return SnapshotPolicy(paths, policy, weights, deterministic=level != "medium-replay")
+        replay = level == "medium-replay"  # a replay buffer: sampled actions, from SAC's exploration on
+        return SnapshotPolicy(paths, policy, weights, deterministic=not replay, explore=replay, action_space=space)
     raise ValueError(f"unknown policy {policy!r}; choose one of: {POLICY_HELP}")

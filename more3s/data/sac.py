@@ -146,7 +146,8 @@ def select_snapshots(source: Path, level: str) -> tuple[list[Path], list[float] 
     expert: the best-evaluated snapshot. medium: the snapshot whose return is closest to
     random + MEDIUM_FRACTION * (expert - random) (random = the task's D4RL reference).
     medium-replay: every snapshot up to the first that reaches that target (and at least up to the
-    medium one), equally weighted: D4RL's replay buffer of a run trained until medium. The nearest
+    medium one), equally weighted: D4RL's replay buffer of a run trained until medium (the collecting
+    policy adds SAC's initial random exploration as one more member, ``SnapshotPolicy(explore=True)``). The nearest
     snapshot alone is not enough: with snapshots far apart it can be one that never learned (a
     20k-step Hopper run: 17.6, 17.8, then 203 against a target of 81), and a replay of untrained
     snapshots is 60 copies of one fall. medium-expert: medium and expert, half each. file:

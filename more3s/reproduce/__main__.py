@@ -141,15 +141,34 @@ def describe_collected(dataset: str) -> tuple[str, bool] | None:
     return line, alike
 
 
+def kept_data_dir(root: Path, dataset: str) -> Path:
+    """Where a grid keeps a collected dataset that cannot be re-collected exactly (``DataSpec.keep``)."""
+    return root / "data" / dataset
+
+
 def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None:
     """Collect a task's dataset here when the profile says how and it is missing (published ones never are), and
-    say what it holds; a collected dataset whose episodes are all alike gets a warning in the grid's log."""
+    say what it holds; a collected dataset whose episodes are all alike gets a warning in the grid's log.
+
+    Data from a SAC run are kept under ``<root>/data/<id>`` and installed from there on another machine: SAC
+    training is not reproducible across machines (float rounding compounds; the same seeded 60k-step Hopper run
+    gave a first snapshot of 17.6 on one machine and 231 on another), so later cells of the grid must read the
+    episodes its earlier cells read. Scripted policies' data are re-collected exactly from their seed."""
+    from more3s.data.minari_paths import dataset_path
     from more3s.train import local_dataset_exists
 
     if spec.policy is None:  # a published dataset: used as it is
         return
+    kept = kept_data_dir(root, spec.dataset)
     if not local_dataset_exists(spec.dataset):
-        _collect(spec, spec.policy, env, root, log)
+        if spec.keep and (kept / "data" / "metadata.json").is_file():
+            _copy_dir(kept, dataset_path(spec.dataset))
+            log(f"installed {spec.dataset} from {kept} (the episodes this grid's earlier cells trained on)")
+        else:
+            _collect(spec, spec.policy, env, root, log)
+    if spec.keep and not kept.exists():
+        _copy_dir(dataset_path(spec.dataset), kept)
+        log(f"kept {spec.dataset} in {kept} (commit it with the results: its policy cannot be re-trained exactly)")
     described = describe_collected(spec.dataset)
     if described is not None:
         line, alike = described
@@ -157,6 +176,15 @@ def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None
         if alike:
             log(f"WARNING: every episode of {spec.dataset} scores alike; its cells cannot tell good actions from bad "
                 f"(check the behaviour policy {spec.policy!r})")
+
+
+def _copy_dir(src: Path, dest: Path) -> None:
+    import shutil
+
+    from more3s.atomic import atomic_dir
+
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def _collect(spec: DataSpec, policy: str, env: str, root: Path, log: Log) -> None:

@@ -53,6 +53,12 @@ class DataSpec:
     max_episode_steps: int | None = None
     sac_steps: int = 0  # > 0: train a SAC behaviour agent this long first (policy names its snapshots)
 
+    @property
+    def keep(self) -> bool:
+        """Whether the grid keeps the collected episodes with its results: a SAC run cannot be re-trained exactly
+        on another machine, so its data could not be collected again for later cells."""
+        return self.sac_steps > 0
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -118,7 +124,7 @@ PROFILES: dict[str, Profile] = {
             "breakout": (DataSpec("more3s/breakout/mixed-v1", "mixed", 40, 1000), _CPU_ATARI),  # the main job's data
             "pong": (DataSpec("more3s/pong/mixed-v0", "mixed", 20, 800), _CPU_ATARI),
             "halfcheetah": (DataSpec("more3s/halfcheetah/mixed-v0", "mixed", 40, 1000), _CPU_MUJOCO),
-            "hopper": (DataSpec("more3s/hopper/sac-replay-v1", "sac-medium-replay", 60, 1000,
+            "hopper": (DataSpec("more3s/hopper/sac-replay-v2", "sac-medium-replay", 60, 1000,
                                 sac_steps=60_000), _CPU_MUJOCO),
         },
         arms=_ALL_ARMS, seeds=3),

@@ -50,6 +50,16 @@ def test_tiny_sac_run_resumes_and_feeds_collection(tmp_path):
     for snapshot in replay:  # sampled: no snapshot's deterministic action
         det, _ = load_sac(snapshot).predict(a[0].observations[0], deterministic=True)
         assert not np.allclose(a[0].actions[0], det)
+    # the replay opens with SAC's random exploration: one more member beside the snapshots, drawn per episode
+    import h5py
+
+    from more3s.data.minari_paths import dataset_path
+
+    collect_dataset("halfcheetah", f"sac-medium-replay:{out}", 12, "hc/replay-c-v0", seed=0, max_episode_steps=5,
+                    progress=False)
+    with h5py.File(dataset_path("hc/replay-c-v0") / "data" / "main_data.hdf5") as f:
+        members = {str(f[k].attrs["snapshot"]) for k in f}
+    assert members == {"random-exploration", *(p.name for p in replay)}
 
 
 def test_medium_replay_reaches_the_medium_target(tmp_path):

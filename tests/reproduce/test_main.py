@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from more3s.reproduce.__main__ import ReproduceConfig, run_grid
@@ -129,3 +130,36 @@ def test_collected_data_alike_in_quality_is_flagged(tmp_path, monkeypatch, retur
     lines.clear()
     grid_main.prepare_data(DataSpec("more3s/hopper/x-v0", "mixed", 5, 1000), "hopper", tmp_path, lines.append)
     assert lines == []
+
+
+def test_sac_data_are_kept_with_the_results_and_installed_from_there(tmp_path, monkeypatch):
+    """A SAC run cannot be re-trained exactly on another machine: the grid keeps its episodes under
+    results/<profile>/data and a fresh machine installs them instead of collecting different ones."""
+    import shutil
+
+    from more3s.data import collect_dataset, dataset_path, load_episodes
+    from more3s.reproduce import __main__ as grid_main
+    from more3s.reproduce.grid import DataSpec
+
+    spec = DataSpec("more3s/hopper/kept-v0", "sac-medium-replay", 3, 10, sac_steps=100)
+    collected: list[str] = []
+
+    def fake_collect(spec, policy, env, root, log):  # stands in for the SAC run + collection
+        collected.append(spec.dataset)
+        collect_dataset("hopper", "random", spec.episodes, spec.dataset, seed=3, max_episode_steps=10, progress=False)
+
+    monkeypatch.setattr(grid_main, "_collect", fake_collect)
+    lines: list[str] = []
+    grid_main.prepare_data(spec, "hopper", tmp_path, lines.append)
+    kept = grid_main.kept_data_dir(tmp_path, spec.dataset)
+    assert collected == [spec.dataset] and (kept / "data" / "metadata.json").is_file()
+    assert any(line.startswith(f"kept {spec.dataset}") for line in lines)
+    before = [ep.rewards for ep in load_episodes(spec.dataset)]
+
+    shutil.rmtree(dataset_path(spec.dataset))  # a fresh machine: only the results travel
+    monkeypatch.setattr(grid_main, "_collect", lambda *a: pytest.fail("collected again instead of installing"))
+    lines.clear()
+    grid_main.prepare_data(spec, "hopper", tmp_path, lines.append)
+    assert lines[0].startswith(f"installed {spec.dataset} from {kept}")
+    after = [ep.rewards for ep in load_episodes(spec.dataset)]
+    assert len(after) == 3 and all(np.array_equal(a, b) for a, b in zip(before, after))
