@@ -152,8 +152,8 @@ def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None
 
     Data from a SAC run are kept under ``<root>/data/<id>`` and installed from there on another machine: SAC
     training is not reproducible across machines (float rounding compounds; the same seeded 60k-step Hopper run
-    gave a first snapshot of 17.6 on one machine and 231 on another), so later cells of the grid must read the
-    episodes its earlier cells read. Scripted policies' data are re-collected exactly from their seed."""
+    peaked at 347 on one machine and at 367 on another), and later cells of the grid must read the episodes its
+    earlier cells read. Scripted policies' data are re-collected exactly from their seed."""
     from more3s.data.minari_paths import dataset_path
     from more3s.train import local_dataset_exists
 

@@ -98,7 +98,7 @@ _SMOKE_BUDGET = Budget(max_steps=12, batch_size=4, window=4, memory_steps=4, eva
 # protocol's (sampled) episodes are played: the greedy ones beside them would double the evaluation time.
 # Measured on the first 28 cells (two at once, 2-core machine): LXMERT arms 0.25-0.55 s per step and 150-1,000 s of
 # evaluation (Breakout's longer games the most), dt-published on Atari ~2.7 s per step (~45 min a cell): ~13 min a
-# cell on average, ~10 hours for the grid. It resumes, so it may span sessions.
+# cell on average, ~10 hours for the grid (~16 on a host 1.7-2x slower). It resumes, so it may span sessions.
 _CPU_ATARI = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=16,
                     extra={"eval_greedy": False})
 _CPU_MUJOCO = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=4)
