@@ -163,3 +163,10 @@ def test_sac_data_are_kept_with_the_results_and_installed_from_there(tmp_path, m
     assert lines[0].startswith(f"installed {spec.dataset} from {kept}")
     after = [ep.rewards for ep in load_episodes(spec.dataset)]
     assert len(after) == 3 and all(np.array_equal(a, b) for a, b in zip(before, after))
+
+    # a local copy with other episodes (another machine's SAC run) is an error, not silently used
+    shutil.rmtree(dataset_path(spec.dataset))
+    collect_dataset("hopper", "random", 3, spec.dataset, seed=4, max_episode_steps=10, progress=False)
+    with pytest.raises(ValueError, match="holds other episodes than the ones this grid's cells trained on"):
+        grid_main.prepare_data(spec, "hopper", tmp_path, lines.append)
+
