@@ -285,7 +285,10 @@ def _build(cfg: TrainConfig, dist: DistInfo, device: torch.device, task: TaskSpe
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.max_steps, cfg.min_lr_ratio))
     sampler_cls = StreamSampler if cfg.sampler_kind == "stream" else WindowSampler
-    sampler = sampler_cls(d.data.lengths.tolist(), cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + dist.rank)
+    sampler_args: dict[str, Any] = ({"rank": dist.rank, "world_size": dist.world_size}
+                                    if sampler_cls is StreamSampler else {})
+    sampler = sampler_cls(d.data.lengths.tolist(), cfg.window, cfg.batch_size, seed=cfg.seed * 1000 + dist.rank,
+                          **sampler_args)
     memory = model.empty_memory(cfg.batch_size, device=device) if cfg.memory_steps > 0 else None
     return _Training(model, model, optimizer, scheduler, sampler, memory)
 

@@ -9,7 +9,7 @@ with the same batch. Two samplers:
 * ``StreamSampler`` — ``batch_size`` streams, each walking one episode in consecutive windows and
   moving to the next episode (drawn from a per-epoch shuffle) when it ends; a window whose first real
   step is 0 starts an episode, where the model must clear that stream's memory. Stream b enters its
-  first episode at step ``b * length // batch_size``, not at 0: with equal-length episodes (MuJoCo's
+  first episode at step ``b * length // batch_size`` (b counted over every process's streams under DDP), not at 0: with equal-length episodes (MuJoCo's
   1,000-step ones) streams started together would stay in lockstep for the whole run, every batch
   holding one narrow band of timesteps and the bands cycling through the episode, so the last batches
   would fit the model to the episodes' ends.
@@ -140,8 +140,14 @@ class StreamSampler(_Base):
 
     kind = "stream"
 
-    def __init__(self, lengths: Sequence[int], window: int, batch_size: int, seed: int):
+    def __init__(self, lengths: Sequence[int], window: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
         super().__init__(lengths, window, batch_size, seed)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size), got rank {rank}, world_size {world_size}")
+        # Under DDP each process holds batch_size of the world's streams: staggered over all of them, the
+        # processes' streams interleave instead of repeating one another's offsets.
+        self._first_stream, self._streams = rank * batch_size, world_size * batch_size
         self._nonempty = np.flatnonzero(self.lengths > 0)
         self._queue: list[int] = []
         self.epoch = 0
@@ -161,7 +167,7 @@ class StreamSampler(_Base):
         for b in range(B):
             if self._ep[b] < 0:  # the stream's first episode, entered at its stagger
                 self._ep[b] = self._next_episode()
-                self._pos[b] = b * int(self.lengths[self._ep[b]]) // B
+                self._pos[b] = (self._first_stream + b) * int(self.lengths[self._ep[b]]) // self._streams
             elif self._pos[b] >= self.lengths[self._ep[b]]:
                 self._ep[b], self._pos[b] = self._next_episode(), 0
             start = int(self._pos[b])

@@ -89,6 +89,16 @@ def test_stream_sampler_streams_never_run_in_lockstep():
     assert counts.min() >= 0.7 * counts.mean()
 
 
+def test_stream_sampler_staggers_over_every_process_under_ddp():
+    # Two processes of 4 streams each: 8 distinct entry steps, interleaved, not the same 4 twice.
+    L, K, B = 80, 10, 4
+    entries = [StreamSampler([L] * 8, K, B, seed=r, rank=r, world_size=2).sample() for r in (0, 1)]
+    starts = sorted(int(b.steps[i][b.mask[i]][0]) for b in entries for i in range(B))
+    assert starts == [i * L // 8 for i in range(8)]
+    with pytest.raises(ValueError, match="rank"):
+        StreamSampler([L], K, B, seed=0, rank=2, world_size=2)
+
+
 @pytest.mark.parametrize("cls", [WindowSampler, StreamSampler])
 def test_seeded_reproducible_and_exact_resume(cls):
     lengths = [5, 17, 0, 33, 8, 21]
