@@ -230,17 +230,17 @@ class SnapshotPolicy:
             raise ValueError(f"policy {name!r}: explore=True needs the env's action space")
         self.paths = [Path(p) for p in paths]
         self.models = [load_sac(p) for p in self.paths]
-        self.random = RandomPolicy(action_space) if explore and action_space is not None else None
-        members = len(self.models) + (self.random is not None)
+        self.random = RandomPolicy(action_space) if action_space is not None and explore else None
+        members = len(self.models) + int(explore)
         if weights is not None and len(weights) != members:
             raise ValueError(f"policy {name!r}: {len(weights)} weights for {members} members")
         self.weights = None if weights is None else np.asarray(weights, float) / np.sum(weights)
         self.name, self.current, self.deterministic = name, 0, deterministic
 
     def reset(self, env: Env, rng: np.random.Generator) -> dict[str, Any]:
-        n = len(self.models) + (self.random is not None)
-        self.current = int(rng.choice(n, p=self.weights)) - (self.random is not None)  # -1: exploration
-        if self.current < 0 and self.random is not None:
+        explore = int(self.random is not None)
+        self.current = int(rng.choice(len(self.models) + explore, p=self.weights)) - explore  # -1: exploration
+        if self.random is not None and self.current < 0:
             self.random.reset(env, rng)
             return {"snapshot": self.EXPLORATION}
         if not self.deterministic:
@@ -250,7 +250,7 @@ class SnapshotPolicy:
         return {"snapshot": self.paths[self.current].name}
 
     def act(self, obs: Any, env: Env) -> Any:
-        if self.current < 0 and self.random is not None:
+        if self.random is not None and self.current < 0:
             return self.random.act(obs, env)
         action, _ = self.models[self.current].predict(obs, deterministic=self.deterministic)
         return action

@@ -9,8 +9,9 @@ with the same batch. Two samplers:
 * ``StreamSampler`` — ``batch_size`` streams, each walking one episode in consecutive windows and
   moving to the next episode (drawn from a per-epoch shuffle) when it ends; a window whose first real
   step is 0 starts an episode, where the model must clear that stream's memory. Stream b enters its
-  first episode at step ``b * length // batch_size`` (b counted over every process's streams under DDP), not at 0: with equal-length episodes (MuJoCo's
-  1,000-step ones) streams started together would stay in lockstep for the whole run, every batch
+  first episode at step ``b * length // batch_size`` (b counted over every process's streams under
+  DDP), not at 0: with equal-length episodes (MuJoCo's 1,000-step ones) streams started together
+  would stay in lockstep for the whole run, every batch
   holding one narrow band of timesteps and the bands cycling through the episode, so the last batches
   would fit the model to the episodes' ends.
 

@@ -169,7 +169,7 @@ def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None
     if spec.keep and not kept.exists():
         _copy_dir(dataset_path(spec.dataset), kept)
         log(f"kept {spec.dataset} in {kept} (commit it with the results: its policy cannot be re-trained exactly)")
-    elif spec.keep and _digest(kept) != _digest(dataset_path(spec.dataset)):
+    elif spec.keep and _episodes_digest(kept) != _episodes_digest(dataset_path(spec.dataset)):
         raise ValueError(f"{spec.dataset}: the local copy ({dataset_path(spec.dataset)}) holds other episodes than the "
                          f"ones this grid's cells trained on ({kept}); remove the local copy to install the kept one")
     described = describe_collected(spec.dataset)
@@ -181,15 +181,11 @@ def prepare_data(spec: DataSpec, env: str, root: Path, log: Log = print) -> None
                 f"(check the behaviour policy {spec.policy!r})")
 
 
-def _digest(dataset_dir: Path) -> str:
-    """sha256 of a Minari dataset's episodes file (a kept copy is byte for byte the collected one)."""
-    import hashlib
+def _episodes_digest(dataset_dir: Path) -> str:
+    """A Minari dataset's episodes file digest (a kept copy is byte for byte the collected one)."""
+    from more3s.atomic import sha256_file
 
-    h = hashlib.sha256()
-    with open(dataset_dir / "data" / "main_data.hdf5", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(dataset_dir / "data" / "main_data.hdf5")
 
 
 def _copy_dir(src: Path, dest: Path) -> None:
