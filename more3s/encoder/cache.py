@@ -1,15 +1,17 @@
 """Content-addressed embedding cache: the frozen encoder runs once per dataset, never in training.
 
 Key = sha256 of (dataset content fingerprint, encoder weights fingerprint and compute dtype, region
-config with its projection seed, the output layout (slots), task, prompt set, state caption, format
-version). Layout under ``<cache_dir>/<key>/``::
+config with its projection seed, the output layout (slots), task, state caption, format version): everything a
+state embedding depends on. The action prompt set is not in it: states never see the prompts, so the three prompt
+sets share one set of state chunks and each has its own action table beside them. Layout under
+``<cache_dir>/<key>/``::
 
     plan.json                 what is being built (key parts, rows, chunk size, d_enc)
     offsets.npy               [E+1] int64 row offsets of the episodes
     chunks/states_00000.npy   fp16 [<= chunk_rows, d_enc], rows of all observations of all episodes, flat
     chunks/states_00000.json  its sha256 and row range (written after the .npy; both atomically)
-    action_table.npy/.json    fp32 [A (or A+1), d_enc] and its sha256
-    meta.json                 written last: the cache is complete
+    action_table.<P>.npy/.json  fp32 [A (or A+1), d_enc] for prompt set P and its sha256 (one per prompt set used)
+    meta.json                 written when the states are complete
 
 ``<cache_dir>/fingerprints.json`` memoizes the content digests of file-backed datasets (``dataset_fingerprint``).
 
@@ -55,7 +57,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: regions smallest first with displacements, state/action slots; 3: MuJoCo com velocities scaled
+# 2: regions smallest first with displacements, state/action slots; 3: MuJoCo com velocities scaled;
+# 4: the prompt set left the key (states shared by the prompt sets, one action table per set)
+FORMAT_VERSION = 4
 FINGERPRINT_MEMO = "fingerprints.json"  # in the cache root, beside the <key> folders (see dataset_fingerprint)
 
 
@@ -163,9 +167,8 @@ class _DigestMemo:
         self.dirty = False
 
 
-def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str,
-              prompt_set: PromptSet) -> tuple[str, dict[str, Any]]:
-    """(key, parts): the key is sha256 of the canonical JSON of the parts."""
+def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str) -> tuple[str, dict[str, Any]]:
+    """(key, parts): the key is sha256 of the canonical JSON of the parts (no prompt set: see the module doc)."""
     spec = get_task(task)
     parts = {
         "format": FORMAT_VERSION,
@@ -175,7 +178,6 @@ def cache_key(dataset_fp: str, encoder: FrozenLxmert, task: str,
         "regions": encoder.config.regions.to_dict(),
         "layout": encoder.layout(),
         "task": spec.name,
-        "prompt_set": prompt_set,
         "caption": state_caption(spec.name),
     }
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
@@ -244,8 +246,9 @@ class EmbeddingCache:
     states: ChunkedStates  # [N_obs, d_enc] fp16
     offsets: np.ndarray  # [E+1] int64; episode i's observations are rows offsets[i] .. offsets[i+1]-1
     action_table: np.ndarray  # [A, d_enc] (discrete) or [A+1, d_enc] (continuous: e_0, e_1..e_A) fp32
+    prompt_set: PromptSet  # whose action table this is
     meta: dict[str, Any] = field(default_factory=dict)
-    hit: bool = False  # True when nothing had to be encoded
+    hit: bool = False  # True when no state had to be encoded (a new prompt set's table is cheap)
 
     @property
     def num_episodes(self) -> int:
@@ -281,7 +284,9 @@ class _Layout:
         self.meta = root / "meta.json"
         self.plan = root / "plan.json"
         self.offsets = root / "offsets.npy"
-        self.table = root / "action_table.npy"
+
+    def table(self, prompt_set: PromptSet) -> Path:
+        return self.root / f"action_table.{prompt_set}.npy"
 
     def chunk(self, i: int) -> Path:
         return self.chunks / f"states_{i:05d}.npy"
@@ -376,8 +381,10 @@ def _infer_task(episodes: Sequence[EpisodeLike], task: str | None) -> str:
     return get_task(names.pop()).name
 
 
-def open_cache(path: str | os.PathLike[str], verify: bool = True) -> EmbeddingCache:
-    """Open a complete cache directory without an encoder; raise ``CacheCorruptError`` if it is not sound."""
+def open_cache(path: str | os.PathLike[str], prompt_set: PromptSet = "original", verify: bool = True) -> EmbeddingCache:
+    """Open a complete cache directory (its states and ``prompt_set``'s action table) without an encoder; raise
+    ``CacheCorruptError`` if it is not sound or holds no table for ``prompt_set``."""
+    prompt_set = check_prompt_set(prompt_set)
     lay = _Layout(Path(path))
     if not lay.meta.exists():
         raise CacheCorruptError(f"{lay.root} is not a complete embedding cache (no meta.json)")
@@ -386,8 +393,14 @@ def open_cache(path: str | os.PathLike[str], verify: bool = True) -> EmbeddingCa
     bad_chunks = [i for i in range(n_chunks)
                   if not _npy_ok(lay.chunk(i), (_chunk_len(i, cr, n_rows), d), np.float16, verify)]
     bad = [f"chunks {bad_chunks}"] if bad_chunks else []
-    if not _npy_ok(lay.table, tuple(meta["action_table_shape"]), np.float32, verify):
-        bad.append("the action table")
+    table = lay.table(prompt_set)
+    if not table.exists() and not table.with_suffix(".json").exists():
+        built = sorted(p.name.split(".")[1] for p in lay.root.glob("action_table.*.npy"))
+        raise CacheCorruptError(
+            f"embedding cache {lay.root} has no action table for prompt set {prompt_set!r} (it has {built or 'none'}); "
+            f"build it with python -m more3s.encode --prompt-set {prompt_set} (the states are reused)")
+    if not _npy_ok(table, tuple(meta["action_table_shape"]), np.float32, verify):
+        bad.append(f"the action table ({prompt_set})")
     if bad:
         raise CacheCorruptError(
             f"embedding cache {lay.root}: {' and '.join(bad)} missing, truncated or failing the checksum; "
@@ -395,8 +408,8 @@ def open_cache(path: str | os.PathLike[str], verify: bool = True) -> EmbeddingCa
             "or delete the directory")
     offsets = np.load(lay.offsets)
     states = ChunkedStates([lay.chunk(i) for i in range(n_chunks)], cr, n_rows, d)
-    return EmbeddingCache(path=lay.root, states=states, offsets=offsets,
-                          action_table=np.load(lay.table), meta=meta, hit=True)
+    return EmbeddingCache(path=lay.root, states=states, offsets=offsets, action_table=np.load(table),
+                          prompt_set=prompt_set, meta=meta, hit=True)
 
 
 def build_or_load_cache(source: str | os.PathLike[str] | Iterable[EpisodeLike], encoder: FrozenLxmert,
@@ -417,7 +430,7 @@ def build_or_load_cache(source: str | os.PathLike[str] | Iterable[EpisodeLike], 
     lengths = np.array([len(ep.observations) for ep in episodes], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # [E+1]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    key, parts = cache_key(dataset_fingerprint(episodes, root / FINGERPRINT_MEMO), encoder, task, prompt_set)
+    key, parts = cache_key(dataset_fingerprint(episodes, root / FINGERPRINT_MEMO), encoder, task)
     job = _Build(_Layout(root / key), encoder, task, episodes, offsets, config)
     rank, world = rank_and_world()
     was_complete = job.lay.meta.exists()
@@ -434,11 +447,11 @@ def build_or_load_cache(source: str | os.PathLike[str] | Iterable[EpisodeLike], 
         encoded = _all_reduce_sum(encoded)  # also a barrier: every rank's chunks are written
     _mark_complete(job.lay, {**plan, "n_chunks": n_chunks, "action_table_shape": list(table_shape),
                              "encoder_name": encoder.name, "encoder_source": encoder.source,
-                             "prompt_set": prompt_set, "caption": parts["caption"], "task": task})
+                             "caption": parts["caption"], "task": task})
     if world > 1:
         torch.distributed.barrier()
     # Every chunk was checked just now (by its rank), so skip a second checksum pass.
-    cache = open_cache(job.lay.root, verify=False)
+    cache = open_cache(job.lay.root, prompt_set, verify=False)
     cache.hit = was_complete and encoded == 0
     return cache
 
@@ -506,11 +519,11 @@ def _encode_chunks(job: _Build, mine: list[int], chunk_rows: int, progress: bool
 
 
 def _write_action_table(job: _Build, prompt_set: PromptSet) -> tuple[int, ...]:
-    """Encode the action table, and write it unless a sound one is there; its shape."""
-    with job.lay.lock("table"):
+    """Encode ``prompt_set``'s action table, and write it unless a sound one is there; its shape."""
+    with job.lay.lock(f"table_{prompt_set}"):
         table = job.encoder.embed_actions(job.task, prompt_set).cpu().numpy().astype(np.float32)
-        if not _npy_ok(job.lay.table, table.shape, np.float32, job.config.verify):
-            _save_npy(job.lay.table, table)
+        if not _npy_ok(job.lay.table(prompt_set), table.shape, np.float32, job.config.verify):
+            _save_npy(job.lay.table(prompt_set), table)
     return table.shape
 
 

@@ -54,7 +54,7 @@ def test_cache_equals_direct_encoding_and_hits(tiny, atari_eps, tmp_path):
     direct = _direct(tiny, atari_eps, "breakout")
     np.testing.assert_allclose(c.states[:].astype(np.float32), direct, atol=2e-3, rtol=2e-3)
     np.testing.assert_allclose(c.action_table, tiny.embed_actions("breakout").numpy(), rtol=1e-6)
-    assert c.meta["task"] == "breakout" and c.meta["prompt_set"] == "original" and c.meta["d_enc"] == tiny.d_enc == 2304
+    assert c.meta["task"] == "breakout" and c.prompt_set == "original" and c.meta["d_enc"] == tiny.d_enc == 2304
     # memmap-like indexing: a sampler batch of (episode, steps)
     ep, steps = np.array([2, 0]), np.array([[3, 4, 5], [0, 1, 2]])
     np.testing.assert_array_equal(c.gather(ep, steps), c.states[np.array([[22, 23, 24], [0, 1, 2]])])
@@ -66,10 +66,26 @@ def test_cache_equals_direct_encoding_and_hits(tiny, atari_eps, tmp_path):
     np.testing.assert_array_equal(again.states[:], c.states[:])
 
 
-def test_key_covers_prompts_regions_and_data(tiny, atari_eps, tmp_path, monkeypatch):
+def test_prompt_sets_share_the_states_and_keep_their_own_tables(tiny, atari_eps, tmp_path):
+    """States never see the action prompts: a second prompt set encodes no state, only its table."""
     base = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
-    syn = build_or_load_cache(atari_eps, tiny, prompt_set="synonym", cache_dir=tmp_path, config=CFG)
-    assert syn.path != base.path and not np.allclose(syn.action_table, base.action_table)
+    with Counting(tiny) as n:
+        syn = build_or_load_cache(atari_eps, tiny, prompt_set="synonym", cache_dir=tmp_path, config=CFG)
+    assert n.rows == 0 and syn.hit and syn.path == base.path and syn.prompt_set == "synonym"
+    np.testing.assert_array_equal(syn.states[:], base.states[:])
+    np.testing.assert_allclose(syn.action_table, tiny.embed_actions("breakout", "synonym").numpy(), rtol=1e-6)
+    assert not np.allclose(syn.action_table, base.action_table)
+    np.testing.assert_array_equal(open_cache(base.path, "original").action_table, base.action_table)
+    np.testing.assert_array_equal(open_cache(base.path, "synonym").action_table, syn.action_table)
+    with pytest.raises(CacheCorruptError, match=r"no action table for prompt set 'contextual' \(it has \['original', "
+                                                r"'synonym'\]\).*--prompt-set contextual"):
+        open_cache(base.path, "contextual")
+    with pytest.raises(ValueError, match="prompt set"):
+        open_cache(base.path, "rhymes")
+
+
+def test_key_covers_regions_and_data(tiny, atari_eps, tmp_path, monkeypatch):
+    base = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
     other = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(projection_seed=1)))
     assert build_or_load_cache(atari_eps, other, cache_dir=tmp_path, config=CFG).path != base.path
     fewer = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(slots=8)))
@@ -130,7 +146,7 @@ def test_corrupt_action_table_named_and_rebuilt(tiny, atari_eps, tmp_path):
     """A broken action table is named as such (not as a chunk) and rebuilt without re-encoding any state."""
     c = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
     table = c.action_table.copy()
-    path = c.path / "action_table.npy"
+    path = c.path / "action_table.original.npy"
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
