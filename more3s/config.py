@@ -143,6 +143,9 @@ class TrainConfig:
     """Steps per training window (each step = 2 tokens [a_{t-1}, s_t])."""
     memory_steps: int = 20
     """Steps of detached K/V memory carried across windows of the same episode (0 = off)."""
+    memory_drop: float = 0.0
+    """Chance that a stream forgets its memory before a training window (0 = only at episode starts). Without it a
+    memory model learns to act from a short context only at episode starts, where it must act at any step."""
     sampler: SamplerChoice = "auto"
     """'auto' = stream when memory_steps > 0 (required), else window (random windows as DT)."""
     dropout: float = 0.1
@@ -241,6 +244,11 @@ class TrainConfig:
         v = self.memory_steps
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise bad("memory_steps", "must be an integer >= 0")
+        v = self.memory_drop
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise bad("memory_drop", "must be a probability in [0, 1)")
+        if v > 0 and self.memory_steps == 0:
+            raise bad("memory_drop", "needs memory (memory_steps > 0)")
         v = self.eval_max_episode_steps
         if v not in ("dataset", "full") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise bad("eval_max_episode_steps", "must be an integer >= 1 (a cap in agent steps), 'dataset' "

@@ -384,6 +384,8 @@ def _optimizer_step(cfg: TrainConfig, dist: DistInfo, paths: RunPaths, t: _Train
     """One batch: forward, backward, clip, a stop on a non-finite loss anywhere, the optimizer step.
     Returns (output, gradient norm, the learning rate used)."""
     batch = data.gather(t.sampler.sample())
+    if t.memory is not None and cfg.memory_drop > 0:  # global torch RNG: checkpointed, so a resume replays it
+        t.memory = t.memory.reset(torch.rand(t.memory.mem_len.shape, device=t.memory.mem_len.device) < cfg.memory_drop)
     out = train_step(t.ddp_model, batch, t.memory, autocast_ctx)
     loss = out.loss
     assert loss is not None  # the batch carries actions

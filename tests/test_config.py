@@ -61,6 +61,8 @@ def test_resume_loads_the_runs_config(tmp_path):
     (["--batch-size", "0"], "batch_size"),
     (["--dropout", "1.5"], "dropout"),
     (["--n-embd", "100", "--n-head", "3"], "n_embd"),
+    (["--memory-drop", "1.0"], "memory_drop"),
+    (["--preset", "dt", "--memory-drop", "0.25"], "memory_drop"),
 ])
 def test_bad_values_raise_clear_errors(args, match):
     with pytest.raises(ValueError, match=match):
