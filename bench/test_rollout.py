@@ -2,13 +2,14 @@
 
 * ``ring``: ``model.step`` with a RingKVCache (backend auto: the C++ op when built, else the reference), one new
   block per environment, K/V computed once per token;
+* ``ring_compiled``: the same step as one inductor graph (``model.compile_step``): the ops fused, called from C++;
 * ``no_cache``: the cache-less baseline, a plain forward over the last S = 60 steps every step, lean:
   only what a decision needs (``model.step_without_cache`` runs the action head on the last token alone);
 * ``hf_dt``: ``transformers.DecisionTransformerModel`` at the same width, depth and window (30 steps = 90 tokens),
   re-run over the window every step as its users do.
 
 All three are also timed side by side (alternating blocks) once per run, so every entry's extra_info carries
-speedups that host-load drift cannot skew (``ring`` goal: >= 20x over the lean ``no_cache`` and over ``hf_dt`` on
+speedups that host-load drift cannot skew (``ring`` / ``ring_compiled`` goal: >= 20x over the lean ``no_cache`` and over ``hf_dt`` on
 one CPU thread; reported, not asserted).
 Run: ``pytest bench/test_rollout.py --benchmark-only``.
 """
@@ -45,15 +46,24 @@ def _history(steps: int, seed: int = 0):
                 timesteps=torch.arange(100, 100 + steps).repeat(N_ENVS, 1))
 
 
-def make_ring():
+def make_ring(compiled: bool = False):
     model = _model()
     cache = model.new_rollout_cache(N_ENVS, backend="auto")
+    step = model.compile_step(cache) if compiled else (lambda *args: model.step(cache, *args))
     h = _history(S)
     first = torch.zeros(N_ENVS, dtype=torch.bool)
+    t0 = time.perf_counter()
     for t in range(S):  # fill the ring: the benchmark measures the steady state (full ring, evicting)
-        model.step(cache, h["states"][:, t], h["prev_actions"][:, t], h["rtg"][:, t], h["timesteps"][:, t], first)
+        step(h["states"][:, t], h["prev_actions"][:, t], h["rtg"][:, t], h["timesteps"][:, t], first)
     s, a, r, ts = h["states"][:, -1], h["prev_actions"][:, -1], h["rtg"][:, -1], h["timesteps"][:, -1]
-    return (lambda: model.step(cache, s, a, r, ts, first)), {"backend": cache.backend, "capacity": cache.capacity}
+    info = {"backend": cache.backend, "capacity": cache.capacity, "compiled": compiled}
+    if compiled:  # the one-off cost a rollout pays before its first step (less on a warm inductor cache)
+        info["compile_and_fill_s"] = time.perf_counter() - t0
+    return (lambda: step(s, a, r, ts, first)), info
+
+
+def make_ring_compiled():
+    return make_ring(compiled=True)
 
 
 def make_no_cache():
@@ -83,7 +93,7 @@ def make_hf_dt():
     return step, {"steps_per_decision": WINDOW}
 
 
-PROVIDERS = {"ring": make_ring, "no_cache": make_no_cache, "hf_dt": make_hf_dt}
+PROVIDERS = {"ring": make_ring, "ring_compiled": make_ring_compiled, "no_cache": make_no_cache, "hf_dt": make_hf_dt}
 
 
 def _side_by_side_seconds(fns: dict, rounds: int = 8, block_s: float = 0.5) -> dict[str, dict[str, float]]:

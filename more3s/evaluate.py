@@ -73,6 +73,9 @@ class EvalConfig:
     """Environment seeds (env i of the vector gets seed + i); episodes run per seed and target."""
     engine: EngineMode = "ring"
     """ring = KV-cache engine; banded = its exact oracle (forward_banded); window = cache-less DT-style baseline."""
+    compile_step: bool = False
+    """CPU ring engine: run the model step as one torch.compile'd graph (the same decisions, fewer microseconds
+    per step after a one-off compile of tens of seconds; worth it for long evaluations)."""
     max_episode_steps: int | Literal["run", "full"] = "run"
     """Cap on agent steps per episode: run = the run's (from its dataset: the recorded collection cap for datasets
     more3s collected, none for others); full = the task's full protocol; N >= 1 = a cap of N steps."""
@@ -153,7 +156,8 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
                  seeds: Sequence[int] = (1000,), engine: str = "ring",
                  max_episode_steps: int | str | None = "run", num_envs: int = 8,
                  device: torch.device | str = "auto", checkpoint: str | Path | None = None, encoder: Any = None,
-                 sample: bool = True, greedy: bool = True, dtype: str = "auto", video: int = 0) -> EvalReport:
+                 sample: bool = True, greedy: bool = True, dtype: str = "auto", video: int = 0,
+                 compile_step: bool = False) -> EvalReport:
     """Evaluate a run's checkpoint; returns a more3s.report.EvalReport (not yet saved). See evaluate_model.
 
     ``video``: record the first N episodes of every target (over the seeds in order) under ``run_dir/videos``.
@@ -173,7 +177,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     return evaluate_model(model, info, encoder, checkpoint=str(ckpt.path), step=ckpt.step, episodes=episodes,
                           targets=targets, seeds=seeds, engine=engine, max_episode_steps=max_episode_steps,
                           num_envs=num_envs, sample=sample, greedy=greedy, dtype=step_dtype,
-                          video=video, run_dir=run_dir)
+                          video=video, run_dir=run_dir, compile_step=compile_step)
 
 
 @dataclass
@@ -199,13 +203,15 @@ _Played = tuple[int, int, int, int, int, float, float, int, str]
 
 
 def _check_args(episodes: int, num_envs: int, engine: str, seeds: Sequence[int], video: int,
-                run_dir: str | Path | None) -> None:
+                run_dir: str | Path | None, compile_step: bool = False) -> None:
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if engine not in ENGINE_MODES:
         raise ValueError(f"engine {engine!r}: expected one of {ENGINE_MODES}")
+    if compile_step and engine != "ring":
+        raise ValueError(f"compile_step: compiles the ring engine's step; engine {engine!r} has none")
     if not seeds:
         raise ValueError("seeds: give at least one evaluation seed")
     if video and run_dir is None:
@@ -216,7 +222,7 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
                    episodes: int = 10, targets: Sequence[float] = (), seeds: Sequence[int] = (1000,),
                    engine: str = "ring", max_episode_steps: int | str | None = "run", num_envs: int = 8,
                    sample: bool = True, greedy: bool = True, dtype: torch.dtype | None = None, video: int = 0,
-                   run_dir: str | Path | None = None) -> EvalReport:
+                   run_dir: str | Path | None = None, compile_step: bool = False) -> EvalReport:
     """Play the episodes of every (target, seed) with ``model`` (its weights as they are: the trainer's
     --eval-every passes its live model) and return an EvalReport.
 
@@ -225,7 +231,7 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
     continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``.
     ``video``: record the first N episodes of every target in the protocol's actions under ``run_dir/videos``.
     """
-    _check_args(episodes, num_envs, engine, seeds, video, run_dir)
+    _check_args(episodes, num_envs, engine, seeds, video, run_dir, compile_step)
     cap, cap_source = resolve_cap(max_episode_steps, info)
     task = get_task(info.task)
     given = unique_targets(targets)
@@ -244,7 +250,7 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
                  lo=lo, hi=hi, total_envs=total_envs, video=video, run_dir=Path(run_dir) if run_dir else None,
                  prompt_set=info.prompt_set)
     t0 = time.perf_counter()
-    played, env_steps, videos, notes = _play(plan, step_model, encoder, engine)
+    played, env_steps, videos, notes = _play(plan, step_model, encoder, engine, compile_step)
     model.train(was_training)  # the engine set eval mode; the trainer's model goes back to training
     if world > 1:
         played, env_steps, videos, notes = _gather(world, played, env_steps, videos, notes)
@@ -265,11 +271,12 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
     )
 
 
-def _play(plan: _Plan, model: MoreModel, encoder: Any,
-          engine: str) -> tuple[list[_Played], int, list[dict[str, Any]], set[str]]:
+def _play(plan: _Plan, model: MoreModel, encoder: Any, engine: str,
+          compile_step: bool) -> tuple[list[_Played], int, list[dict[str, Any]], set[str]]:
     """This process's episodes of every (mode, target, seed): (played, env steps, videos, video notes)."""
     mode_: Any = engine  # one of ENGINE_MODES (checked by _check_args)
-    engines = {m: RolloutEngine(model, encoder, plan.task, mode=mode_, sample=m == "sampled") for m in plan.modes}
+    engines = {m: RolloutEngine(model, encoder, plan.task, mode=mode_, sample=m == "sampled", compile_step=compile_step)
+               for m in plan.modes}
     played: list[_Played] = []
     env_steps = 0
     videos: list[dict[str, Any]] = []
@@ -385,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = evaluate_run(cfg.run, episodes=cfg.episodes, targets=cfg.targets, seeds=cfg.seeds,
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
                               num_envs=cfg.num_envs, device=device, checkpoint=cfg.checkpoint,
-                              sample=cfg.sample, greedy=cfg.greedy, dtype=cfg.dtype, video=cfg.video)
+                              sample=cfg.sample, greedy=cfg.greedy, dtype=cfg.dtype, video=cfg.video,
+                              compile_step=cfg.compile_step)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,12 @@ def test_sampled_protocol_with_greedy_beside_and_distinct_counts(tiny_config, ca
     assert greedy_only.actions == "greedy" and row.distinct_trajectories == len(set(row.trajectory_digests))
     assert f"{row.distinct_trajectories} / 4" in format_table(greedy_only)
     assert load_report(run / "eval.json").greedy[0].actions == "greedy"  # eval.json round-trips
+    # --compile-step: the same episodes from the compiled ring step; refused where there is no ring step
+    compiled = evaluate_run(run, episodes=4, num_envs=2, targets=(3.0,), max_episode_steps=15, sample=False,
+                            compile_step=True)
+    assert compiled.targets[0].trajectory_digests == row.trajectory_digests
+    with pytest.raises(ValueError, match="compile_step"):
+        evaluate_run(run, episodes=1, num_envs=1, engine="banded", compile_step=True)
 
 
 def test_timesteps_past_the_data_read_only_trained_rows(tiny_config):

@@ -31,7 +31,7 @@ import torch
 
 from more3s.model import ring_ops
 
-__all__ = ["BACKENDS", "CacheBackend", "RingKVCache", "RingKVCacheConfig", "resolve_backend"]
+__all__ = ["BACKENDS", "CacheBackend", "RingKVCache", "RingKVCacheConfig", "RingTensors", "resolve_backend"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,33 @@ class RingKVCacheConfig:
                 raise ValueError(f"RingKVCache: {name} must be >= 1, got {value}")
 
 
+@dataclass(frozen=True)
+class RingTensors:
+    """A ring's tensors with the two ops over them and nothing else: no checks, no layer bookkeeping, no Python
+    state, so that ``torch.compile`` can trace a whole model step through it (``MoreModel.compile_step``). The
+    caller validates each step's inputs and calls ``reset`` before and ``advance`` after the layers;
+    ``RingKVCache`` does all of that around the same calls."""
+
+    k: tuple[torch.Tensor, ...]  # per layer [B, H, C, D] (views of RingKVCache.k)
+    v: tuple[torch.Tensor, ...]
+    tokens: torch.Tensor  # [B] int64: tokens appended since each environment's reset, as of the step's start
+    scale: float
+    impl: ring_ops.RingImpl
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ring_ops.ring_append(self.k[layer], self.v[layer], k.detach(), v.detach(), self.tokens, impl=self.impl,
+                             check=False)
+        return ring_ops.ring_attention(q, self.k[layer], self.v[layer], self.tokens, self.scale, impl=self.impl,
+                                       check=False)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        # Stale slots need no clearing: a zero counter makes every older slot invisible.
+        self.tokens.masked_fill_(mask, 0)
+
+    def advance(self, n: int) -> None:
+        self.tokens.add_(n)  # in place: no host sync, stable address for CUDA graphs and compiled steps
+
+
 class RingKVCache:
     """Per-layer ring buffers of RTG-injected K/V for B environments, with decode attention.
 
@@ -137,12 +164,13 @@ class RingKVCache:
         L, B, H, C, D = num_layers, batch_size, num_heads, capacity, head_dim
         self.k = torch.zeros(L, B, H, C, D, dtype=dtype, device=self.device)  # [L, B, H, C, D]
         self.v = torch.zeros(L, B, H, C, D, dtype=dtype, device=self.device)  # [L, B, H, C, D]
-        self._k_layers, self._v_layers = self.k.unbind(0), self.v.unbind(0)  # per-layer [B, H, C, D] views
         # Tokens appended per environment since its last reset, as of the start of the step.
         self._tokens = torch.zeros(B, dtype=torch.int64, device=self.device)  # [B]
         self._next_layer = 0  # the layer the current step expects next
         self._step_n: int | None = None  # n of the step in progress (set after layer 0)
-        self._impl: ring_ops.RingImpl = "reference" if self.backend == "reference" else "compiled"
+        impl: ring_ops.RingImpl = "reference" if self.backend == "reference" else "compiled"
+        self.unchecked = RingTensors(self.k.unbind(0), self.v.unbind(0), self._tokens, self.scale, impl)
+        """The same ring without checks or bookkeeping (see ``RingTensors``), for a traced step."""
 
     # --- sizes (the rest: self.config) -------------------------------------------------------
     @property
@@ -192,13 +220,11 @@ class RingKVCache:
                 f"RingKVCache.attend: layer {layer} got n={n} new tokens but this step's earlier "
                 f"layers got n={self._step_n}; every layer of a step appends the same tokens"
             )
-        # The ring never carries autograd history (it would grow with every step).
-        k_ring, v_ring = self._k_layers[layer], self._v_layers[layer]
-        # Validated above; the ring's own tensors are valid by construction.
-        ring_ops.ring_append(k_ring, v_ring, k.detach(), v.detach(), self._tokens, impl=self._impl, check=False)
-        out = ring_ops.ring_attention(q, k_ring, v_ring, self._tokens, self.scale, impl=self._impl, check=False)
+        # Validated above; the ring's own tensors are valid by construction. K/V are detached: the ring never
+        # carries autograd history (it would grow with every step).
+        out = self.unchecked.attend(layer, q, k, v)
         if layer == self.config.num_layers - 1:
-            self._tokens += n  # in place: no host sync, stable address for CUDA graphs
+            self.unchecked.advance(n)
             self._next_layer, self._step_n = 0, None
         else:
             self._next_layer, self._step_n = layer + 1, n
@@ -220,8 +246,7 @@ class RingKVCache:
                 f"RingKVCache.reset: mask must have shape [B] = [{self.config.batch_size}], "
                 f"got {list(mask.shape)}"
             )
-        # Stale slots need no clearing: a zero counter makes every older slot invisible.
-        self._tokens.masked_fill_(mask.to(self.device, non_blocking=True), 0)
+        self.unchecked.reset(mask.to(self.device, non_blocking=True))
 
     # --- validation ------------------------------------------------------------------------
     def _check_layer(self, layer: int) -> None:

@@ -38,6 +38,7 @@ it (``more3s.rollout.engine``), the trainer and the GPT-2 weight mapping (``back
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 
 from more3s.model.attention import inject_rtg, masked_attention, more_attention
 from more3s.model.config import ModelConfig
-from more3s.model.kv_cache import CacheBackend, RingKVCache
+from more3s.model.kv_cache import CacheBackend, RingKVCache, RingTensors
 
 __all__ = ["MoreModel", "Memory", "ModelOutput", "rtg_features", "banded_attention_mask"]
 
@@ -190,7 +191,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, phi: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                 k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None,
                 mem_len: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: RingKVCache | None = None, layer: int = 0,
+                cache: RingKVCache | RingTensors | None = None, layer: int = 0,
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x [B, T, C], phi [B, T, F] -> (y [B, T, C], k' [B, nh, T, hs] | None, v' | None)."""
         B, T, C = x.shape
@@ -243,7 +244,7 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, phi: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                 k_mem: torch.Tensor | None = None, v_mem: torch.Tensor | None = None,
                 mem_len: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: RingKVCache | None = None, layer: int = 0,
+                cache: RingKVCache | RingTensors | None = None, layer: int = 0,
                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The arguments after ``phi`` go to ``SelfAttention.forward`` (which way to attend)."""
         y, k_inj, v_inj = self.attn(self.ln_1(x), phi, key_padding_mask, k_mem, v_mem, mem_len, attn_mask, cache, layer)
@@ -564,6 +565,51 @@ class MoreModel(nn.Module):
              timestep: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         """Append one block per environment and return the state token's prediction: ``[N, A]`` (discrete logits or
         continuous action). Resets the ring of the environments where ``first [N]`` (idempotent). No host syncs."""
+        self._check_step(state_emb, prev_action, rtg, timestep, first)
+        cache.reset(first)
+        return self._step_blocks(cache, state_emb, prev_action, rtg, timestep, first)
+
+    def compile_step(self, cache: RingKVCache) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor], torch.Tensor]:
+        """``step`` over ``cache`` (same arguments after it, same result) as one ``torch.compile``'d graph, for CPU
+        rollouts, where a step is many tiny ops and Python dispatch costs as much as the arithmetic. Inductor fuses
+        the elementwise ops, pre-packs the weights (``freezing``: they become constants of the graph, so build a new
+        compiled step after changing them) and calls its kernels from C++ (``cpp_wrapper``). The first call compiles
+        (tens of seconds); CUDA rollouts capture a CUDA graph instead (``RolloutEngine``)."""
+        if cache.device.type != "cpu" or self.device.type != "cpu":
+            raise ValueError(f"compile_step: CPU rollouts only (model on {self.device}, cache on {cache.device}); "
+                             "on CUDA the rollout engine captures the step as a CUDA graph")
+        if self.training:
+            raise ValueError("compile_step: call model.eval() first (dropout would be compiled in)")
+        if cache.dtype != self.param_dtype:
+            raise ValueError(f"compile_step: cache dtype {cache.dtype} != model dtype {self.param_dtype}")
+        ring, n = cache.unchecked, self.config.tokens_per_step
+
+        def traced(state_emb: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
+                   first: torch.Tensor) -> torch.Tensor:
+            ring.reset(first)
+            out = self._step_blocks(ring, state_emb, prev_action, rtg, timestep, first)
+            ring.advance(n)
+            return out
+
+        compiled = torch.compile(traced, fullgraph=True, dynamic=False,
+                                 options={"freezing": True, "cpp_wrapper": True})
+
+        def step(state_emb: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
+                 first: torch.Tensor) -> torch.Tensor:
+            self._check_step(state_emb, prev_action, rtg, timestep, first)
+            if state_emb.shape[0] != cache.config.batch_size:
+                raise ValueError(f"state_emb: {state_emb.shape[0]} environments, the cache holds "
+                                 f"{cache.config.batch_size}")
+            with torch.inference_mode():
+                out: torch.Tensor = compiled(state_emb, prev_action, rtg, timestep, first)
+            return out
+
+        return step
+
+    def _check_step(self, state_emb: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor,
+                    timestep: torch.Tensor, first: torch.Tensor) -> None:
+        """Shapes and dtypes of one rollout step's inputs (``step``, ``compile_step``)."""
         cfg = self.config
         N = state_emb.shape[0]
         if state_emb.dim() != 2 or state_emb.shape[1] != cfg.d_enc:
@@ -577,11 +623,14 @@ class MoreModel(nn.Module):
         if tuple(prev_action.shape) != want or prev_action.is_floating_point() == cfg.discrete:
             kind = "int" if cfg.discrete else "float"
             raise ValueError(f"prev_action: expected {kind} {list(want)}, got {prev_action.dtype} {tuple(prev_action.shape)}")
-        cache.reset(first)
+
+    def _step_blocks(self, ring: RingKVCache | RingTensors, state_emb: torch.Tensor, prev_action: torch.Tensor,
+                     rtg: torch.Tensor, timestep: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """One block per environment through every layer over ``ring`` (already reset) -> ``[N, A]``."""
         x, phi = self._embed(state_emb[:, None], prev_action[:, None], rtg[:, None], timestep[:, None], first[:, None],
                              torch.ones_like(first)[:, None])  # [N, n, C], [N, n, F]
         for layer, block in enumerate(self.blocks):
-            x, _, _ = block(x, phi, cache=cache, layer=layer)
+            x, _, _ = block(x, phi, cache=ring, layer=layer)
         return self._action_head(self.ln_f(x[:, -1]))[1]  # the state token is the block's last
 
     @torch.inference_mode()

@@ -18,6 +18,8 @@ the model's decision (``mode``, one of ``ENGINE_MODES``), all over the same toke
   the frozen encoder replays its own CUDA graphs (FrozenLxmert captures its state path per batch
   bucket), so a GPU step is region extraction on the host, one encoder graph replay, one model
   graph replay and a single device-to-host copy of the N actions.
+  On the CPU, ``compile_step=True`` runs the model step as one ``torch.compile``'d graph instead
+  (``MoreModel.compile_step``): the same decisions with a fraction of the per-op dispatch.
 * ``banded``: the exact oracle of ``ring``. It keeps each environment's recent history and re-runs
   ``model.forward_banded`` (the step-banded causal mask of the rollout semantics) over it every step. With S
   context steps and L layers, the last token's output depends on the last L*(S-1)+1 steps only, so
@@ -165,7 +167,7 @@ class RolloutEngine:
     def __init__(self, model: MoreModel, encoder: StateEncoder, task: str | TaskSpec, *,
                  mode: EngineMode = "ring", cache_backend: CacheBackend = "auto",
                  cuda_graph: bool | None = None, history_steps: int | None = None, sample: bool = False,
-                 strict_graph: bool | None = None):
+                 strict_graph: bool | None = None, compile_step: bool = False):
         if mode not in ENGINE_MODES:
             raise ValueError(f"engine mode {mode!r}: expected one of {ENGINE_MODES}")
         self.model = model.eval()
@@ -200,6 +202,15 @@ class RolloutEngine:
         self._graph: _CudaGraphStep | None = None
         self.strict_graph = cuda_graphs.strict_default() if strict_graph is None else bool(strict_graph)
         self.graph_replays = 0  # model steps served by a captured CUDA graph (tests assert they happened)
+        # compile_step: CPU ring steps as one torch.compile'd graph (MoreModel.compile_step), built once per batch
+        # size with its own ring, which every run's first step resets, so that a run never pays a second compile.
+        if compile_step and (mode != "ring" or self.device.type != "cpu"):
+            raise ValueError(f"compile_step: for the ring engine on CPU only (mode {mode!r}, device {self.device}); "
+                             "on CUDA the step is captured as a CUDA graph instead")
+        self.compile_step = bool(compile_step)
+        self._compiled: dict[int, tuple[RingKVCache, Callable[..., torch.Tensor]]] = {}
+        self._compiled_step: Callable[..., torch.Tensor] | None = None
+        self.compiled_steps = 0  # model steps served by a compiled step (tests assert they happened)
 
     # ---- one decision for all N environments --------------------------------------------------
     def _decide(self, state: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
@@ -209,6 +220,9 @@ class RolloutEngine:
             if self._graph is not None:
                 self.graph_replays += 1
                 return self._graph.replay(state, prev_action, rtg, timestep, first)
+            if self._compiled_step is not None:
+                self.compiled_steps += 1
+                return self._compiled_step(state, prev_action, rtg, timestep, first)
             return self.model.step(self._cache, state, prev_action, rtg, timestep, first)
         self._hist.push(state, prev_action, rtg, timestep, first)
         states, prev_actions, rtgs, ts, firsts, mask = self._hist.view()
@@ -224,7 +238,12 @@ class RolloutEngine:
         act_shape = () if self.discrete else (cfg.act_dim,)
         act_dtype = torch.long if self.discrete else torch.float32
         self._graph = None
-        if self.mode == "ring":
+        if self.mode == "ring" and self.compile_step:
+            if N not in self._compiled:
+                cache = self.model.new_rollout_cache(N, backend=self.cache_backend, device=self.device)
+                self._compiled[N] = cache, self.model.compile_step(cache)
+            self._cache, self._compiled_step = self._compiled[N]
+        elif self.mode == "ring":
             self._cache = self.model.new_rollout_cache(N, backend=self.cache_backend, device=self.device)
             if self.cuda_graph:
                 cache = self._cache

@@ -95,3 +95,46 @@ def test_lean_step_without_cache_equals_full_forward(make_model, make_inputs, kw
     with torch.no_grad():
         want = model(**inputs, mask=mask).logits[:, -1]
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode,discrete,backend", [
+    pytest.param("kv", True, "cpp", marks=BACKENDS[-1].marks), ("embed", False, "reference")])
+def test_compiled_step_equals_step(make_model, make_inputs, mode, discrete, backend):
+    """``compile_step`` (one inductor graph over the ring) decides as ``step`` does, through resets and eviction,
+    and keeps reading the live weights: no stale copy after they change in place."""
+    model = make_model(rtg_mode=mode, discrete=discrete, window=3, memory_steps=2, dtype=torch.float32)
+    N, L = 3, 13
+    inputs, first = _episode_stream(N, L, [[0], [0, 4], [0, 7, 9]], discrete, make_inputs)
+    eager, ring = model.new_rollout_cache(N, backend=backend), model.new_rollout_cache(N, backend=backend)
+    compiled = model.compile_step(ring)
+
+    def both(t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        args = (inputs["states"][:, t], inputs["prev_actions"][:, t], inputs["rtg"][:, t], inputs["timesteps"][:, t],
+                first[:, t])
+        return model.step(eager, *args), compiled(*args)
+
+    for t in range(L):
+        want, got = both(t)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ring.tokens_seen, eager.tokens_seen)
+    torch.testing.assert_close(ring.k, eager.k, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    want, got = both(0)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_step_validates(make_model, make_inputs):
+    model = make_model(window=2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="dtype"):
+        model.compile_step(model.new_rollout_cache(2, backend="reference", dtype=torch.float16))
+    with pytest.raises(ValueError, match="eval"):
+        model.train().compile_step(model.new_rollout_cache(2, backend="reference"))
+    step = model.eval().compile_step(model.new_rollout_cache(2, backend="reference"))
+    ok = dict(prev_action=torch.zeros(3, dtype=torch.long), rtg=torch.zeros(3),
+              timestep=torch.zeros(3, dtype=torch.long), first=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="environments"):  # checked before anything compiles
+        step(torch.randn(3, 12), **ok)
+    with pytest.raises(ValueError, match="state_emb"):
+        step(torch.randn(2, 5), **{k: v[:2] for k, v in ok.items()})

@@ -58,6 +58,22 @@ def test_ring_equals_banded_over_resets(encoder, rtg_mode, memory_steps, seed):
     assert ring.returns == ref.returns and ring.lengths == ref.lengths
 
 
+def test_compiled_ring_equals_eager_ring(encoder):
+    """``compile_step=True``: every decision comes from the compiled step, equal to the eager ring's, and a second
+    run of the engine reuses its compiled step and ring (every run starts by resetting all environments)."""
+    model = _model(encoder, "kv", 2, seed=6)
+    eager = _play(model, encoder, "ring")
+    engine = RolloutEngine(model, encoder, "breakout", compile_step=True)
+    for run in range(2):
+        venv = make_vector_env("breakout", N_ENVS, max_episode_steps=MAX_STEPS)
+        res = engine.run(venv, 5.0, EPISODES, seed=123, record=True)
+        venv.close()
+        assert engine.compiled_steps == (run + 1) * len(res.logits) and len(engine._compiled) == 1
+        for r, e in zip(res.logits, eager.logits):
+            np.testing.assert_allclose(r, e, rtol=1e-4, atol=1e-4)
+        assert res.returns == eager.returns and res.lengths == eager.lengths
+
+
 def test_bookkeeping(encoder):
     model = _model(encoder, "kv", 2, seed=4)
     res = _play(model, encoder, "ring")
@@ -79,6 +95,8 @@ def test_bad_arguments(encoder):
         RolloutEngine(model, encoder, "pong")
     with pytest.raises(ValueError, match="history_steps"):
         RolloutEngine(model, encoder, "breakout", mode="banded", history_steps=2)
+    with pytest.raises(ValueError, match="compile_step"):
+        RolloutEngine(model, encoder, "breakout", mode="banded", compile_step=True)
     eng = RolloutEngine(model, encoder, "breakout")
     venv = make_vector_env("breakout", 1, max_episode_steps=5)
     with pytest.raises(ValueError, match="num_episodes"):
