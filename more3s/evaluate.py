@@ -275,8 +275,8 @@ def _play(plan: _Plan, model: MoreModel, encoder: Any, engine: str,
           compile_step: bool) -> tuple[list[_Played], int, list[dict[str, Any]], set[str]]:
     """This process's episodes of every (mode, target, seed): (played, env steps, videos, video notes)."""
     mode_: Any = engine  # one of ENGINE_MODES (checked by _check_args)
-    engines = {m: RolloutEngine(model, encoder, plan.task, mode=mode_, sample=m == "sampled", compile_step=compile_step)
-               for m in plan.modes}
+    engine_ = RolloutEngine(model, encoder, plan.task, mode=mode_, compile_step=compile_step)
+    engines = {m: engine_.sampling(m == "sampled") for m in plan.modes}
     played: list[_Played] = []
     env_steps = 0
     videos: list[dict[str, Any]] = []

@@ -38,6 +38,7 @@ it (``more3s.rollout.engine``), the trainer and the GPT-2 weight mapping (``back
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -573,9 +574,10 @@ class MoreModel(nn.Module):
                                                              torch.Tensor], torch.Tensor]:
         """``step`` over ``cache`` (same arguments after it, same result) as one ``torch.compile``'d graph, for CPU
         rollouts, where a step is many tiny ops and Python dispatch costs as much as the arithmetic. Inductor fuses
-        the elementwise ops, pre-packs the weights (``freezing``: they become constants of the graph, so build a new
-        compiled step after changing them) and calls its kernels from C++ (``cpp_wrapper``). The first call compiles
-        (tens of seconds); CUDA rollouts capture a CUDA graph instead (``RolloutEngine``)."""
+        the elementwise ops, folds and pre-packs the weights (``freezing``) and calls its kernels from C++
+        (``cpp_wrapper``). Compiles here (tens of seconds; the ring is left empty). The weights are constants of
+        the graph: a call after they changed raises, so build a new compiled step then. CUDA rollouts capture a CUDA
+        graph instead (``RolloutEngine``)."""
         if cache.device.type != "cpu" or self.device.type != "cpu":
             raise ValueError(f"compile_step: CPU rollouts only (model on {self.device}, cache on {cache.device}); "
                              "on CUDA the rollout engine captures the step as a CUDA graph")
@@ -583,7 +585,7 @@ class MoreModel(nn.Module):
             raise ValueError("compile_step: call model.eval() first (dropout would be compiled in)")
         if cache.dtype != self.param_dtype:
             raise ValueError(f"compile_step: cache dtype {cache.dtype} != model dtype {self.param_dtype}")
-        ring, n = cache.unchecked, self.config.tokens_per_step
+        cfg, ring, n, N = self.config, cache.unchecked, self.config.tokens_per_step, cache.config.batch_size
 
         def traced(state_emb: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
                    first: torch.Tensor) -> torch.Tensor:
@@ -592,17 +594,36 @@ class MoreModel(nn.Module):
             ring.advance(n)
             return out
 
-        compiled = torch.compile(traced, fullgraph=True, dynamic=False,
-                                 options={"freezing": True, "cpp_wrapper": True})
+        # A code object of its own: dynamo caches graphs per code object and, with frozen weights, tells models
+        # apart by their parameters' addresses only, so a graph compiled before an in-place update would be reused.
+        traced = types.FunctionType(traced.__code__.replace(), traced.__globals__, traced.__name__, None,
+                                    traced.__closure__)
+        compiled = torch.compile(traced, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+        weights = [*self.parameters(), *self.buffers()]
+
+        def version() -> int:  # in-place updates (optimizer steps, load_state_dict) bump every tensor's counter
+            return sum(t._version for t in weights)
+
+        act = torch.zeros(N, dtype=torch.long) if cfg.discrete else torch.zeros(N, cfg.act_dim)
+        with torch.inference_mode(), torch._inductor.config.patch(freezing=True):  # dynamo reads it when tracing
+            compiled(torch.zeros(N, cfg.d_enc, dtype=self.param_dtype), act, torch.zeros(N),
+                     torch.zeros(N, dtype=torch.long), torch.ones(N, dtype=torch.bool))
+        ring.tokens.zero_()  # forget the compiling call
+        frozen_at = version()
 
         def step(state_emb: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,
                  first: torch.Tensor) -> torch.Tensor:
             self._check_step(state_emb, prev_action, rtg, timestep, first)
-            if state_emb.shape[0] != cache.config.batch_size:
-                raise ValueError(f"state_emb: {state_emb.shape[0]} environments, the cache holds "
-                                 f"{cache.config.batch_size}")
-            with torch.inference_mode():
-                out: torch.Tensor = compiled(state_emb, prev_action, rtg, timestep, first)
+            if state_emb.shape[0] != N:
+                raise ValueError(f"state_emb: {state_emb.shape[0]} environments, the cache holds {N}")
+            if version() != frozen_at:
+                raise RuntimeError("compile_step: the model's weights changed after this step was compiled (they "
+                                   "are constants of its graph); build a new one with model.compile_step(cache)")
+            # Contiguous inputs match the compiling call's guards; a call that fails them anyway (another dtype)
+            # recompiles, still with frozen weights.
+            with torch.inference_mode(), torch._inductor.config.patch(freezing=True):
+                out: torch.Tensor = compiled(state_emb.contiguous(), prev_action.contiguous(), rtg.contiguous(),
+                                             timestep.contiguous(), first.contiguous())
             return out
 
         return step

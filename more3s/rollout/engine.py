@@ -37,6 +37,7 @@ where ``strict_graph`` (default: the environment variable ``MORE3S_STRICT_CUDA_G
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from collections.abc import Callable
@@ -211,6 +212,13 @@ class RolloutEngine:
         self._compiled: dict[int, tuple[RingKVCache, Callable[..., torch.Tensor]]] = {}
         self._compiled_step: Callable[..., torch.Tensor] | None = None
         self.compiled_steps = 0  # model steps served by a compiled step (tests assert they happened)
+
+    def sampling(self, sample: bool) -> RolloutEngine:
+        """This engine drawing (``sample=True``) or taking the argmax of its actions, sharing its compiled steps and
+        their rings (runs are sequential), so that sampled and greedy episodes pay one compile."""
+        twin = copy.copy(self)
+        twin.sample = bool(sample)
+        return twin
 
     # ---- one decision for all N environments --------------------------------------------------
     def _decide(self, state: torch.Tensor, prev_action: torch.Tensor, rtg: torch.Tensor, timestep: torch.Tensor,

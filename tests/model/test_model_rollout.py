@@ -100,8 +100,9 @@ def test_lean_step_without_cache_equals_full_forward(make_model, make_inputs, kw
 @pytest.mark.parametrize("mode,discrete,backend", [
     pytest.param("kv", True, "cpp", marks=BACKENDS[-1].marks), ("embed", False, "reference")])
 def test_compiled_step_equals_step(make_model, make_inputs, mode, discrete, backend):
-    """``compile_step`` (one inductor graph over the ring) decides as ``step`` does, through resets and eviction,
-    and keeps reading the live weights: no stale copy after they change in place."""
+    """``compile_step`` (one inductor graph over the ring) decides as ``step`` does, through resets and eviction.
+    Its weights are frozen into the graph: after an in-place update it refuses to run, and a new compiled step of
+    the same model (same parameter addresses) decides with the new weights, not a cached graph's."""
     model = make_model(rtg_mode=mode, discrete=discrete, window=3, memory_steps=2, dtype=torch.float32)
     N, L = 3, 13
     inputs, first = _episode_stream(N, L, [[0], [0, 4], [0, 7, 9]], discrete, make_inputs)
@@ -121,8 +122,14 @@ def test_compiled_step_equals_step(make_model, make_inputs, mode, discrete, back
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)
-    want, got = both(0)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="weights changed"):
+        both(0)
+    compiled = model.compile_step(ring)
+    assert torch.equal(ring.tokens_seen, torch.zeros(N, dtype=torch.long))  # the compiling call left no trace
+    eager.reset(torch.ones(N, dtype=torch.bool))
+    for t in range(4):
+        want, got = both(t)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_compile_step_validates(make_model, make_inputs):

@@ -72,6 +72,12 @@ def test_compiled_ring_equals_eager_ring(encoder):
         for r, e in zip(res.logits, eager.logits):
             np.testing.assert_allclose(r, e, rtol=1e-4, atol=1e-4)
         assert res.returns == eager.returns and res.lengths == eager.lengths
+    sampler = engine.sampling(True)  # the sampled-actions twin shares the compiled step and its ring
+    venv = make_vector_env("breakout", N_ENVS, max_episode_steps=MAX_STEPS)
+    sampled = sampler.run(venv, 5.0, EPISODES, seed=123)
+    venv.close()
+    assert sampler._compiled is engine._compiled and sampler.compiled_steps > 0 and not engine.sample
+    assert len(sampled.returns) == EPISODES
 
 
 def test_bookkeeping(encoder):
