@@ -605,9 +605,13 @@ class MoreModel(nn.Module):
             return sum(t._version for t in weights)
 
         act = torch.zeros(N, dtype=torch.long) if cfg.discrete else torch.zeros(N, cfg.act_dim)
-        with torch.inference_mode(), torch._inductor.config.patch(freezing=True):  # dynamo reads it when tracing
-            compiled(torch.zeros(N, cfg.d_enc, dtype=self.param_dtype), act, torch.zeros(N),
-                     torch.zeros(N, dtype=torch.long), torch.ones(N, dtype=torch.bool))
+        try:
+            with torch.inference_mode(), torch._inductor.config.patch(freezing=True):  # dynamo reads it when tracing
+                compiled(torch.zeros(N, cfg.d_enc, dtype=self.param_dtype), act, torch.zeros(N),
+                         torch.zeros(N, dtype=torch.long), torch.ones(N, dtype=torch.bool))
+        except Exception as e:  # inductor's errors are many kinds (a missing C++ compiler, a backend failure)
+            raise RuntimeError(f"compile_step: torch.compile failed ({type(e).__name__}: {e}); inductor's CPU "
+                               "backend needs a working C++ compiler. Use model.step (the eager ring) instead") from e
         ring.tokens.zero_()  # forget the compiling call
         frozen_at = version()
 
