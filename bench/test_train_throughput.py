@@ -5,6 +5,10 @@ measured in the same run. extra_info: tokens/s, env-steps/s, ``speedup_vs_hf_dt`
 peer's, at the same batch and window) and ``speedup_vs_hf_dt_per_token`` (tokens/s over the peer's): the per-step
 ratio flatters MORE-3S, whose steps have 2 tokens ([a_{t-1}, s_t]) to DT's 3 ([R_t, s_t, a_t]).
 
+``test_nature_cnn_step``: DT-as-published's Atari state path (Nature CNN over 4 stacked 84x84 frames, forward +
+backward + AdamW, the ``cpu`` grid's batch 32 x window 30), as the model runs it (uint8 pixels, channels-last) and as
+a plain NCHW float network with the standardization pass it used to take (``speedup_vs_nchw_float``).
+
 Run: ``pytest bench/test_train_throughput.py --benchmark-only`` (one thread, few rounds: CPU runtime stays modest).
 """
 
@@ -136,3 +140,48 @@ def test_train_step_hf_dt(benchmark, peer_seconds, backbone):
     peer = peer_seconds(backbone)
     benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     _report(benchmark, backbone, HF_DT_TOKENS_PER_STEP, peer)
+
+
+CNN_BATCH, CNN_WINDOW = 32, 30  # the cpu grid's dt-published Breakout cells
+
+
+def _cnn_step(layout: str):
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_enc=4 * 84 * 84, act_dim=ACTS, window=CNN_WINDOW, state_embedder="nature_cnn", frame_stack=4,
+                      frame_size=84, rtg_mode="token", objective="linear")
+    cnn = MoreModel(cfg, torch.eye(ACTS, cfg.d_enc)).embed_state.train()
+    opt = torch.optim.AdamW(cnn.parameters(), lr=6e-4, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (CNN_BATCH, CNN_WINDOW, cfg.d_enc), dtype=torch.uint8, generator=g)
+    zero, one = torch.zeros(cfg.d_enc), torch.ones(cfg.d_enc)
+
+    def forward() -> torch.Tensor:
+        if layout == "channels_last_uint8":
+            return cnn(pixels)
+        standardized = (pixels.float() - zero) / one  # the identity standardization every state went through
+        return cnn.net(standardized.reshape(-1, 4, 84, 84) / 255.0)
+
+    def step():
+        loss = forward().square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+@pytest.fixture(scope="module")
+def nchw_float_seconds() -> float:
+    torch.set_num_threads(1)
+    return _median_seconds(_cnn_step("nchw_float"))
+
+
+@pytest.mark.parametrize("layout", ["channels_last_uint8", "nchw_float"])
+def test_nature_cnn_step(benchmark, nchw_float_seconds, layout):
+    torch.set_num_threads(1)
+    benchmark.pedantic(_cnn_step(layout), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    if not benchmark.disabled:
+        sec = benchmark.stats.stats.median
+        benchmark.extra_info.update(layout=layout, frames_per_s=CNN_BATCH * CNN_WINDOW / sec,
+                                    nchw_float_median_s=nchw_float_seconds,
+                                    speedup_vs_nchw_float=nchw_float_seconds / sec)

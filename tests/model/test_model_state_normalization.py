@@ -52,3 +52,31 @@ def test_statistics_are_saved_with_the_weights_and_used_by_step():
 def test_bad_statistics_are_rejected(mean, std, msg):
     with pytest.raises(ValueError, match=msg):
         _model().set_state_normalization(mean, std)
+
+
+def _cnn_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_enc=4 * 84 * 84, act_dim=4, n_layer=1, n_head=2, n_embd=16, window=3, max_timestep=32,
+                      dropout=0.0, state_embedder="nature_cnn", frame_stack=4, frame_size=84, rtg_mode="token",
+                      objective="linear")
+    return MoreModel(cfg, torch.eye(4, 4 * 84 * 84)).eval()
+
+
+def test_the_cnn_reads_uint8_pixels_as_their_float_values_and_as_a_plain_nchw_network():
+    """Training batches hold uint8 pixels, rollouts float ones; the CNN's channels-last input is a layout only."""
+    model = _cnn_model()
+    pixels = torch.randint(0, 256, (2, 3, 4 * 84 * 84), dtype=torch.uint8)
+    as_uint8, as_float = model.embed_state(pixels), model.embed_state(pixels.float())
+    plain = model.embed_state.net(pixels.float().reshape(-1, 4, 84, 84) / 255.0).reshape(2, 3, -1)  # NCHW
+    torch.testing.assert_close(as_uint8, as_float, rtol=0, atol=0)
+    torch.testing.assert_close(as_uint8, plain, rtol=1e-5, atol=1e-6)
+    x = dict(prev_actions=torch.zeros(2, 3, dtype=torch.long), rtg=torch.ones(2, 3),
+             timesteps=torch.arange(3).expand(2, 3).clone(), actions=torch.ones(2, 3, dtype=torch.long))
+    torch.testing.assert_close(model(states=pixels, **x).logits, model(states=pixels.float(), **x).logits,
+                               rtol=0, atol=0)
+    assert all(p.is_contiguous() for p in model.parameters())  # checkpoints (safetensors) need contiguous weights
+
+
+def test_the_cnn_refuses_state_statistics():
+    with pytest.raises(ValueError, match="nature_cnn"):
+        _cnn_model().set_state_normalization(torch.zeros(4 * 84 * 84), torch.ones(4 * 84 * 84))
