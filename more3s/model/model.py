@@ -270,7 +270,7 @@ class NatureCNN(nn.Module):
         # and cuDNN prefers it too; the weights stay contiguous, so checkpoints do not change. The layout change
         # and the cast happen before the scaling, on the smallest tensor (uint8 in training).
         frames = x.reshape(-1, self.frames, self.size, self.size).contiguous(memory_format=torch.channels_last)
-        y: torch.Tensor = self.net(frames.to(self.net[-2].weight.dtype) / 255.0)  # [N, C]
+        y: torch.Tensor = self.net(frames.to(next(self.net.parameters()).dtype) / 255.0)  # [N, C]
         return y.reshape(*lead, -1)
 
 
