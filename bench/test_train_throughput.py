@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from more3s.model import ModelConfig, MoreModel
+from more3s.model.model import NatureCNN
 
 __all__: list[str] = []
 
@@ -147,13 +148,12 @@ CNN_BATCH, CNN_WINDOW = 32, 30  # the cpu grid's dt-published Breakout cells
 
 def _cnn_step(layout: str):
     torch.manual_seed(0)
-    cfg = ModelConfig(d_enc=4 * 84 * 84, act_dim=ACTS, window=CNN_WINDOW, state_embedder="nature_cnn", frame_stack=4,
-                      frame_size=84, rtg_mode="token", objective="linear")
-    cnn = MoreModel(cfg, torch.eye(ACTS, cfg.d_enc)).embed_state.train()
+    cnn = NatureCNN(frames=4, size=84, C=ModelConfig(d_enc=1, act_dim=ACTS).n_embd).train()  # dt-small's width
     opt = torch.optim.AdamW(cnn.parameters(), lr=6e-4, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (CNN_BATCH, CNN_WINDOW, cfg.d_enc), dtype=torch.uint8, generator=g)
-    zero, one = torch.zeros(cfg.d_enc), torch.ones(cfg.d_enc)
+    d = 4 * 84 * 84
+    pixels = torch.randint(0, 256, (CNN_BATCH, CNN_WINDOW, d), dtype=torch.uint8, generator=g)
+    zero, one = torch.zeros(d), torch.ones(d)
 
     def forward() -> torch.Tensor:
         if layout == "channels_last_uint8":

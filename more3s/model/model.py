@@ -266,8 +266,8 @@ class NatureCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]  # x: [..., frames * size * size], uint8 (training batches) or float (rollouts)
-        # Channels-last input: oneDNN's convolutions run about 2x faster on CPU (forward and backward, one thread)
-        # and cuDNN prefers it too; the weights stay contiguous, so checkpoints do not change. The layout change
+        # Channels-last input: oneDNN's convolutions run about 2x faster on CPU (forward and backward, one thread;
+        # bench/test_train_throughput.py); the weights stay contiguous, so checkpoints do not change. The layout change
         # and the cast happen before the scaling, on the smallest tensor (uint8 in training).
         frames = x.reshape(-1, self.frames, self.size, self.size).contiguous(memory_format=torch.channels_last)
         y: torch.Tensor = self.net(frames.to(next(self.net.parameters()).dtype) / 255.0)  # [N, C]
