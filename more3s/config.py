@@ -190,6 +190,9 @@ class TrainConfig:
     """RTG targets (clipped-reward units for Atari). Empty: for datasets more3s collected (their metadata says
     so), the data's best and 90th-percentile episode returns; for any other dataset DT's published targets.
     Duplicates are evaluated once."""
+    eval_primary_target_only: bool = False
+    """At the end of training, play only the first (primary) target: its episodes are the same either way (it is
+    played first, from the same seeds), so a grid that scores only the primary target saves the others' time."""
     eval_num_envs: int = 8
     """Vectorised evaluation environments per process (under torchrun every rank plays its share)."""
     eval_max_episode_steps: int | Literal["dataset", "full"] = "dataset"

@@ -236,7 +236,8 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
     task = get_task(info.task)
     given = unique_targets(targets)
     run_targets = unique_targets(info.targets)
-    targets_source = info.targets_source if not given or given == run_targets else "given on the command line"
+    own = len(unique_targets((*run_targets, *given))) == len(run_targets)  # the run's targets, or some of them
+    targets_source = info.targets_source if own else "given on the command line"
     _check_encoder_dtype(encoder, info)
     dtype = dtype or model.param_dtype
     was_training = model.training

@@ -544,7 +544,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
     if dist.main:
         log(f"training done: {t.step} steps in {loop_s:.1f} s (total so far {time.time() - t_start:.1f} s)")
     if cfg.eval_at_end:
-        _final_evaluation(cfg, dist, device, paths, d.info["targets"])
+        targets = d.info["targets"][:1] if cfg.eval_primary_target_only else d.info["targets"]
+        _final_evaluation(cfg, dist, device, paths, targets)
         if dist.main:
             log(f"total wall time {time.time() - t_start:.1f} s")
     return paths.root

@@ -52,6 +52,27 @@ def test_sampled_protocol_with_greedy_beside_and_distinct_counts(tiny_config, ca
         evaluate_run(run, episodes=1, num_envs=1, engine="banded", compile_step=True)
 
 
+def test_primary_target_only_plays_the_same_primary_episodes(tiny_config):
+    """--eval-primary-target-only drops the other targets, not the primary's episodes: sampled and greedy alike
+    equal those of an evaluation of every target, and the targets keep the run's source."""
+    from more3s.evaluate import evaluate_run
+    from more3s.report import load_report
+    from more3s.run import RunInfo
+
+    run = train(tiny_config(name="primary", max_steps=2, ckpt_every=2, eval_at_end=True, eval_episodes=4,
+                            eval_num_envs=2, eval_max_episode_steps=15, eval_targets=(3.0, 2.0),
+                            eval_primary_target_only=True))
+    info = RunInfo.read(run)
+    assert info.targets == [3.0, 2.0]
+    only = load_report(run / "eval.json")
+    assert [t.target for t in only.targets] == [t.target for t in only.greedy] == info.targets[:1]
+    assert only.targets_source == info.targets_source
+    every = evaluate_run(run, episodes=4, num_envs=2, max_episode_steps=15)
+    assert [t.target for t in every.targets] == info.targets
+    for kept, full in ((only.targets[0], every.targets[0]), (only.greedy[0], every.greedy[0])):
+        assert kept.trajectory_digests == full.trajectory_digests and kept.returns == full.returns
+
+
 def test_timesteps_past_the_data_read_only_trained_rows(tiny_config):
     """An evaluation longer than every training episode: timesteps beyond the longest one map to its last row."""
     from more3s.evaluate import evaluate_run

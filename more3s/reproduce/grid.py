@@ -71,6 +71,7 @@ class Budget:
     eval_episodes: int
     eval_max_episode_steps: int = 0  # 0 = the dataset's own cap (collected) or the full protocol
     encoder: str = "lxmert-tiny"
+    memory_drop: float = 0.0  # for the arms that keep a memory (memory_steps > 0 after the arm's change)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def overrides(self) -> dict[str, Any]:
@@ -93,15 +94,16 @@ class Profile:
 
 _SMOKE_BUDGET = Budget(max_steps=12, batch_size=4, window=4, memory_steps=4, eval_episodes=2,
                        eval_max_episode_steps=40, extra={"ckpt_every": 6, "eval_num_envs": 2})
-# CPU: budgets sized so that the whole grid (4 tasks x 8 arms x 3 seeds) fits ~4 hours with --jobs 2 (estimated
-# from ~0.19 s per LXMERT-arm step and ~1 s per dt-published Atari step, whose CNN reads every frame). Only the
-# protocol's (sampled) episodes are played: the greedy ones beside them would double the evaluation time.
-# Measured on the first 28 cells (two at once, 2-core machine): LXMERT arms 0.25-0.55 s per step and 150-1,000 s of
-# evaluation (Breakout's longer games the most), dt-published on Atari ~2.7 s per step (~45 min a cell): ~13 min a
-# cell on average, ~10 hours for the grid (~16 on a host 1.7-2x slower). It resumes, so it may span sessions.
-_CPU_ATARI = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=16,
-                    extra={"eval_greedy": False})
-_CPU_MUJOCO = Budget(max_steps=1000, batch_size=32, window=20, memory_steps=20, eval_episodes=4)
+# CPU: budgets sized so that the whole grid (4 tasks x 8 arms x 3 seeds) fits 4 hours with --jobs 2 on a 2-core
+# host, from per-cell times measured beforehand (one thread each): ~0.25 s per step for the LXMERT arms, ~1.2 s for
+# dt-published on Atari (its CNN reads every frame of a 30-50-step context), ~5 s per Atari evaluation episode.
+# 1,000 steps a cell came to ~5 hours, so 750; Atari plays DT's 10 evaluation episodes, only of the primary target
+# (the one scores.csv reads: its episodes are the same either way) and only sampled (greedy would double it).
+# memory_drop 0.25 for the memory arms: chosen on a validation split (results/validation/memory-drop).
+_CPU_ATARI = Budget(max_steps=750, batch_size=32, window=20, memory_steps=20, eval_episodes=10, memory_drop=0.25,
+                    extra={"eval_greedy": False, "eval_primary_target_only": True})
+_CPU_MUJOCO = Budget(max_steps=750, batch_size=32, window=20, memory_steps=20, eval_episodes=4, memory_drop=0.25,
+                     extra={"eval_primary_target_only": True})
 # Paper: DT's published budgets (Atari: context 30, batch 128, 5 epochs over 500k transitions ~ 20k steps;
 # MuJoCo: context 20, batch 64, 100k steps) with the paper's pretrained encoder; for a GPU machine, online.
 _PAPER_ATARI = Budget(max_steps=20_000, batch_size=128, window=30, memory_steps=30, eval_episodes=10,
@@ -168,9 +170,12 @@ class Cell:
         arm = ARMS[self.arm]
         preset = preset_overrides(arm["preset"], self.env) if "preset" in arm else {}
         preset = {k: v for k, v in preset.items() if k not in EQUAL_BUDGET}
-        return {**budget.overrides(), **preset, **arm, "env": self.env, "dataset": data.dataset,
-                "collect_if_missing": False, "seed": self.seed,
-                "name": f"{self.task}-{self.arm}-seed{self.seed}"}
+        values = {**budget.overrides(), **preset, **arm, "env": self.env, "dataset": data.dataset,
+                  "collect_if_missing": False, "seed": self.seed,
+                  "name": f"{self.task}-{self.arm}-seed{self.seed}"}
+        if budget.memory_drop > 0 and values["memory_steps"] > 0:
+            values["memory_drop"] = budget.memory_drop
+        return values
 
 
 def check_names(kind: str, given: tuple[str, ...] | list[str], valid: tuple[str, ...] | list[str]) -> None:

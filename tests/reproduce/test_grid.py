@@ -32,7 +32,17 @@ def _arm_keys(arm: str, env: str) -> set:
     keys = set(ARMS[arm])
     if "preset" in ARMS[arm]:
         keys |= set(preset_overrides(ARMS[arm]["preset"], env)) - set(EQUAL_BUDGET)
+    if "memory_steps" in keys:
+        keys.add("memory_drop")  # the budget's memory_drop goes with the memory
     return keys
+
+
+def test_memory_drop_goes_to_the_memory_arms_only():
+    drops = {c.arm: config_from_dict(c.config_overrides()).validate().memory_drop
+             for c in build_cells("cpu", tasks=("hopper",), seeds=1) if c.arm in ARMS}
+    assert drops["more3s"] == drops["embed-rtg"] == drops["prompts-synonym"] == 0.25
+    assert drops["more3s-nomem"] == drops["dt"] == drops["dt-published"] == drops["bc"] == 0.0
+    assert all(config_from_dict(c.config_overrides()).memory_drop == 0.0 for c in build_cells("smoke"))
 
 
 def test_every_profile_cell_config_is_valid():
