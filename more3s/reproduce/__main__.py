@@ -24,10 +24,11 @@ import tyro
 
 from more3s.atomic import atomic_write_text
 
-from .cells import CellResult, not_run, read_cell, run_cell
+from .cells import CellResult, config_drift, not_run, read_cell, run_cell
 from .claims import evaluate_claims
 from .grid import ARMS, NEEDS_PRETRAINED, PRETRAINED_ENCODER, PROFILES, Cell, DataSpec, build_cells
 from .outputs import format_claims, format_table, plot_scores, scores_by_task, write_scores_csv
+from .sessions import Session, describe_sessions, read_sessions
 
 if TYPE_CHECKING:
     ProfileChoice: TypeAlias = str
@@ -214,8 +215,10 @@ def _collect(spec: DataSpec, policy: str, env: str, root: Path, log: Log) -> Non
 
 
 def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: dict[Cell, dict[str, Any]],
-              commit: str, log: Log = print) -> list[CellResult]:
-    """Run ``cells`` (with their TrainConfig ``overrides``) at most ``cfg.jobs`` at once; results in order."""
+              commit: str, log: Log = print, cell_done: Callable[[Cell], None] = lambda cell: None
+              ) -> list[CellResult]:
+    """Run ``cells`` (with their TrainConfig ``overrides``) at most ``cfg.jobs`` at once; results in order;
+    ``cell_done(cell)`` after each."""
     from tqdm.auto import tqdm
 
     results: dict[Cell, CellResult] = {}
@@ -223,6 +226,7 @@ def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: di
     if cfg.launcher == "inline":
         for cell in cells:
             results[cell] = run_cell(cell, str(root), overrides[cell], cfg.threads, commit)
+            cell_done(cell)
             bar.update(1)
         bar.close()
         return [results[c] for c in cells]
@@ -260,6 +264,7 @@ def _dispatch(cfg: ReproduceConfig, cells: list[Cell], root: Path, overrides: di
                     results[cell] = CellResult(arm=cell.arm, task=cell.task, seed=cell.seed, status="failed",
                                                message=f"job {job.job_id} died: {e}".splitlines()[0][:500],
                                                run_dir=str(cell.run_dir(root)))
+                cell_done(cell)
                 bar.update(1)
                 log(f"cell {cell.key}: {results[cell].status}")
     except KeyboardInterrupt:
@@ -285,26 +290,42 @@ def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
                          f"({', '.join(prof.tasks)})")
     overrides = _overrides(cfg.override)
     pretrained = _pretrained_available()
+    datasets = {t: data_over.get(t, prof.tasks[t][0].dataset) for t in prof.tasks}
+    cell_over = {c: {**overrides, "dataset": datasets[c.task]} for c in cells}
+    drifted = _drifted(cells, root, cell_over)
     if cfg.report_only:
+        for line in drifted:
+            log(f"WARNING: run with another configuration than this grid asks: {line}")
         return _write_outputs(cfg, root, _finished_so_far(cells, root, pretrained), pretrained, log)
+    if drifted:
+        raise ValueError(f"{root}: {len(drifted)} cell(s) were run with another configuration than this grid asks "
+                         f"({'; '.join(drifted[:3])}{'; ...' if len(drifted) > 3 else ''}). Continue that grid with "
+                         f"the code and options it was started with, or pass --out DIR for a new one "
+                         f"(nothing was deleted)")
     root.mkdir(parents=True, exist_ok=True)
     commit = _commit()
-    atomic_write_text(root / "grid.json", json.dumps({
+    record = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "profile": {"description": prof.description, "seeds": cfg.seeds or prof.seeds,
                     "tasks": {t: {"data": asdict(d), "budget": asdict(b)} for t, (d, b) in prof.tasks.items()},
                     "arms": {a: ARMS[a] for a in prof.arms}},
         "deviations": {"data": data_over, "override": overrides},
         "pretrained_encoder_available": pretrained, "machine": _machine(), "commit": commit,
-    }, indent=2, default=str) + "\n")
+    }
+    session = Session.start(commit, cfg.jobs)  # this invocation's share of the grid's wall time, data included
+    sessions = [*read_sessions(root / "grid.json"), session]
+
+    def save_record() -> None:
+        record["sessions"] = [s.to_dict() for s in sessions]
+        atomic_write_text(root / "grid.json", json.dumps(record, indent=2, default=str) + "\n")
+
+    save_record()
 
     # data first, once per task (cells of one task share it; collecting it in parallel would collide)
-    specs = {}
     for task in dict.fromkeys(c.task for c in cells):
         spec = prof.tasks[task][0]
         if task in data_over:  # the user's dataset, used as it is (never collected under its name)
             spec = DataSpec(data_over[task])
-        specs[task] = spec
         try:
             prepare_data(spec, task.split("-", 1)[0], root, log)
         except Exception as e:  # noqa: BLE001 - the task's cells fail with this message; others go on
@@ -318,9 +339,28 @@ def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
     finished = [c for c in to_run if (r := read_cell(c.run_dir(root))) is not None and r.status == "ok"]
     log(f"grid {cfg.profile}: {len(cells)} cells, {len(finished)} already finished, {len(skipped)} not run here, "
         f"{len(to_run) - len(finished)} to run with {cfg.jobs} job(s) ({cfg.launcher})")
-    cell_over = {c: {**overrides, "dataset": specs[c.task].dataset} for c in to_run}
-    results = skipped + _dispatch(cfg, to_run, root, cell_over, commit, log)
+    session.cells_to_run = len(to_run) - len(finished)
+    save_record()
+
+    def cell_done(cell: Cell) -> None:
+        if cell not in finished:
+            session.cell_done()
+            save_record()
+
+    results = skipped + _dispatch(cfg, to_run, root, cell_over, commit, log, cell_done)
+    session.end()
+    save_record()
     return _write_outputs(cfg, root, results, pretrained, log)
+
+
+def _drifted(cells: list[Cell], root: Path, overrides: dict[Cell, dict[str, Any]]) -> list[str]:
+    """'task/arm/seedN: field recorded -> asked, ...' for every cell on disk whose configuration differs."""
+    out = []
+    for cell in cells:
+        drift = config_drift(cell.run_dir(root), {**cell.config_overrides(), **overrides[cell]})
+        if drift:
+            out.append(f"{cell.key}: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(drift.items())))
+    return out
 
 
 def _needs_pretrained(cell: Cell, root: Path) -> CellResult:
@@ -346,7 +386,8 @@ def _write_outputs(cfg: ReproduceConfig, root: Path, results: list[CellResult], 
     results.sort(key=lambda r: (r.task, prof.arms.index(r.arm) if r.arm in prof.arms else 99, r.seed))
     write_scores_csv(root / "scores.csv", results)
     arms = [a for a in prof.arms if any(r.arm == a for r in results)]
-    atomic_write_text(root / "table.md", f"# {cfg.profile} profile: scores\n\n" + format_table(results, arms))
+    atomic_write_text(root / "table.md", f"# {cfg.profile} profile: scores\n\n"
+                      f"{describe_sessions(read_sessions(root / 'grid.json'))}\n\n" + format_table(results, arms))
     claims = evaluate_claims(scores_by_task(results), pretrained)
     atomic_write_text(root / "claims.md", f"# {cfg.profile} profile: the paper's claims\n\n" + format_claims(claims))
     plot_scores(root / "scores.png", results, arms)

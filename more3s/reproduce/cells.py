@@ -20,9 +20,12 @@ from more3s.atomic import atomic_write_text
 
 from .grid import Cell
 
-__all__ = ["CellResult", "run_cell", "read_cell", "CELL_FILE"]
+__all__ = ["CellResult", "run_cell", "read_cell", "config_drift", "CELL_FILE"]
 
 CELL_FILE = "cell.json"
+# TrainConfig fields a cell's numbers do not depend on: where and on what it runs, what it logs and keeps.
+LAUNCH_FIELDS = frozenset({"run_dir", "resume", "progress", "device", "cache_dir", "out_dir", "tensorboard",
+                           "log_every", "ckpt_every", "keep_checkpoints", "eval_video"})
 
 
 @dataclass
@@ -51,13 +54,32 @@ class CellResult:
 
 
 def read_cell(run_dir: Path) -> CellResult | None:
+    """The cell's recorded outcome, its run_dir where it lies now (a grid's root may have moved)."""
     f = Path(run_dir) / CELL_FILE
     if not f.is_file():
         return None
     try:
-        return CellResult(**json.loads(f.read_text()))
+        return CellResult(**{**json.loads(f.read_text()), "run_dir": str(run_dir)})
     except (ValueError, TypeError):
         return None  # a foreign or damaged file: the cell runs again
+
+
+def config_drift(run_dir: Path, values: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (recorded, asked)} for each TrainConfig field whose value in the run's config.json differs from
+    ``values`` (what the grid asks of the cell now), launch details aside; empty when nothing is recorded yet.
+    A finished or half-run cell of another configuration must not pass for one of this grid."""
+    from more3s.config import config_from_dict
+    from more3s.run import RunPaths
+
+    f = RunPaths(run_dir).config_json
+    if not f.is_file():
+        return {}
+    try:
+        then = asdict(config_from_dict(json.loads(f.read_text())))
+    except (ValueError, TypeError) as e:  # a config of an older or foreign format
+        return {"config.json": (f"unreadable ({e})".splitlines()[0][:200], "this version's TrainConfig")}
+    now = asdict(config_from_dict(values))
+    return {k: (then[k], v) for k, v in now.items() if k not in LAUNCH_FIELDS and then[k] != v}
 
 
 def _write(run_dir: Path, res: CellResult) -> CellResult:

@@ -1,6 +1,7 @@
 """The grid end to end: the smoke profile, a killed grid resuming, failed cells recorded, the paper wiring."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,13 @@ def test_killed_grid_resumes_without_rerunning_finished_cells(tmp_path):
     assert "resumed from" in again.stderr
     assert first.stat().st_mtime_ns == stamp  # the finished cell was not run again
     assert [r["status"] for r in _rows(out)] == ["ok", "ok"]
+    # the grid's wall time: the killed invocation up to its finished cell, then the one that completed it
+    killed, resumed = json.loads((out / "grid.json").read_text())["sessions"]
+    assert (killed["ended"], killed["cells_finished"], killed["cells_to_run"]) == (None, 1, 2)
+    assert resumed["ended"] is not None and (resumed["cells_finished"], resumed["cells_to_run"]) == (1, 1)
+    assert killed["wall_s"] > 0 and resumed["wall_s"] > 0
+    hours = (killed["wall_s"] + resumed["wall_s"]) / 3600
+    assert f"Grid wall time: {hours:.2f} h over 2 invocation(s)" in (out / "table.md").read_text()
 
 
 def test_failed_cells_are_recorded_and_the_grid_goes_on(tmp_path):
@@ -107,6 +115,40 @@ def test_paper_profile_first_cell_on_a_local_stand_in(tmp_path, tiny_breakout):
     assert row["task"] == "breakout" and row["dataset"] == str(tiny_breakout)
     grid = (out / "grid.json").read_text()
     assert "atari/breakout/expert-v0" in grid and "deviations" in grid
+
+
+def test_a_grid_refuses_cells_of_another_configuration_and_may_move(tmp_path, tiny_breakout):
+    """Cells on disk that were run with other options are never taken for this grid's (nothing is deleted); a
+    grid's root may move (its cells say where they lie now)."""
+    import shutil
+
+    out = tmp_path / "grid"
+
+    def grid(steps: int, root: Path = out, **kw) -> Path:
+        return run_grid(ReproduceConfig(
+            profile="paper", tasks=("breakout",), arms=("bc",), seeds=1, out=root, launcher="inline",
+            data=(f"breakout={tiny_breakout}",),
+            override=("encoder=lxmert-tiny", "backbone=dt-small", f"max_steps={steps}", "warmup_steps=0",
+                      "batch_size=2", "window=4", "eval_episodes=1", "eval_max_episode_steps=10",
+                      "ckpt_every=2", "eval_num_envs=1", f"cache_dir=\"{tmp_path / 'cache'}\""), **kw), log=lambda m: None)
+
+    grid(2)
+    cell = out / "runs/breakout/bc/seed0"
+    stamp = (cell / "cell.json").stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"1 cell\(s\) were run with another configuration.*breakout/bc/seed0: "
+                                         r"max_steps 2 -> 3.*--out DIR"):
+        grid(3)
+    assert (cell / "cell.json").stat().st_mtime_ns == stamp  # refused before anything ran or was removed
+    lines: list[str] = []
+    run_grid(ReproduceConfig(profile="paper", tasks=("breakout",), arms=("bc",), seeds=1, out=out,
+                             data=(f"breakout={tiny_breakout}",), override=("max_steps=3",), report_only=True),
+             log=lines.append)
+    assert any(line.startswith("WARNING: run with another configuration") and "max_steps" in line for line in lines)
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    grid(2, moved, report_only=True)
+    (row,) = _rows(moved)
+    assert row["status"] == "ok" and row["run_dir"] == str(moved / "runs/breakout/bc/seed0")
 
 
 @pytest.mark.parametrize("returns, alike", [
