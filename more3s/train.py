@@ -277,7 +277,7 @@ def _build(cfg: TrainConfig, dist: DistInfo, device: torch.device, task: TaskSpe
                         **(cnn if d.frame_stack > 1 else {}))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(mcfg, d.action_table).to(device)
-    if cfg.normalize_states and mcfg.state_embedder == "linear":  # the CNN reads pixels / 255, as DT
+    if cfg.normalize_states and mcfg.standardizes_states:
         mean, std = d.data.state_stats()
         model.set_state_normalization(mean, std)
     seed_everything(cfg.seed + dist.rank)

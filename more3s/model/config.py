@@ -108,6 +108,12 @@ class ModelConfig:
         return 3 if self.rtg_mode == "token" else 2
 
     @property
+    def standardizes_states(self) -> bool:
+        """Whether state inputs go through the dataset's standardization (mean / std): embeddings and raw
+        observations do; the Nature CNN reads pixels / 255, as DT, and has no state head to score."""
+        return self.state_embedder == "linear"
+
+    @property
     def geometry(self) -> tuple[int, int, int]:
         """(n_layer, n_head, n_embd), resolved: the fields are None only until ``__post_init__`` fills them in."""
         L, H, C = self.n_layer, self.n_head, self.n_embd

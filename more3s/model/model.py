@@ -339,8 +339,9 @@ class MoreModel(nn.Module):
     def set_state_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardize state embeddings with dataset statistics ``mean, std [d_enc]`` (std must be > 0)."""
         d = self.config.d_enc
-        if self.config.state_embedder == "nature_cnn":
-            raise ValueError("state normalization: the nature_cnn state embedder reads pixels / 255 and ignores it")
+        if not self.config.standardizes_states:
+            raise ValueError(f"state normalization: the {self.config.state_embedder} state embedder reads pixels / 255 "
+                             "and ignores it")
         for name, t in (("mean", mean), ("std", std)):
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != (d,) or not torch.isfinite(t).all():
                 raise ValueError(f"state normalization {name}: expected a finite tensor of shape ({d},)")
@@ -370,10 +371,10 @@ class MoreModel(nn.Module):
         cfg = self.config
         B, K = states.shape[:2]
         dtype = self.param_dtype
-        if cfg.state_embedder == "nature_cnn":  # pixels, scaled by the CNN itself (DT does not standardize them)
-            s = self.embed_state(states)  # [B, K, C]
-        else:
+        if cfg.standardizes_states:
             s = self.embed_state(self._norm_states(states).to(dtype))  # [B, K, C]
+        else:  # pixels, scaled by the CNN itself
+            s = self.embed_state(states)  # [B, K, C]
         if cfg.discrete:  # P_a(E_a(a)) = row a of P_a(E_a): project the A table rows, not the B*K tokens
             idx = torch.where(first | ~mask, torch.zeros_like(prev_actions), prev_actions)  # unused slots -> row 0
             a = F.embedding(idx, self.embed_action(self.action_table.to(dtype)))  # [B, K, C]
