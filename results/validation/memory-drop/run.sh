@@ -7,7 +7,7 @@
 cd "$(dirname "$0")/../../.."  # the repository root (ran as cd /work/main)
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "${OUT:-/tmp/val}"  # run directories and logs (OUT=... to put them elsewhere)
-run() { .venv/bin/python -m more3s.train --config results/cpu/runs/$1/$2/seed0/config.json --seed 100 --eval-seed 2000 \
+run() { .venv/bin/python -m more3s.train --config results/cpu-1000steps/runs/$1/$2/seed0/config.json --seed 100 --eval-seed 2000 \
   --memory-drop $3 --run-dir ${OUT:-/tmp/val}/$1_$2_p$3 --name val-$1-$2-p$3 --no-progress > ${OUT:-/tmp/val}/$1_$2_p$3.log 2>&1; }
 for p in 0.25 0; do
   for a in more3s embed-rtg prompts-synonym prompts-contextual; do run halfcheetah $a $p; done
