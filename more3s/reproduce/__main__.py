@@ -27,7 +27,7 @@ from more3s.atomic import atomic_write_text
 from .cells import CellResult, config_drift, not_run, read_cell, run_cell
 from .claims import evaluate_claims
 from .grid import ARMS, NEEDS_PRETRAINED, PRETRAINED_ENCODER, PROFILES, Cell, DataSpec, build_cells
-from .outputs import format_claims, format_table, plot_scores, scores_by_task, write_scores_csv
+from .outputs import format_claims, format_raw_by_seed, format_table, plot_scores, scores_by_task, write_scores_csv
 from .sessions import Session, describe_sessions, read_sessions
 
 if TYPE_CHECKING:
@@ -386,8 +386,10 @@ def _write_outputs(cfg: ReproduceConfig, root: Path, results: list[CellResult], 
     results.sort(key=lambda r: (r.task, prof.arms.index(r.arm) if r.arm in prof.arms else 99, r.seed))
     write_scores_csv(root / "scores.csv", results)
     arms = [a for a in prof.arms if any(r.arm == a for r in results)]
+    raw = format_raw_by_seed(results, arms)
     atomic_write_text(root / "table.md", f"# {cfg.profile} profile: scores\n\n"
-                      f"{describe_sessions(read_sessions(root / 'grid.json'))}\n\n" + format_table(results, arms))
+                      f"{describe_sessions(read_sessions(root / 'grid.json'))}\n\n" + format_table(results, arms)
+                      + (f"### Raw return per training seed, all tasks\n\n{raw}" if raw else ""))
     claims = evaluate_claims(scores_by_task(results), pretrained)
     atomic_write_text(root / "claims.md", f"# {cfg.profile} profile: the paper's claims\n\n" + format_claims(claims))
     plot_scores(root / "scores.png", results, arms)

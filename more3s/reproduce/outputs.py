@@ -18,7 +18,7 @@ from more3s.atomic import atomic_path, atomic_write_text
 from .cells import CellResult
 from .claims import CONFIDENCE, EQUIVALENCE_MARGIN, ClaimResult
 
-__all__ = ["write_scores_csv", "scores_by_task", "format_table", "format_claims", "plot_scores"]
+__all__ = ["write_scores_csv", "scores_by_task", "format_table", "format_raw_by_seed", "format_claims", "plot_scores"]
 
 
 def write_scores_csv(path: Path, results: Sequence[CellResult]) -> None:
@@ -64,22 +64,50 @@ def format_table(results: Sequence[CellResult], arms: Sequence[str]) -> str:
             best = "—" if beh.behaviour_best is None else f"{beh.behaviour_best:.1f}"
             lines.append(f"Behaviour data (raw return): mean {beh.behaviour_mean:.1f}, best episode {best}.")
         lines += ["", "| arm | seeds | normalized score (mean ± std over seeds) | 95 % interval of the mean | "
-                  "raw return (mean over seeds) |", "|---|---|---|---|---|"]
+                  "raw return (mean over seeds) | raw return per seed |", "|---|---|---|---|---|---|"]
         for arm in arms:
             mine = [r for r in ok if r.arm == arm]
             if not mine:
                 other = next((r for r in rows if r.arm == arm), None)
                 if other is not None:
-                    lines.append(f"| {arm} | 0 | {other.status}: {other.message[:120]} | | |")
+                    lines.append(f"| {arm} | 0 | {other.status}: {other.message[:120]} | | | |")
                 continue
             x = np.asarray([r.normalized_mean for r in mine], dtype=np.float64)
             raw = np.asarray([r.raw_mean for r in mine], dtype=np.float64)
             lines.append(f"| {arm} | {len(mine)} | {x.mean():.1f} ± {x.std():.1f} | {_mean_interval(x)} | "
-                         f"{raw.mean():.1f} |")
+                         f"{raw.mean():.1f} | {_per_seed(mine)} |")
         failed = [r for r in rows if r.status == "failed"]
         for r in failed:
             lines.append(f"\nFailed: {r.arm} seed {r.seed}: {r.message}")
         lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _per_seed(cells: Sequence[CellResult]) -> str:
+    return ", ".join(f"s{r.seed}: {r.raw_mean:,.1f}" for r in sorted(cells, key=lambda r: r.seed))
+
+
+def format_raw_by_seed(results: Sequence[CellResult], arms: Sequence[str]) -> str:
+    """Markdown: one row per arm, one column per task, each finished seed's raw return (the view a reader
+    compares with the paper's tables, which report raw Atari scores); the behaviour data's mean and best head
+    each column."""
+    ok = [r for r in results if r.status == "ok" and r.raw_mean is not None]
+    tasks = sorted({r.task for r in ok})
+    if not tasks:
+        return ""
+    heads = []
+    for task in tasks:
+        beh = next((r for r in ok if r.task == task and r.behaviour_mean is not None), None)
+        if beh is None:
+            heads.append(task)
+        else:
+            best = "" if beh.behaviour_best is None else f", best {beh.behaviour_best:,.1f}"
+            heads.append(f"{task} (data: mean {beh.behaviour_mean:,.1f}{best})")
+    lines = ["| arm | " + " | ".join(heads) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for arm in arms:
+        row = [_per_seed([r for r in ok if r.arm == arm and r.task == task]) or "—" for task in tasks]
+        if any(c != "—" for c in row):
+            lines.append(f"| `{arm}` | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from dataclasses import fields
 import pytest
 
 from more3s.reproduce.cells import CellResult
-from more3s.reproduce.outputs import format_table, plot_scores, scores_by_task, write_scores_csv
+from more3s.reproduce.outputs import format_raw_by_seed, format_table, plot_scores, scores_by_task, write_scores_csv
 
 ARMS = ("more3s", "dt", "pretrained", "bc")
 
@@ -70,16 +70,17 @@ def test_table_per_task_with_finished_failed_and_not_run_arms(results):
     breakout, pong = table.split("### pong")
     assert "Dataset `more3s/breakout/x-v0`; protocol: last checkpoint (step 8)." in breakout
     assert "Behaviour data (raw return): mean 5.0, best episode 9.0." in breakout
-    row = re.search(r"^\| more3s \| 2 \| 15\.0 ± 5\.0 \| \[([\d.]+), ([\d.]+)\] \| 3\.0 \|$", breakout, re.M)
+    row = re.search(r"^\| more3s \| 2 \| 15\.0 ± 5\.0 \| \[([\d.]+), ([\d.]+)\] \| 3\.0 \| s0: 2\.0, s1: 4\.0 \|$",
+                    breakout, re.M)
     assert row, breakout
     lo, hi = float(row[1]), float(row[2])
     assert 10.0 <= lo <= 15.0 <= hi <= 20.0  # a percentile interval of the mean lies within the seeds
-    assert "| dt | 0 | failed: RuntimeError: loss is NaN | | |" in breakout
-    assert "| pretrained | 0 | not run: needs LXMERT weights | | |" in breakout
+    assert "| dt | 0 | failed: RuntimeError: loss is NaN | | | |" in breakout
+    assert "| pretrained | 0 | not run: needs LXMERT weights | | | |" in breakout
     assert "| bc |" not in table  # an arm with no cell at all has no row
     assert "Failed: dt seed 0: RuntimeError: loss is NaN" in breakout
     assert "not run" not in pong and "Failed" not in pong
-    assert "| dt | 1 | 7.0 ± 0.0 | — | 1.5 |" in pong  # one seed: no interval
+    assert "| dt | 1 | 7.0 ± 0.0 | — | 1.5 | s0: 1.5 |" in pong  # one seed: no interval
     assert "Behaviour data (raw return): mean -20.0, best episode -18.0." in pong
 
 
@@ -93,17 +94,29 @@ def test_table_equal_seeds_and_long_messages():
     rows = [_ok("more3s", 0, 4.0, 1.0, best=None), _ok("more3s", 1, 4.0, 1.0, best=None),
             CellResult(arm="dt", task="breakout", seed=0, status="failed", message="x" * 300)]
     table = format_table(rows, ("more3s", "dt"))
-    assert "| more3s | 2 | 4.0 ± 0.0 | [4.0, 4.0] | 1.0 |" in table
+    assert "| more3s | 2 | 4.0 ± 0.0 | [4.0, 4.0] | 1.0 | s0: 1.0, s1: 1.0 |" in table
     assert "best episode —." in table  # no best return recorded
-    assert f"| dt | 0 | failed: {'x' * 120} | | |" in table  # the row's message is cut at 120 characters
+    assert f"| dt | 0 | failed: {'x' * 120} | | | |" in table  # the row's message is cut at 120 characters
     assert f"Failed: dt seed 0: {'x' * 300}" in table  # the full message below
 
 
 def test_table_of_a_task_without_a_finished_cell():
     rows = [CellResult(arm="dt", task="qbert", seed=0, status="not run", message="the grid has not reached it yet")]
     table = format_table(rows, ("dt",))
-    assert "### qbert" in table and "| dt | 0 | not run: the grid has not reached it yet | | |" in table
+    assert "### qbert" in table and "| dt | 0 | not run: the grid has not reached it yet | | | |" in table
     assert "Dataset" not in table and "Behaviour data" not in table
+
+
+def test_raw_by_seed_has_an_arm_per_row_and_a_task_per_column(results):
+    extra = [_ok("more3s", 2, 30.0, 1234.5, task="pong", beh=-20.0, best=None)]
+    table = format_raw_by_seed([*results, *extra], ("bc", "dt", "more3s", "pretrained"))
+    assert table.splitlines() == [
+        "| arm | breakout (data: mean 5.0, best 9.0) | pong (data: mean -20.0, best -18.0) |",
+        "|---|---|---|",
+        "| `dt` | — | s0: 1.5 |",  # breakout's dt cell failed: no number
+        "| `more3s` | s0: 2.0, s1: 4.0 | s2: 1,234.5 |",  # seeds in order, whichever finished
+    ]  # bc has no cell and pretrained did not run: no row
+    assert format_raw_by_seed(results[2:4], ("dt", "pretrained")) == ""  # nothing finished: nothing to show
 
 
 def test_plot_scores_writes_a_png(tmp_path, results):
