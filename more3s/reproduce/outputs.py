@@ -39,6 +39,11 @@ def scores_by_task(results: Sequence[CellResult]) -> dict[str, dict[str, list[fl
     return dict(out)
 
 
+def _behaviour_cell(cells: Sequence[CellResult]) -> CellResult | None:
+    """The first cell that recorded its task's behaviour data (every cell of a task reads the same data)."""
+    return next((r for r in cells if r.behaviour_mean is not None), None)
+
+
 def _mean_interval(x: np.ndarray) -> str:
     if x.size < 2:
         return "—"
@@ -56,7 +61,7 @@ def format_table(results: Sequence[CellResult], arms: Sequence[str]) -> str:
     for task in sorted({r.task for r in results}):
         rows = [r for r in results if r.task == task]
         ok = [r for r in rows if r.status == "ok"]
-        beh = next((r for r in ok if r.behaviour_mean is not None), None)
+        beh = _behaviour_cell(ok)
         lines += [f"### {task}", ""]
         if ok:
             lines.append(f"Dataset `{ok[0].dataset}`; protocol: {ok[0].protocol}.")
@@ -97,7 +102,7 @@ def format_raw_by_seed(results: Sequence[CellResult], arms: Sequence[str]) -> st
         return ""
     heads = []
     for task in tasks:
-        beh = next((r for r in ok if r.task == task and r.behaviour_mean is not None), None)
+        beh = _behaviour_cell([r for r in ok if r.task == task])
         if beh is None:
             heads.append(task)
         else:
