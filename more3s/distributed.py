@@ -5,11 +5,13 @@ gloo on CPU) and answers "which rank of how many is this process" (:func:`rank_a
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
-__all__ = ["DistInfo", "rank_and_world", "resolve_device", "setup_distributed"]
+__all__ = ["DistInfo", "cores_per_process", "rank_and_world", "resolve_device", "setup_distributed", "torch_threads"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -66,3 +68,21 @@ def resolve_device(pref: str, local_rank: int | None = None) -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"device={pref!r}: expected auto, cpu, cuda or cuda:N")
     return dev
+
+
+def cores_per_process() -> int:
+    """The cores this process may run on, shared evenly by the processes torchrun started on this node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[int]:
+    """torch's intra-op thread count set to ``n`` (None: ``cores_per_process()``) inside the block, restored after."""
+    before = torch.get_num_threads()
+    n = cores_per_process() if n is None else int(n)
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)

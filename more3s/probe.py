@@ -32,7 +32,7 @@ import numpy as np
 from more3s.envs import PromptSet
 
 __all__ = ["ProbeConfig", "FEATURE_SETS", "MIN_EPISODES", "split_episodes", "probe_features",
-           "run_probe", "run_action_accuracy", "format_report", "main"]
+           "run_probe", "run_action_accuracy", "teacher_forced_probs", "format_report", "main"]
 
 FEATURE_SETS = ("embedding", "facts", "ram", "obs")
 MIN_EPISODES = 5  # an 80/20 episode split needs at least one held-out episode and four to fit on
@@ -180,6 +180,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Build (or reuse) the embedding cache of ``cfg.dataset`` and score the probes -> the report dict."""
     from more3s.data import load_episodes
     from more3s.data.facts import fact_names, load_step_infos
+    from more3s.data.policies import replay_tracker
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
     from more3s.envs import action_prompts, get_task
 
@@ -206,6 +207,7 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     features: dict[str, np.ndarray] = {"embedding": np.asarray(cache.states[obs_rows], dtype=np.float32)}
     targets: dict[str, np.ndarray] = {}
     missing: list[str] = []
+    expert: np.ndarray | None = None  # the scripted tracker's action per row (Atari data with RAM)
     if spec.family == "mujoco":
         obs = np.concatenate([np.asarray(ep.observations)[:-1] for ep in episodes]).astype(np.float64)
         features["obs"] = obs
@@ -215,6 +217,8 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         infos = load_step_infos(cfg.dataset, max_episodes=len(episodes))
         have = bool(infos) and all("ram" in inf and all(k in inf for k in names) for inf in infos)
         if have and names:
+            # The expert's own action where the data's may be random: clean labels for what a policy must copy.
+            expert = np.concatenate([replay_tracker(task, inf["ram"][:-1]) for inf in infos])
             facts = {k: np.concatenate([inf[k][:-1] for inf in infos]).astype(np.float64) for k in names}
             targets = facts
             features["facts"] = _facts_matrix(facts, names)
@@ -228,12 +232,17 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
                              f"(available: {list(features)})")
         features = {k: v for k, v in features.items() if k in cfg.features}
 
+    scores = probe_features(features, targets, actions, train, ep_of_row, cfg.seed, discrete)
+    if expert is not None:
+        for name, x in features.items():
+            scores[name]["tracker_action"] = _action_scores(x[train], expert[train], x[~train], expert[~train],
+                                                            ep_of_row[train], cfg.seed, discrete=True)
     report = {
         "dataset": cfg.dataset, "encoder": encoder.name, "task": task, "prompt_set": cfg.prompt_set,
         "seed": cfg.seed, "d_enc": int(encoder.d_enc), "cache": str(cache.path),
         "split": {"train_episodes": train_eps.tolist(), "test_episodes": test_eps.tolist(),
                   "train_rows": int(train.sum()), "test_rows": int((~train).sum())},
-        "features": probe_features(features, targets, actions, train, ep_of_row, cfg.seed, discrete),
+        "features": scores,
     }
     if missing:
         report["missing_facts"] = missing
@@ -282,22 +291,31 @@ def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None
 
 def _episode_accuracy(model: Any, ep: Any, cache: Any, i: int, K: int) -> tuple[int, int]:
     """(correct greedy actions, steps) of episode ``i`` read in consecutive K-step windows, memory carried."""
+    probs = teacher_forced_probs(model, ep, cache, i, K)
+    return int((probs.argmax(-1) == np.asarray(ep.actions)).sum()), len(ep)
+
+
+def teacher_forced_probs(model: Any, ep: Any, cache: Any, i: int, K: int) -> np.ndarray:
+    """[T, A] action probabilities of a discrete-action model reading episode ``i`` (its cached states, the data's
+    actions and RTG) in consecutive K-step windows, memory carried, as stream training reads it."""
     import torch
 
-    T, correct = len(ep), 0
+    T = len(ep)
     rows = slice(int(cache.offsets[i]), int(cache.offsets[i]) + T)
     states = torch.from_numpy(np.asarray(cache.states[rows], np.float32))  # [T, d_enc]
     acts = torch.from_numpy(np.asarray(ep.actions)).long()  # [T]
     rtg = torch.from_numpy(np.asarray(ep.rtg, np.float32))  # [T]
     memory = model.empty_memory(1) if model.config.memory_steps else None
-    for a in range(0, T, K):
-        b = min(a + K, T)
-        steps = torch.arange(a, b)
-        out = model(states[None, a:b], acts[None, (steps - 1).clamp_min(0)], rtg[None, a:b], steps[None],
-                    first=(steps == 0)[None], mask=torch.ones(1, b - a, dtype=torch.bool), memory=memory)
-        memory = out.memory
-        correct += int((out.logits[0].argmax(-1) == acts[a:b]).sum())
-    return correct, T
+    out = []
+    with torch.inference_mode():
+        for a in range(0, T, K):
+            b = min(a + K, T)
+            steps = torch.arange(a, b)
+            o = model(states[None, a:b], acts[None, (steps - 1).clamp_min(0)], rtg[None, a:b], steps[None],
+                      first=(steps == 0)[None], mask=torch.ones(1, b - a, dtype=torch.bool), memory=memory)
+            memory = o.memory
+            out.append(torch.softmax(o.logits[0].float(), -1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.act_dim), np.float32)
 
 
 def _fmt(x: float | None) -> str:
@@ -331,6 +349,11 @@ def format_report(report: dict[str, Any]) -> str:
                          f"| majority {_fmt(feats[n]['majority'])}")
         else:
             lines.append(f"{n:>10} | ridge R² {_fmt(a['r2'])}")
+    if any("tracker_action" in feats[n] for n in names):
+        lines.append("the scripted tracker's action on the same steps (its clean labels: what a policy must copy):")
+        for n in names:
+            a = feats[n]["tracker_action"]
+            lines.append(f"{n:>10} | logistic {_fmt(a['accuracy'])} | MLP {_fmt(a['mlp_accuracy'])}")
     tab = report["action_table"]
     cos = np.array(tab["cosine"])
     pairs = [(cos[i, j], tab["labels"][i], tab["labels"][j]) for i in range(len(cos)) for j in range(i)]

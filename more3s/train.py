@@ -50,7 +50,7 @@ from more3s.config import TrainConfig, config_to_dict, model_config, parse_args,
 from more3s.data import (StreamSampler, WindowSampler, collect_dataset, dataset_path, dataset_provenance,
                          load_episodes, published_reason)
 from more3s.data.batches import TrainData
-from more3s.distributed import DistInfo, resolve_device, setup_distributed
+from more3s.distributed import DistInfo, resolve_device, setup_distributed, torch_threads
 from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder, resolve_encoder
 from more3s.encoder.raw import ATARI_FRAME_SIZE, RAW_ENCODER, RawObservations
 from more3s.envs import TaskSpec, get_task
@@ -244,8 +244,9 @@ def _load_data(cfg: TrainConfig, dist: DistInfo, device: torch.device, task: Tas
     else:
         encoder = load_encoder(encoder_name, device=device)
         # Every rank calls the builder (it shards the encoding across torchrun processes).
-        cache = build_or_load_cache(episodes, encoder, task.name, cfg.prompt_set, cache_dir=cfg.cache_dir,
-                                    config=CacheConfig(progress=cfg.progress))
+        with torch_threads(cfg.encoder_threads):
+            cache = build_or_load_cache(episodes, encoder, task.name, cfg.prompt_set, cache_dir=cfg.cache_dir,
+                                        config=CacheConfig(progress=cfg.progress))
     if dist.main:
         log(f"state inputs {'reused' if cache.hit else 'computed'} in {time.time() - t0:.1f} s: "
             f"{cache.states.shape[0]} states x {cache.states.shape[1]} ({encoder.describe()}) at {cache.path}")
@@ -492,11 +493,12 @@ def _final_evaluation(cfg: TrainConfig, dist: DistInfo, device: torch.device, pa
                       targets: list[float]) -> None:
     """The last checkpoint in the full protocol (every rank plays its share); rank 0 writes the report."""
     dist.barrier()  # rank 0's last checkpoint is on disk before any rank loads it
-    report = evaluate_run(paths.root, episodes=cfg.eval_episodes, targets=targets,
-                          seeds=[cfg.eval_seed], engine=cfg.eval_engine,
-                          max_episode_steps=_eval_cap_arg(cfg), num_envs=cfg.eval_num_envs, device=device,
-                          sample=cfg.eval_sample, greedy=cfg.eval_greedy, dtype=cfg.eval_dtype,
-                          video=cfg.eval_video)
+    with torch_threads(cfg.encoder_threads):  # a CPU evaluation step is mostly the encoder
+        report = evaluate_run(paths.root, episodes=cfg.eval_episodes, targets=targets,
+                              seeds=[cfg.eval_seed], engine=cfg.eval_engine,
+                              max_episode_steps=_eval_cap_arg(cfg), num_envs=cfg.eval_num_envs, device=device,
+                              sample=cfg.eval_sample, greedy=cfg.eval_greedy, dtype=cfg.eval_dtype,
+                              video=cfg.eval_video)
     if not dist.main:
         return
     finish_report(paths.root, report)

@@ -63,6 +63,7 @@ def test_resume_loads_the_runs_config(tmp_path):
     (["--n-embd", "100", "--n-head", "3"], "n_embd"),
     (["--memory-drop", "1.0"], "memory_drop"),
     (["--preset", "dt", "--memory-drop", "0.25"], "memory_drop"),
+    (["--encoder-threads", "0"], "encoder_threads"),
 ])
 def test_bad_values_raise_clear_errors(args, match):
     with pytest.raises(ValueError, match=match):

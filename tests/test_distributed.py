@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from more3s.distributed import DistInfo, rank_and_world, resolve_device, setup_distributed
+from more3s.distributed import (DistInfo, cores_per_process, rank_and_world, resolve_device, setup_distributed,
+                                torch_threads)
 
 TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
@@ -88,3 +89,24 @@ def test_resolve_device_other_device_types_are_rejected(pref):
 def test_resolve_device_unparsable_string_is_an_error():
     with pytest.raises(RuntimeError, match="gpu0"):  # torch.device's own message names the bad string
         resolve_device("gpu0")
+
+
+def test_cores_are_shared_by_the_processes_torchrun_started_on_the_node(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    alone = cores_per_process()
+    assert alone >= 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cores_per_process() == max(1, alone // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(alone * 4))  # more processes than cores: still one thread each
+    assert cores_per_process() == 1
+
+
+@pytest.mark.parametrize("n", [None, 1, 3])
+def test_torch_threads_sets_the_count_inside_and_restores_it_after(monkeypatch, n):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_threads(n) as inside:
+            assert inside == (cores_per_process() if n is None else n) == torch.get_num_threads()
+            raise RuntimeError("inside")  # restored on the way out of an error, too
+    assert torch.get_num_threads() == before

@@ -39,7 +39,7 @@ from .sac import QUALITY_LEVELS, load_sac, select_snapshots  # stable-baselines3
 
 __all__ = [
     "Policy", "RandomPolicy", "BreakoutTracker", "PongTracker", "SinePolicy", "EpsilonMixture",
-    "SnapshotPolicy", "make_policy", "POLICY_HELP", "SINE_GAITS",
+    "SnapshotPolicy", "make_policy", "replay_tracker", "POLICY_HELP", "SINE_GAITS",
 ]
 
 
@@ -92,8 +92,13 @@ class _Track:
         self.prev: int | None = None
 
     def error(self, ball: int, paddle: int) -> float:
-        v = 0 if self.prev is None else ball - self.prev
+        d = self.peek(ball, paddle)
         self.prev = ball
+        return d
+
+    def peek(self, ball: int, paddle: int) -> float:
+        """The tracking error this step would see, without advancing the velocity memory."""
+        v = 0 if self.prev is None else ball - self.prev
         return ball + self.lead * v + self.offset - paddle
 
     def steer(self, ball: int, paddle: int, towards_plus: int, towards_minus: int, hold: int) -> int:
@@ -118,6 +123,17 @@ class _RamTracker:
         self.track.prev = None
         return {}
 
+    def act(self, obs: Any, env: Env) -> int:
+        return self.act_on_ram(atari_ram(env))
+
+    def positions(self, ram: np.ndarray) -> tuple[int, int] | None:
+        """(ball, paddle) along the tracked axis from the console RAM [128]; None when no ball is in play."""
+        raise NotImplementedError
+
+    def act_on_ram(self, ram: np.ndarray) -> int:
+        """The action for this step's console RAM [128] (steps of an episode in order: the rule leads by velocity)."""
+        raise NotImplementedError
+
 
 class BreakoutTracker(_RamTracker):
     """Keeps the paddle under the ball; FIRE when no ball is in play. Scores ~350 on full games."""
@@ -128,12 +144,15 @@ class BreakoutTracker(_RamTracker):
     def __init__(self, offset: float = -10, dead_zone: float = 6, lead: float = 1):
         super().__init__(offset, dead_zone, lead)
 
-    def act(self, obs: Any, env: Env) -> int:
-        ram = atari_ram(env)
-        if ram[self.BALL_Y] == 0:
+    def positions(self, ram: np.ndarray) -> tuple[int, int] | None:
+        return None if ram[self.BALL_Y] == 0 else (int(ram[self.BALL_X]), int(ram[self.PADDLE_X]))
+
+    def act_on_ram(self, ram: np.ndarray) -> int:
+        pos = self.positions(ram)
+        if pos is None:
             self.track.prev = None
             return self.FIRE
-        return self.track.steer(int(ram[self.BALL_X]), int(ram[self.PADDLE_X]), self.RIGHT, self.LEFT, self.NOOP)
+        return self.track.steer(*pos, self.RIGHT, self.LEFT, self.NOOP)
 
 
 class PongTracker(_RamTracker):
@@ -146,9 +165,11 @@ class PongTracker(_RamTracker):
     def __init__(self, offset: float = -10, dead_zone: float = 3, lead: float = 1):
         super().__init__(offset, dead_zone, lead)
 
-    def act(self, obs: Any, env: Env) -> int:
-        ram = atari_ram(env)
-        return self.track.steer(int(ram[self.BALL_Y]), int(ram[self.PADDLE_Y]), self.DOWN, self.UP, self.NOOP)
+    def positions(self, ram: np.ndarray) -> tuple[int, int]:
+        return int(ram[self.BALL_Y]), int(ram[self.PADDLE_Y])
+
+    def act_on_ram(self, ram: np.ndarray) -> int:
+        return self.track.steer(*self.positions(ram), self.DOWN, self.UP, self.NOOP)
 
 
 # Open-loop gaits a(t) = amp * sin(omega * t + phase_i), each the best of a random search over
@@ -257,7 +278,16 @@ class SnapshotPolicy:
 
 
 # The scripted RAM trackers, by task.
-TRACKERS: dict[str, Callable[[], Policy]] = {"breakout": BreakoutTracker, "pong": PongTracker}
+TRACKERS: dict[str, Callable[[], _RamTracker]] = {"breakout": BreakoutTracker, "pong": PongTracker}
+
+def replay_tracker(task: str, ram: np.ndarray) -> np.ndarray:
+    """The scripted tracker's action at every step of one recorded episode (RAM rows [N, 128] in order): what the
+    expert of a ``mixed`` dataset would have done, also where the data's action was a random one."""
+    if task not in TRACKERS:
+        raise ValueError(f"no scripted tracker for task {task!r}; trackers exist for {', '.join(TRACKERS)}")
+    tracker = TRACKERS[task]()
+    return np.array([tracker.act_on_ram(row) for row in np.asarray(ram)], dtype=np.int64)
+
 
 POLICY_HELP = (f"random | tracker ({', '.join(TRACKERS)}) | sine (mujoco) | mixed | eps:X | sac:FILE.zip | "
                + " | ".join(f"sac-{level}:DIR" for level in QUALITY_LEVELS if level != "file"))

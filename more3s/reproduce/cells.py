@@ -25,7 +25,8 @@ __all__ = ["CellResult", "run_cell", "read_cell", "config_drift", "CELL_FILE"]
 CELL_FILE = "cell.json"
 # TrainConfig fields a cell's numbers do not depend on: where and on what it runs, what it logs and keeps.
 LAUNCH_FIELDS = frozenset({"run_dir", "resume", "progress", "device", "cache_dir", "out_dir", "tensorboard",
-                           "log_every", "ckpt_every", "keep_checkpoints", "eval_video"})
+                           "log_every", "ckpt_every", "keep_checkpoints", "eval_video",
+                           "encoder_threads"})
 
 
 @dataclass
@@ -126,7 +127,8 @@ def run_cell(cell: Cell, root: str, overrides: dict[str, Any] | None = None, thr
     from more3s.run import RunPaths
     from more3s.train import train
 
-    values = {**cell.config_overrides(), **(overrides or {})}
+    # The cell's one thread holds while its encoder runs, too: --jobs J cells share the machine's cores.
+    values = {**cell.config_overrides(), **(overrides or {}), "encoder_threads": threads}
     res = CellResult(arm=cell.arm, task=cell.task, seed=cell.seed, status="failed", dataset=values["dataset"],
                      commit=commit, run_dir=str(run_dir))
     t0 = time.time()

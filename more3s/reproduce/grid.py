@@ -123,7 +123,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         "cpu", "what a 2-core CPU measures in about 4 hours with --jobs 2, on data collected here",
         {
-            "breakout": (DataSpec("more3s/breakout/mixed-v1", "mixed", 40, 1000), _CPU_ATARI),  # the main job's data
+            "breakout": (DataSpec("more3s/breakout/mixed-v1", "mixed", 40, 1000), _CPU_ATARI),  # the main job's v1 data
             "pong": (DataSpec("more3s/pong/mixed-v0", "mixed", 20, 800), _CPU_ATARI),
             "halfcheetah": (DataSpec("more3s/halfcheetah/mixed-v0", "mixed", 40, 1000), _CPU_MUJOCO),
             "hopper": (DataSpec("more3s/hopper/sac-replay-v2", "sac-medium-replay", 60, 1000,

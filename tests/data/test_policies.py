@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from more3s.data.policies import (BreakoutTracker, EpsilonMixture, PongTracker, RandomPolicy,
-                                  SinePolicy, make_policy)
+                                  SinePolicy, make_policy, replay_tracker)
 from more3s.envs import make_env
 
 
@@ -105,3 +105,24 @@ def test_epsilon_mixture_draws_epsilon_per_episode():
     r.reset(hc, np.random.default_rng(0))
     a = r.act(None, hc)
     assert a.shape == (6,) and hc.action_space.contains(a)
+
+
+@pytest.mark.parametrize("task", ["breakout", "pong"])
+def test_replaying_the_tracker_on_recorded_ram_gives_its_actions(task, tmp_path, monkeypatch):
+    """replay_tracker reads a dataset's recorded RAM as the tracker read the console: on the tracker's own
+    episodes it returns the actions taken, step for step; on an epsilon mixture it differs where they were random."""
+    from more3s.data import collect_dataset, load_episodes
+    from more3s.data.facts import load_step_infos
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    for policy, match in (("tracker", True), ("eps:0.5", False)):
+        path = collect_dataset(task, policy, 2, f"replay/{task}-{policy.replace(':', '').replace('.', '')}-v0", seed=1,
+                               max_episode_steps=200, progress=False)
+        for ep, info in zip(load_episodes(path), load_step_infos(path)):
+            replayed = replay_tracker(task, info["ram"][:-1])
+            assert replayed.shape == ep.actions.shape
+            assert np.array_equal(replayed, ep.actions) == match
+            if not match:  # half the steps drew a random action, a quarter of those the tracker's own
+                assert 0.45 < np.mean(replayed == ep.actions) < 0.85
+    with pytest.raises(ValueError, match="no scripted tracker for task 'halfcheetah'"):
+        replay_tracker("halfcheetah", np.zeros((3, 128), np.uint8))

@@ -57,6 +57,20 @@ def test_rollout_fast_path_matches_sequence(tiny, breakout_frames):
     assert not torch.allclose(other, seq[5:6], atol=1e-4)
 
 
+def test_embeddings_do_not_depend_on_the_thread_count(tiny, breakout_frames, cheetah_run):
+    """The cache key leaves out the thread count the encoder ran with (``encoder_threads``): the same states must
+    come out bit for bit, whatever the count (regions split over threads, LXMERT's matmuls on several cores)."""
+    from more3s.distributed import torch_threads
+
+    runs = []
+    for n in (1, 2):
+        with torch_threads(n):
+            runs.append((tiny.embed_states("breakout", breakout_frames[:24]),
+                         tiny.embed_states("halfcheetah", cheetah_run[0])))
+    for one, two in zip(*runs):
+        assert torch.equal(one, two)
+
+
 def test_action_tables(tiny):
     for task in ("breakout", "seaquest"):
         t = tiny.embed_actions(task)

@@ -108,6 +108,13 @@ def test_a_failure_is_recorded_not_raised(tmp_path, monkeypatch):
     assert len(calls) == 2 and again.status == "failed"
 
 
+def test_a_cell_runs_its_encoder_on_its_own_threads(tmp_path, monkeypatch):
+    calls = _no_training(monkeypatch, RuntimeError("stop after the config"))
+    run_cell(CELL, str(tmp_path), threads=1)
+    assert calls[0].encoder_threads == 1  # --jobs J cells share the cores: no cell takes them all to encode
+    assert "encoder_threads" in cells.LAUNCH_FIELDS  # a launch detail, not a drift of a finished cell's config
+
+
 def test_an_interrupt_leaves_no_cell_json(tmp_path, monkeypatch):
     _no_training(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
