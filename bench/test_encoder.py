@@ -206,3 +206,22 @@ def test_gpu_fp16_graphs_vs_fp32_eager(benchmark, frames, batch):
     benchmark.extra_info.update(batch=batch, fp16_graph_states_per_s=batch / benchmark.stats.stats.mean,
                                 fp32_eager_states_per_s=batch / eager,
                                 speedup=eager / benchmark.stats.stats.mean)
+
+
+def test_encoder_threads_vs_one(benchmark, frames):
+    """The trainer's ``encoder_threads`` (None: every core this process may use) against one thread, same run:
+    ``embed_states`` of 64 Breakout frame pairs, regions and LXMERT (lxmert-tiny), as the cache build runs them."""
+    from more3s.distributed import cores_per_process, torch_threads
+
+    enc = load_encoder("lxmert-tiny", device="cpu")
+    cur, prev = frames[1:], frames[:-1]
+    enc.embed_states("breakout", cur, prev)  # warm-up
+    with torch_threads(1):
+        one = _best_of(lambda: enc.embed_states("breakout", cur, prev), 3)
+    with torch_threads(None) as n:
+        benchmark.pedantic(lambda: enc.embed_states("breakout", cur, prev), rounds=5, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
+    benchmark.extra_info.update(batch=len(cur), threads=n, cores=cores_per_process(),
+                                states_per_s=len(cur) / benchmark.stats.stats.median,
+                                one_thread_states_per_s=len(cur) / one, speedup_vs_one_thread=one / benchmark.stats.stats.min)

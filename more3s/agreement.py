@@ -17,7 +17,6 @@ whose probability of it stays near the data's average agreement copies the mixtu
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -203,11 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_agreement(report))
     if cfg.json:
-        from more3s.atomic import atomic_write_text
+        from more3s.atomic import write_json_report
 
-        Path(cfg.json).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(cfg.json).expanduser(), json.dumps(report, indent=1))
-        print(f"wrote {cfg.json}")
+        print(f"wrote {write_json_report(cfg.json, report)}")
     return 0
 
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_path", "atomic_dir", "sha256_file"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json_report", "atomic_path", "atomic_dir", "sha256_file"]
 
 
 def _umask() -> int:
@@ -63,6 +63,16 @@ def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(dest, text.encode("utf-8"))
+
+
+def write_json_report(dest: str | os.PathLike[str], report: object) -> Path:
+    """A CLI's ``--json`` report: ``~`` expanded, parent folders made, written atomically; returns the path."""
+    import json
+
+    path = Path(dest).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report, indent=1))
+    return path
 
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2

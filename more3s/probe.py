@@ -20,7 +20,6 @@ the facts it cannot score.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -380,11 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_report(report))
     if cfg.json:
-        from more3s.atomic import atomic_write_text
+        from more3s.atomic import write_json_report
 
-        Path(cfg.json).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(cfg.json).expanduser(), json.dumps(report, indent=1, allow_nan=True))
-        print(f"wrote {cfg.json}")
+        print(f"wrote {write_json_report(cfg.json, report)}")
     return 0
 
 

@@ -92,3 +92,16 @@ def test_atomic_files_get_the_mode_of_a_plain_open(tmp_path):
     (tmp_path / "b.json").write_text("{}")
     mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "b.json").stat().st_mode) != 0o600
+
+
+def test_json_report_makes_its_folders_and_expands_home(tmp_path, monkeypatch):
+    import json
+
+    from more3s.atomic import write_json_report
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = write_json_report("~/deep/er/report.json", {"score": 1.5, "nan": float("nan")})
+    assert path == tmp_path / "deep" / "er" / "report.json"
+    back = json.loads(path.read_text())
+    assert back["score"] == 1.5 and back["nan"] != back["nan"]  # NaN survives (probe scores may be NaN)
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temp file left beside it

@@ -280,6 +280,7 @@ class SnapshotPolicy:
 # The scripted RAM trackers, by task.
 TRACKERS: dict[str, Callable[[], _RamTracker]] = {"breakout": BreakoutTracker, "pong": PongTracker}
 
+
 def replay_tracker(task: str, ram: np.ndarray) -> np.ndarray:
     """The scripted tracker's action at every step of one recorded episode (RAM rows [N, 128] in order): what the
     expert of a ``mixed`` dataset would have done, also where the data's action was a random one."""
