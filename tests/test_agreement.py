@@ -41,3 +41,5 @@ def test_agreement_of_a_trained_run(tiny_config, tmp_path, capsys):
 def test_a_run_that_is_not_there_is_a_clear_error(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope")]) == 2
     assert "more3s.agreement: error" in capsys.readouterr().err
+    assert main(["--run", str(tmp_path / "nope"), "--episodes", "0"]) == 2
+    assert "episodes and num_envs must be >= 1, got 0" in capsys.readouterr().err
