@@ -103,6 +103,14 @@ def _weights_fingerprint(model: LxmertModel, tokenizer: PreTrainedTokenizerBase)
     return h.hexdigest()
 
 
+def _state_fingerprint(weights: str, config: EncoderConfig) -> str:
+    """The weights' fingerprint folded with the state design (regions, slot orders): a run trained on one design's
+    embeddings is refused by an encoder of another, even where the two give vectors of the same width."""
+    h = hashlib.blake2b(weights.encode(), digest_size=20)
+    h.update(json.dumps(config.regions.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
 # One captured bucket: (replay, static feats, boxes, mask, slots, static output).
 _Graph = tuple[Callable[[], Any], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -166,7 +174,7 @@ class FrozenLxmert(nn.Module):
         self.tokenizer = tokenizer
         self.name = name
         self.source = source  # where the weights came from ("random init (seed 0)", a path, a hub id)
-        self.fingerprint = fingerprint  # of the fp32 weights + vocabulary; the cache key's encoder part
+        self.fingerprint = fingerprint  # of the fp32 weights + vocabulary + state design; the cache key's encoder part
         self.config = config or EncoderConfig()
         self.cuda_graphs = bool(cuda_graphs)
         self.hidden = int(model.config.hidden_size)
@@ -411,7 +419,7 @@ def load_encoder(name_or_path: str = PRETRAINED_ID, device: str | torch.device |
                         "tokens)", fallback, len(tok.get_vocab()))
             name, source = fallback, f"random init, seed {config.init_seed} (fallback for {name_or_path})"
     model = model.float().train(False)  # type: ignore[no-untyped-call]  # fp32 (transformers' float() is untyped), eval
-    fingerprint = _weights_fingerprint(model, tok)
+    fingerprint = _state_fingerprint(_weights_fingerprint(model, tok), config)
     model = model.to(device=device, dtype=dtype)
     enc = FrozenLxmert(model, tok, name, source, fingerprint, config, cuda_graphs=cuda_graphs)
     log.info("encoder ready: %s", enc.describe())

@@ -88,7 +88,7 @@ def test_key_covers_regions_and_data(tiny, atari_eps, tmp_path, monkeypatch):
     base = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
     other = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(projection_seed=1)))
     assert build_or_load_cache(atari_eps, other, cache_dir=tmp_path, config=CFG).path != base.path
-    fewer = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(slots=8)))
+    fewer = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(slots=4)))
     assert build_or_load_cache(atari_eps, fewer, cache_dir=tmp_path, config=CFG).path != base.path  # the layout
     assert dataset_fingerprint(atari_eps) != dataset_fingerprint(atari_eps[:2])
     monkeypatch.setenv("MORE3S_CACHE", str(tmp_path / "env"))

@@ -21,7 +21,7 @@ def test_frozen_and_shapes(tiny, breakout_frames, cheetah_run):
     tiny.train()
     assert not tiny.model.training  # frozen: train() keeps eval mode (no dropout)
     e = tiny.embed_states("breakout", breakout_frames[:9])
-    assert e.shape == (9, tiny.d_enc) == (9, 128 * (2 + 16)) and e.dtype == torch.float32  # pooled, mean, 16 slots
+    assert e.shape == (9, tiny.d_enc) == (9, 128 * (2 + 8)) and e.dtype == torch.float32  # pooled, mean, 8 slots
     assert torch.isfinite(e).all() and not e.requires_grad
     m = tiny.embed_states("halfcheetah", cheetah_run[0])
     assert m.shape == (13, tiny.d_enc) and torch.isfinite(m).all()
@@ -42,7 +42,7 @@ def test_composed_forward_equals_lxmert_model(tiny, breakout_frames):
                          visual_feats=torch.from_numpy(r.feats) @ P, visual_pos=torch.from_numpy(r.boxes),
                          visual_attention_mask=mask.float())
     vis_mean = (out.vision_output * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    slots = torch.from_numpy(r.slots)  # [N, 16] region per slot, -1 = empty
+    slots = torch.from_numpy(r.slots)  # [N, 8] region per slot, -1 = empty
     slotted = out.vision_output[torch.arange(len(frames))[:, None], slots.clamp_min(0)] * (slots >= 0)[..., None]
     ref = torch.cat([out.pooled_output, vis_mean, slotted.flatten(1)], -1)
     torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-4)

@@ -101,8 +101,46 @@ def test_synthetic_objects_exact():
     np.testing.assert_array_equal(px, [[35, 40, 36, 41], [10, 30, 13, 33], [22, 5, 30, 15], [2, 5, 22, 15]])
     np.testing.assert_allclose(r.feats[0, :4, AREA] * 2000, [1, 9, 80, 200], rtol=1e-5)
     np.testing.assert_allclose(r.feats[0, 3, 8:11], [200 / 255, 0, 0], rtol=1e-6)  # colour
-    # slots: the first 8 by size, then the first 8 by colour (packed RGB: red < green < blue), -1 = empty
-    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, -1, -1, -1, -1, 3, 2, 0, 1, -1, -1, -1, -1])
+    # slots: the first 4 by size, the first 3 bottom-first (lowest centroid, then left to right), then the first
+    # by colour (packed RGB: red < green < blue), -1 = empty
+    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 0, 1, 3, 3])
+    # the previous design: 16 slots, half by size, half by colour
+    old = atari_regions(f, cfg=RegionConfig(slots=16, bottom_slots=0))
+    np.testing.assert_array_equal(old.slots[0], [0, 1, 2, 3, -1, -1, -1, -1, 3, 2, 0, 1, -1, -1, -1, -1])
+
+
+def test_sprite_touching_an_object_of_its_colour_is_split_from_it():
+    """A 2x4 ball resting on a 16x4 paddle of its colour is one component; split into its two bars it is the
+    smallest object again (size slot 0), with its own box. Shapes of two runs per row (digits) stay whole."""
+    f = np.zeros((1, 50, 40, 3), np.uint8)
+    f[0, 40:44, 10:26] = (200, 72, 72)  # paddle
+    f[0, 36:40, 14:16] = (200, 72, 72)  # ball on it
+    f[0, 5:10, 5:9] = (142, 142, 142)
+    f[0, 7:9, 6:8] = 0  # a ring ("0"): rows of two runs, not bars
+    f[0, 20:22, 30:31] = f[0, 22:24, 30:32] = f[0, 24:26, 30:33] = f[0, 26:28, 30:34] = (0, 0, 200)  # four bars
+    r = atari_regions(f)
+    px = (r.boxes[0, :r.mask[0].sum()] * [40, 50, 40, 50]).round().astype(int)
+    assert [14, 36, 16, 40] == px[0].tolist()  # the ball, smallest first
+    assert [10, 40, 26, 44] in px.tolist() and [5, 5, 9, 10] in px.tolist() and [30, 20, 34, 28] in px.tolist()
+    whole = atari_regions(f, cfg=RegionConfig(split_bars=False))  # the previous design: ball and paddle one object
+    assert whole.mask[0].sum() == 3
+    assert [10, 36, 26, 44] in (whole.boxes[0, :3] * [40, 50, 40, 50]).round().astype(int).tolist()
+
+
+def test_bottom_first_slots_keep_the_paddle_as_bricks_break(breakout_frames):
+    """On real frames the lowest objects are the walls' coloured feet and the paddle: bottom-first, the paddle's
+    slot does not move while bricks and digits change above it."""
+    r = atari_regions(breakout_frames)
+    half = RegionConfig().slots // 2
+    above = r.boxes[:, 0, 3] * 210 < 185  # the smallest object (the ball) above the paddle, not lost below it
+    assert above.sum() >= 25
+    rows = np.flatnonzero(above)
+    # the third lowest, after the walls' feet
+    paddle = (r.boxes[rows, r.slots[rows, half + 2]] * [160, 210, 160, 210]).round()
+    np.testing.assert_array_equal(paddle[:, [1, 3]], np.tile([189, 193], (len(rows), 1)))
+    assert (paddle[:, 2] - paddle[:, 0] >= 16).all()  # the paddle (16 px; with the right wall's foot at x 152+)
+    old = atari_regions(breakout_frames, cfg=RegionConfig(bottom_slots=0))  # that slot held a colour-ordered object
+    assert not (np.round(old.boxes[rows, old.slots[rows, half + 2], 1] * 210) == 189).all()
 
 
 def test_object_cap_and_blank_frame():
@@ -157,7 +195,7 @@ def test_mujoco_bodies_match_forward_kinematics(cheetah_run):
     np.testing.assert_allclose(r.feats[:, 0, j + 1:j + 3], obs[:, 0:2], atol=1e-6)  # root z, pitch (x is 0)
     np.testing.assert_allclose(r.feats[:, 1:, j], obs[:, 2:8], atol=1e-6)  # the 6 hinge angles
     np.testing.assert_allclose(r.feats[:, 1:, j + 3] * VELOCITY_SCALE, obs[:, 11:17], rtol=1e-5, atol=1e-5)  # their velocities
-    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 4, 5, 6] + [-1] * 9)
+    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 4, 5, 6, -1])
     hop = mujoco_regions("hopper", np.zeros((2, 11)))
     assert hop.feats.shape[1] == 4
 
