@@ -59,7 +59,7 @@ def test_cli_concurrent_builds_hit_and_torchrun(cheetah_dataset, tmp_path, tiny)
     (p1, _), (p2, _) = (_finish(p) for p in procs)
     assert p1 == p2 and p1.startswith(one)
     first = open_cache(p1)  # verifies every checksum
-    assert first.states.shape == (39, 2304) and first.num_episodes == 3
+    assert first.states.shape == (39, 1280) and first.num_episodes == 3
     # a second identical call encodes nothing
     path, hit = _finish(_cli(sys.executable, "-m", "more3s.encode", *args, "--cache-dir", one))
     assert path == p1 and hit == "yes"

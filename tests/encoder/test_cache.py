@@ -54,7 +54,7 @@ def test_cache_equals_direct_encoding_and_hits(tiny, atari_eps, tmp_path):
     direct = _direct(tiny, atari_eps, "breakout")
     np.testing.assert_allclose(c.states[:].astype(np.float32), direct, atol=2e-3, rtol=2e-3)
     np.testing.assert_allclose(c.action_table, tiny.embed_actions("breakout").numpy(), rtol=1e-6)
-    assert c.meta["task"] == "breakout" and c.prompt_set == "original" and c.meta["d_enc"] == tiny.d_enc == 2304
+    assert c.meta["task"] == "breakout" and c.prompt_set == "original" and c.meta["d_enc"] == tiny.d_enc == 1280
     # memmap-like indexing: a sampler batch of (episode, steps)
     ep, steps = np.array([2, 0]), np.array([[3, 4, 5], [0, 1, 2]])
     np.testing.assert_array_equal(c.gather(ep, steps), c.states[np.array([[22, 23, 24], [0, 1, 2]])])
@@ -88,7 +88,8 @@ def test_key_covers_regions_and_data(tiny, atari_eps, tmp_path, monkeypatch):
     base = build_or_load_cache(atari_eps, tiny, cache_dir=tmp_path, config=CFG)
     other = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(projection_seed=1)))
     assert build_or_load_cache(atari_eps, other, cache_dir=tmp_path, config=CFG).path != base.path
-    fewer = load_encoder("lxmert-tiny", device="cpu", config=EncoderConfig(regions=RegionConfig(slots=4)))
+    fewer = load_encoder("lxmert-tiny", device="cpu",
+                         config=EncoderConfig(regions=RegionConfig(slots=4, bottom_slots=2)))
     assert build_or_load_cache(atari_eps, fewer, cache_dir=tmp_path, config=CFG).path != base.path  # the layout
     assert dataset_fingerprint(atari_eps) != dataset_fingerprint(atari_eps[:2])
     monkeypatch.setenv("MORE3S_CACHE", str(tmp_path / "env"))
@@ -180,7 +181,7 @@ def test_two_builders_share_the_work(tiny, cheetah_run, tmp_path):
     assert n.rows == 13  # each chunk once, although both threads walked all chunks
     np.testing.assert_array_equal(results[0].states[:], results[1].states[:])
     meta = json.loads((results[0].path / "meta.json").read_text())
-    assert meta["n_chunks"] == 2 and meta["action_table_shape"] == [7, 2304]
+    assert meta["n_chunks"] == 2 and meta["action_table_shape"] == [7, 1280]
     direct = _direct(tiny, eps, "halfcheetah")
     np.testing.assert_allclose(open_cache(results[0].path).states[:].astype(np.float32), direct,
                                atol=2e-3, rtol=2e-3)
