@@ -42,7 +42,7 @@ def _play(model, encoder, mode, target=5.0, **kw):
 
 
 # seeds picked so that the greedy actions of the random model vary along the rollouts
-@pytest.mark.parametrize("rtg_mode, memory_steps, seed", [("kv", 2, 6), ("token", 0, 0)])
+@pytest.mark.parametrize("rtg_mode, memory_steps, seed", [("kv", 2, 8), ("token", 0, 0)])
 def test_ring_equals_banded_over_resets(encoder, rtg_mode, memory_steps, seed):
     model = _model(encoder, rtg_mode, memory_steps, seed)
     ring = _play(model, encoder, "ring")
@@ -61,7 +61,7 @@ def test_ring_equals_banded_over_resets(encoder, rtg_mode, memory_steps, seed):
 def test_compiled_ring_equals_eager_ring(encoder):
     """``compile_step=True``: every decision comes from the compiled step, equal to the eager ring's, and a second
     run of the engine reuses its compiled step and ring (every run starts by resetting all environments)."""
-    model = _model(encoder, "kv", 2, seed=6)
+    model = _model(encoder, "kv", 2, seed=8)
     eager = _play(model, encoder, "ring")
     engine = RolloutEngine(model, encoder, "breakout", compile_step=True)
     for run in range(2):
