@@ -179,9 +179,7 @@ def run_agreement(cfg: AgreementConfig) -> dict[str, Any]:
     if info.task not in TRACKERS:
         raise ValueError(f"run {cfg.run} is on {info.task!r}; a scripted tracker exists for {', '.join(TRACKERS)}")
     encoder = load_encoder(info.encoder, device="cpu")
-    if info.encoder_fingerprint and encoder.fingerprint != info.encoder_fingerprint:
-        raise ValueError(f"run {cfg.run} was trained with other encoder weights or state design than "
-                         f"{info.encoder!r} gives now")
+    info.check_encoder(encoder, cfg.run)
     cap, _ = resolve_cap("run", info)
     target = float(info.targets[0]) if cfg.target is None else float(cfg.target)
     report: dict[str, Any] = {"run": str(cfg.run), "step": ckpt.step, "task": info.task,

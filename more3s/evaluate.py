@@ -170,11 +170,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     if encoder is None:
         encoder = (RawObservations(info.task) if info.encoder == RAW_ENCODER
                    else load_encoder(info.encoder, device=dev))
-    want = info.encoder_fingerprint
-    if want and encoder.fingerprint != want:
-        raise ValueError(f"encoder {encoder.name!r} has fingerprint {encoder.fingerprint[:12]}..., but run {run_dir} "
-                         f"was trained on embeddings of {want[:12]}... (different weights or state design: "
-                         f"retrain the run, or evaluate it with the more3s version that trained it)")
+    info.check_encoder(encoder, run_dir)
     return evaluate_model(model, info, encoder, checkpoint=str(ckpt.path), step=ckpt.step, episodes=episodes,
                           targets=targets, seeds=seeds, engine=engine, max_episode_steps=max_episode_steps,
                           num_envs=num_envs, sample=sample, greedy=greedy, dtype=step_dtype,

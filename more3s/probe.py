@@ -275,9 +275,7 @@ def run_action_accuracy(run_dir: str | Path, dataset: str, cache_dir: str | None
     if not model.config.discrete:
         raise ValueError(f"run {run_dir}: held-out action accuracy is for discrete actions")
     encoder = load_encoder(info.encoder)
-    if encoder.fingerprint != info.encoder_fingerprint:
-        raise ValueError(f"run {run_dir} was trained with other encoder weights or state design than "
-                         f"{info.encoder!r} gives now")
+    info.check_encoder(encoder, run_dir)
     cache = build_or_load_cache(episodes, encoder, info.task, check_prompt_set(info.prompt_set),
                                 cache_dir=cache_dir, config=CacheConfig(progress=False))
     K, correct, total = model.config.window, 0, 0

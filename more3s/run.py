@@ -116,6 +116,15 @@ class RunInfo:
         return cls(**{**d, "model_config": ModelConfig.from_dict(d["model_config"]),
                       "behaviour": BehaviourStats(**d["behaviour"])})
 
+    def check_encoder(self, encoder: Any, run_dir: str | Path) -> None:
+        """ValueError unless ``encoder`` (its ``fingerprint``: weights and state design) gives the embeddings this run
+        was trained on; a run that recorded no fingerprint is not checked."""
+        want = self.encoder_fingerprint
+        if want and encoder.fingerprint != want:
+            raise ValueError(f"encoder {encoder.name!r} has fingerprint {encoder.fingerprint[:12]}..., but run "
+                             f"{run_dir} was trained on embeddings of {want[:12]}... (different weights or state "
+                             f"design: retrain the run, or evaluate it with the more3s version that trained it)")
+
     def write(self, run_dir: str | Path) -> None:
         """Write run.json into ``run_dir`` atomically."""
         atomic_write_text(RunPaths(Path(run_dir)).run_json, json.dumps(self.to_dict(), indent=2) + "\n")

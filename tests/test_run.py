@@ -91,3 +91,22 @@ def test_checkpoints_carry_the_model_config_and_old_ones_load_from_run_json(tiny
     assert loaded.step == step + 1 and "model_config" not in loaded.state and old.config == info.model_config
     for a, b in zip(model.state_dict().values(), old.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_check_encoder_refuses_another_state_design(tiny_config):
+    """A run's recorded encoder fingerprint covers the state design: an encoder with other regions is refused,
+    naming the run; the same design passes; a run that recorded no fingerprint is not checked."""
+    import dataclasses
+    import re
+
+    from more3s.encoder import EncoderConfig, RegionConfig, load_encoder
+
+    run = _run(tiny_config)
+    info = RunInfo.read(run)
+    same = load_encoder(info.encoder, device="cpu")
+    info = dataclasses.replace(info, encoder_fingerprint=same.fingerprint)
+    info.check_encoder(same, run)
+    other = load_encoder(info.encoder, device="cpu", config=EncoderConfig(regions=RegionConfig(bottom_slots=0)))
+    with pytest.raises(ValueError, match=f"run {re.escape(str(run))}.*state design"):
+        info.check_encoder(other, run)
+    dataclasses.replace(info, encoder_fingerprint="").check_encoder(other, run)

@@ -341,16 +341,18 @@ def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
     c["rank"] = rank[sel]
     # The second stable order of the slots: by colour, then box size, then position.
     box = (c["x2"] - c["x1"]) * (c["y2"] - c["y1"])
-    by_colour = np.lexsort((c["y1"], c["x1"], box, c["col"], c["frame"]))
-    fr = c["frame"][by_colour]
-    c["colour_rank"] = np.empty_like(c["rank"])
-    c["colour_rank"][by_colour] = np.arange(len(fr)) - np.searchsorted(fr, np.arange(N))[fr]
+    c["colour_rank"] = _rank_in_frame(np.lexsort((c["y1"], c["x1"], box, c["col"], c["frame"])), c["frame"], N)
     # The third: bottom-first (lowest centroid first), then left to right.
-    bottom = np.lexsort((c["cx"], -c["cy"], c["frame"]))
-    fr = c["frame"][bottom]
-    c["bottom_rank"] = np.empty_like(c["rank"])
-    c["bottom_rank"][bottom] = np.arange(len(fr)) - np.searchsorted(fr, np.arange(N))[fr]
+    c["bottom_rank"] = _rank_in_frame(np.lexsort((c["cx"], -c["cy"], c["frame"])), c["frame"], N)
     return c
+
+
+def _rank_in_frame(order: np.ndarray, frame: np.ndarray, N: int) -> np.ndarray:
+    """Each component's place within its frame in ``order`` (a permutation sorted by frame first)."""
+    fr = frame[order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(fr)) - np.searchsorted(fr, np.arange(N))[fr]
+    return rank
 
 
 def _displacement(cur: dict[str, np.ndarray], prev: dict[str, np.ndarray], N: int, R: int) -> np.ndarray:
