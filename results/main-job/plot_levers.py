@@ -1,0 +1,35 @@
+"""Draws levers.png from the lever runs' evaluation tables (levers/<arm>/eval-seed{2000,3000}.txt, the sampled row
+at the best-episode target). Run from the repo root: `.venv/bin/python results/main-job/plot_levers.py`."""
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).parent
+ARMS = {"base": "default\n(80 ep., 1 head,\n1,500 steps)", "heads8": "8 heads", "heads8-lr6e-4": "8 heads,\nlr 6e-4",
+        "steps3000": "3,000 steps", "data160": "160 episodes"}
+EPISODES = 16  # per evaluation seed
+SAMPLED = re.compile(r"\|\s*sampled\s*\|[^|]*\|\s*([\d.]+) ± ([\d.]+)\s*\|")
+P90 = 42.2  # the default data's raw 90th percentile (160 episodes: 42.0)
+
+fig, ax = plt.subplots(figsize=(8, 4.2))
+for i, arm in enumerate(ARMS):
+    for j, seed in enumerate((2000, 3000)):
+        path = HERE / "levers" / arm / f"eval-seed{seed}.txt"
+        if not path.exists():
+            continue
+        mean, std = map(float, SAMPLED.search(path.read_text()).groups())
+        ax.errorbar(i + (j - 0.5) * 0.2, mean, yerr=std / np.sqrt(EPISODES), fmt="o", capsize=4,
+                    color=f"C{j}", label=f"evaluation seed {seed}" if i == 0 else None)
+ax.axhline(P90, color="k", linestyle="--", label="data p90 (42.2)")
+ax.set_xticks(range(len(ARMS)), list(ARMS.values()), fontsize=8)
+ax.set(ylabel="raw return, best-episode target\n(mean ± standard error, 16 episodes)",
+       title="levers on the current state design (training seed 0, sampled actions)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(HERE / "levers.png", dpi=100)
