@@ -248,20 +248,25 @@ def _background(packed: np.ndarray) -> np.ndarray:
     return flat[r[best], col[best]]
 
 
-def _split_stacked_bars(labels: np.ndarray, col_all: np.ndarray) -> np.ndarray:
+Slices = list[tuple[slice, slice, slice]]  # ndimage.find_objects: (frame, rows, columns) per region id
+
+
+def _split_stacked_bars(labels: np.ndarray, col_all: np.ndarray, slices: Slices) -> tuple[np.ndarray, Slices]:
     """Split each component made of 2..SPLIT_MAX_BARS stacked solid bars into its bars, in place in ``labels``
-    [N, H, W] (bars after the first get new ids); -> the packed colour of every region id, new ids appended."""
-    slices = ndimage.find_objects(labels)
+    [N, H, W] (bars after the first get new ids) -> (packed colour, bounding slices) of every region id, new ids
+    appended: the bars' boxes come from the split itself, so the labels need no second pass."""
     if not slices:
-        return col_all
-    area = np.bincount(labels.reshape(-1), minlength=len(col_all))[1:]
+        return col_all, slices
     hw = np.array([(s[1].stop - s[1].start, s[2].stop - s[2].start) for s in slices], np.int64).reshape(-1, 2)
     box = hw[:, 0] * hw[:, 1]
+    area = np.bincount(labels.reshape(-1), minlength=len(col_all))[1:]  # one count beats a loop over solid boxes
     candidates = np.flatnonzero((area < box) & (box <= SPLIT_MAX_BOX) & (hw[:, 0] >= 2))
+    slices = list(slices)
     new_colours: list[int] = []
     next_id = len(col_all)
     for i in candidates:
-        view = labels[slices[i]][0]  # [h, w] of the component's frame
+        frame, rows, cols = slices[i]
+        view = labels[frame, rows, cols][0]  # [h, w] of the component's frame (a view: relabelled in place)
         m = view == i + 1
         runs = m[:, 0].astype(np.int64) + (m[:, 1:] & ~m[:, :-1]).sum(1)  # runs of pixels per row
         if (runs != 1).any():
@@ -271,12 +276,19 @@ def _split_stacked_bars(labels: np.ndarray, col_all: np.ndarray) -> np.ndarray:
         starts = np.flatnonzero((ends[1:] != ends[:-1]).any(1)) + 1  # first row of each bar after the first
         if not 1 <= len(starts) < SPLIT_MAX_BARS:
             continue
-        for a, b in zip(starts, [*starts[1:], m.shape[0]]):
+        bounds = [0, *starts.tolist(), m.shape[0]]
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            x0, x1 = int(ends[a:b, 0].min()), int(ends[a:b, 1].max())
+            bar = (frame, slice(rows.start + a, rows.start + b), slice(cols.start + x0, cols.start + x1))
+            if k == 0:  # the first bar keeps the component's id
+                slices[i] = bar
+                continue
             band = view[a:b]
             band[band == i + 1] = next_id
+            slices.append(bar)
             new_colours.append(int(col_all[i + 1]))
             next_id += 1
-    return np.concatenate([col_all, np.array(new_colours, np.uint32)]) if new_colours else col_all
+    return (np.concatenate([col_all, np.array(new_colours, np.uint32)]) if new_colours else col_all), slices
 
 
 def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
@@ -307,10 +319,10 @@ def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
         region_colour.append(np.full(n, c, np.uint32))
         n_regions += n
     col_all = np.concatenate(region_colour)  # [G+1] packed colour of each region id
-    if cfg.split_bars:
-        col_all = _split_stacked_bars(labels, col_all)
-        n_regions = len(col_all) - 1
     slices = ndimage.find_objects(labels)  # bounding (frame, y, x) slices per region id, in C
+    if cfg.split_bars:
+        col_all, slices = _split_stacked_bars(labels, col_all, slices)
+        n_regions = len(col_all) - 1
     if n_regions:
         bb = np.array([(s[0].start, s[1].start, s[1].stop, s[2].start, s[2].stop) for s in slices],
                       dtype=np.int64).reshape(-1, 5)  # [G, 5]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from more3s.encoder import (
     MAX_BODIES, RegionConfig, atari_regions, extract_regions, grid_regions, image_feature_dim, mujoco_regions,
     region_projection,
 )
-from more3s.encoder.regions import VELOCITY_SCALE
+from more3s.encoder.regions import _PLANE_8, VELOCITY_SCALE, _split_stacked_bars
 
 AREA, MOTION = 6, -1  # feature columns: area fraction, motion
 DX, DY, MATCHED = -4, -3, -2  # displacement from the matching previous-frame object (/ 4 px), matched flag
@@ -125,6 +126,36 @@ def test_sprite_touching_an_object_of_its_colour_is_split_from_it():
     whole = atari_regions(f, cfg=RegionConfig(split_bars=False))  # the previous design: ball and paddle one object
     assert whole.mask[0].sum() == 3
     assert [10, 36, 26, 44] in (whole.boxes[0, :3] * [40, 50, 40, 50]).round().astype(int).tolist()
+
+
+def _labelled(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Components of one colour (8-connected) over black frames -> (labels [N, H, W], packed colour per id)."""
+    packed = frames.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
+    labels, colours = np.zeros(packed.shape, np.int32), [0]
+    for c in np.unique(packed[packed > 0]):
+        lab, n = ndimage.label(packed == c, structure=_PLANE_8, output=np.int32)
+        np.add(lab, len(colours) - 1, out=labels, where=lab > 0)
+        colours += [int(c)] * n
+    return labels, np.array(colours, np.uint32)
+
+
+def test_split_bars_return_the_boxes_of_the_relabelled_image(breakout_frames):
+    """The split hands back its bars' boxes so that the labels need no second pass: they must be exactly what
+    ``find_objects`` finds in the relabelled image, on real frames (the ball on the paddle or a brick row) and on
+    two, three and four stacked bars (four stay whole)."""
+    f = np.zeros((3, 30, 30, 3), np.uint8)
+    f[0, 10:12, 5:9] = f[0, 12:15, 3:12] = 200  # two bars
+    f[1, 4:6, 20:22] = f[1, 6:8, 19:24] = f[1, 8:9, 18:26] = 200  # three bars
+    f[2, 1:3, 1:2] = f[2, 3:5, 1:3] = f[2, 5:7, 1:4] = f[2, 7:9, 1:5] = 200  # four: not split
+    split = 0
+    for frames in (f, breakout_frames):
+        labels, colours = _labelled(frames)
+        before = int(labels.max())
+        colours, slices = _split_stacked_bars(labels, colours, ndimage.find_objects(labels))
+        assert len(colours) == len(slices) + 1 == labels.max() + 1
+        assert slices == ndimage.find_objects(labels)
+        split += int(labels.max()) - before
+    assert split >= 3 + 1  # the synthetic frames' 1 + 2 new bars, and at least one on the real frames
 
 
 def test_bottom_first_slots_keep_the_paddle_as_bricks_break(breakout_frames):
