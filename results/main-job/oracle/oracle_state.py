@@ -1,7 +1,7 @@
 """Oracle-state diagnostic, kept with its results (not part of the package): the main job with the tracker's own numbers
 (ball x, y, paddle x, the ball's velocity, ball in play; from the RAM) written over the first 48 of the state
-embedding's dimensions (2,304 in the 16-slot design, 1,280 in the current one), in training (the cache) and in play (read from each env's RAM). Same model, data,
-budget and protocol otherwise. It patches the trainer's cache and the evaluator's encoder from outside, so it tracks
+embedding's dimensions (2,304 in the 16-slot design, 1,280 in the current one), in training (the cache) and in play
+(read from each env's RAM). Same model, data, budget and protocol otherwise. It patches the trainer's cache and the evaluator's encoder from outside, so it tracks
 this commit's internals. Run from the repository root (on the default data, mixed-v2):
 
     .venv/bin/python results/main-job/oracle/oracle_state.py --run-dir DIR --eval-seed 2000 \
