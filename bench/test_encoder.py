@@ -136,8 +136,8 @@ def test_featurization_new_vs_old(benchmark, frames):
 
 
 def test_state_design_new_vs_previous(benchmark, frames):
-    """End-to-end lxmert-tiny states/s (regions + encoder) of the state design (new: bars split, 8 slots by size,
-    bottom-first and colour) against the previous one (16 slots, half by size and half by colour, no split),
+    """End-to-end lxmert-tiny states/s (regions + encoder) of the state design (new: bars split, 8 slots: by size and
+    the lowest regions largest first) against the previous one (16 slots, half by size and half by colour, no split),
     same run, same frames; the featurization's own frames/s beside."""
     from more3s.encoder import EncoderConfig, RegionConfig
 

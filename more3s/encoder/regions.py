@@ -18,8 +18,8 @@ We have no detector for Atari or MuJoCo, so regions are built from what the stat
 Raw features of size F_raw map to LXMERT's ``visual_feat_dim`` by a fixed Gaussian projection drawn
 from ``RegionConfig.projection_seed``; the seed is part of the embedding cache key. ``Regions.slots``
 names the regions whose encoder outputs form the state vector's per-object slots (``RegionConfig.slots``),
-in stable orders (by size, bottom-first, by colour), so that an object keeps its place in the state vector
-from frame to frame.
+in stable orders (by size, the lowest regions largest first, by colour), so that an object keeps its place in the
+state vector from frame to frame.
 
 Everything is vectorized over a batch of frames: for each colour present in the batch, one
 ``scipy.ndimage.label`` call labels all frames at once (the structuring element does not connect
@@ -96,15 +96,18 @@ class RegionConfig:
     projection_seed: int = 0
     # Regions whose encoder outputs form the state vector's slots (``Regions.slots``), in stable orders:
     # Atari objects give half by size (smallest box first: the ball, then the other sprites), ``bottom_slots``
-    # bottom-first (lowest centroid first: a bottom-row paddle keeps its slot while bricks break above it) and
-    # the rest by colour (packed RGB, then size); bodies and grid cells come in their fixed order.
-    # 8 = 4 + 3 + 1 holds Breakout's ball (size slot 0) and paddle (bottom slot 2, after the walls' feet), Pong's
-    # ball and paddles (size slots 0-2) and every MuJoCo body; every further slot is a distractor to a learner
-    # (the tracker's action from the raw slots, held out: 0.916 with 8, 0.895 with 16).
+    # from the lowest regions (a bottom-row paddle keeps a slot while bricks break above it) and the rest by colour
+    # (packed RGB, then size); bodies and grid cells come in their fixed order.
+    # 8 = 4 + 4 holds Breakout's ball (size slot 0) and paddle (the largest of the 4 lowest, beside the walls' feet
+    # and a lost ball), Pong's ball and paddles (size slots 0-3, bottom slots) and every MuJoCo body; every further
+    # slot is a distractor to a learner (the tracker's action from the raw slots, held out: 0.916 with 8, 0.895 with 16).
     slots: int = 8
     # Breakout's paddle sat in size slots 3-11 and colour slots 3-8 as bricks broke (12 episodes of mixed data);
-    # bottom-first it keeps one slot. 0 = the previous design (half by size, half by colour).
-    bottom_slots: int = 3
+    # among the lowest it keeps one slot. 0 = the 16-slot design (half by size, half by colour).
+    bottom_slots: int = 4
+    # The lowest ``bottom_slots`` regions largest first (True), or lowest first (False: the design before, where a
+    # ball lost below the paddle pushed it out of 3 bottom slots).
+    bottom_largest_first: bool = True
     # Split sprites from touching objects of their colour (``_split_stacked_bars``); False = the previous design.
     split_bars: bool = True
 
@@ -354,8 +357,13 @@ def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
     # The second stable order of the slots: by colour, then box size, then position.
     box = (c["x2"] - c["x1"]) * (c["y2"] - c["y1"])
     c["colour_rank"] = _rank_in_frame(np.lexsort((c["y1"], c["x1"], box, c["col"], c["frame"])), c["frame"], N)
-    # The third: bottom-first (lowest centroid first), then left to right.
-    c["bottom_rank"] = _rank_in_frame(np.lexsort((c["cx"], -c["cy"], c["frame"])), c["frame"], N)
+    # The third: the frame's ``cfg.bottom_slots`` lowest regions (by centroid), largest box first: a paddle stays in
+    # (before the walls' feet and a ball lost below it, after a wall that reaches down to it) where bottom-first alone
+    # (``bottom_largest_first=False``) let a lost ball push it out.
+    low = _rank_in_frame(np.lexsort((c["cx"], -c["cy"], c["frame"])), c["frame"], N)
+    if cfg.bottom_largest_first:
+        low = _rank_in_frame(np.lexsort((-c["cy"], c["cx"], -box, low >= cfg.bottom_slots, c["frame"])), c["frame"], N)
+    c["bottom_rank"] = low
     return c
 
 
@@ -431,7 +439,7 @@ def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None
     colour[f, k] = rgb / np.float32(255.0)
     mask[f, k] = True
     moved = _displacement(comps, prev_comps, N, R)  # [N, R, 3]
-    # Slots: [0, half) by size, [half, half + n_bottom) bottom-first, the rest by colour.
+    # Slots: [0, half) by size, [half, half + n_bottom) from the lowest, the rest by colour.
     half, n_bottom = cfg.slots // 2, cfg.bottom_slots
     slots = np.full((N, cfg.slots), -1, np.int64)
     for rank, start, n in ((k, 0, half), (comps["bottom_rank"], half, n_bottom),

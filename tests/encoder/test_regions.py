@@ -102,9 +102,13 @@ def test_synthetic_objects_exact():
     np.testing.assert_array_equal(px, [[35, 40, 36, 41], [10, 30, 13, 33], [22, 5, 30, 15], [2, 5, 22, 15]])
     np.testing.assert_allclose(r.feats[0, :4, AREA] * 2000, [1, 9, 80, 200], rtol=1e-5)
     np.testing.assert_allclose(r.feats[0, 3, 8:11], [200 / 255, 0, 0], rtol=1e-6)  # colour
-    # slots: the first 4 by size, the first 3 bottom-first (lowest centroid, then left to right), then the first
-    # by colour (packed RGB: red < green < blue), -1 = empty
-    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 0, 1, 3, 3])
+    # slots: the first 4 by size, then the 4 lowest (by centroid) largest box first, -1 = empty
+    np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 3, 2, 1, 0])
+    # with 3 bottom slots the lowest 3 (the dot, the blue block, then the red one: ties left to right), largest
+    # first, then the first by colour (packed RGB: red < green < blue); bottom-first alone keeps the lowest first
+    np.testing.assert_array_equal(atari_regions(f, cfg=RegionConfig(bottom_slots=3)).slots[0], [0, 1, 2, 3, 3, 1, 0, 3])
+    np.testing.assert_array_equal(atari_regions(f, cfg=RegionConfig(bottom_slots=3, bottom_largest_first=False)).slots[0],
+                                  [0, 1, 2, 3, 0, 1, 3, 3])
     # the previous design: 16 slots, half by size, half by colour
     old = atari_regions(f, cfg=RegionConfig(slots=16, bottom_slots=0))
     np.testing.assert_array_equal(old.slots[0], [0, 1, 2, 3, -1, -1, -1, -1, 3, 2, 0, 1, -1, -1, -1, -1])
@@ -158,20 +162,32 @@ def test_split_bars_return_the_boxes_of_the_relabelled_image(breakout_frames):
     assert split >= 3 + 1  # the synthetic frames' 1 + 2 new bars, and at least one on the real frames
 
 
-def test_bottom_first_slots_keep_the_paddle_as_bricks_break(breakout_frames):
-    """On real frames the lowest objects are the walls' coloured feet and the paddle: bottom-first, the paddle's
-    slot does not move while bricks and digits change above it."""
-    r = atari_regions(breakout_frames)
+def _holds_paddle(r, slots: slice) -> np.ndarray:
+    """[N] bool: one of the frame's ``slots`` holds Breakout's paddle (rows 189-193, at least 16 px wide)."""
+    px = (np.take_along_axis(r.boxes, np.maximum(r.slots[:, slots], 0)[..., None], 1) * [160, 210, 160, 210]).round()
+    return ((px[..., 1] == 189) & (px[..., 3] == 193) & (px[..., 2] - px[..., 0] >= 16) & (r.slots[:, slots] >= 0)).any(1)
+
+
+def test_bottom_slots_keep_the_paddle_as_bricks_break_and_the_ball_passes_it(breakout_frames):
+    """On real frames the lowest objects are the walls' coloured feet and the paddle, and a ball lost below it: the
+    4 lowest, largest first, hold the paddle in every frame while bricks and digits change above it, and first when
+    a ball passes below it. Bottom-first alone put it third, after the feet, and fourth with a ball below it: out
+    of 3 bottom slots."""
     half = RegionConfig().slots // 2
-    above = r.boxes[:, 0, 3] * 210 < 185  # the smallest object (the ball) above the paddle, not lost below it
-    assert above.sum() >= 25
-    rows = np.flatnonzero(above)
-    # the third lowest, after the walls' feet
-    paddle = (r.boxes[rows, r.slots[rows, half + 2]] * [160, 210, 160, 210]).round()
-    np.testing.assert_array_equal(paddle[:, [1, 3]], np.tile([189, 193], (len(rows), 1)))
-    assert (paddle[:, 2] - paddle[:, 0] >= 16).all()  # the paddle (16 px; with the right wall's foot at x 152+)
-    old = atari_regions(breakout_frames, cfg=RegionConfig(bottom_slots=0))  # that slot held a colour-ordered object
-    assert not (np.round(old.boxes[rows, old.slots[rows, half + 2], 1] * 210) == 189).all()
+    frames = breakout_frames.copy()
+    colour = np.array([200, 72, 72], np.uint8)  # the paddle's
+    assert (frames[:, 190, 8:152] == colour).all(-1).any(1).all()
+    high = np.round(atari_regions(frames).boxes[:, 0, 3] * 210) < 185  # the smallest object (ball) above the paddle
+    lost = np.flatnonzero(high)[1::2]  # every other such frame gets a ball below the paddle, left or right of it
+    assert len(lost) >= 10
+    frames[lost[0::2], 195:199, 30:32] = colour
+    frames[lost[1::2], 195:199, 120:122] = colour
+    r = atari_regions(frames)
+    assert _holds_paddle(r, slice(half, half + 4)).all()
+    assert _holds_paddle(r, slice(half, half + 1))[lost].all()  # the largest of the feet, the ball and it
+    old = atari_regions(frames, cfg=RegionConfig(bottom_slots=3, bottom_largest_first=False))
+    assert not _holds_paddle(old, slice(half, half + 3))[lost].any()
+    assert _holds_paddle(old, slice(half, half + 3))[high & ~np.isin(np.arange(len(frames)), lost)].all()
 
 
 def test_object_cap_and_blank_frame():

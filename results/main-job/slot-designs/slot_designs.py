@@ -5,11 +5,12 @@ and standardized, and a 2x256 MLP trained to predict the scripted tracker's acti
 clean labels) on episodes 0-31 of `more3s/breakout/mixed-v1`, scored on the held-out episodes 32-39, overall and by
 where the ball is (on screen as an object of its own; in play but drawn with the paddle; not in play).
 
-    .venv/bin/python results/main-job/slot-designs/slot_designs.py > results/main-job/slot-designs/slot_designs.txt
+    .venv/bin/python results/main-job/slot-designs/slot_designs.py [NAME ...] > results/main-job/slot-designs/slot_designs.txt
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -23,17 +24,20 @@ from more3s.encoder.regions import RegionConfig, atari_regions
 
 DATASET, EPISODES, TRAIN = "more3s/breakout/mixed-v1", 40, 32
 PREVIOUS = RegionConfig(slots=16, bottom_slots=0, split_bars=False)
-# name: (region config, which of its slots); the default's 8 slots are size 0-3, bottom-first 4-6, colour 7.
-WIDE = RegionConfig(slots=16, bottom_slots=4)  # size 0-7, bottom-first 8-11, colour 12-15
+# name: (region config, which of its slots). BOTTOM_FIRST: the bottom slots' order these designs were measured with.
+BOTTOM_FIRST = dict(bottom_largest_first=False)
+WIDE = RegionConfig(slots=16, bottom_slots=4, **BOTTOM_FIRST)  # size 0-7, bottom-first 8-11, colour 12-15
+CHOSEN_BEFORE = RegionConfig(bottom_slots=3, **BOTTOM_FIRST)  # size 0-3, bottom-first 4-6, colour 7
 DESIGNS = {
     "previous: 8 by size + 8 by colour": (PREVIOUS, None),
-    "8 by size + 4 by colour + 4 bottom-first, no split": (RegionConfig(slots=16, bottom_slots=4, split_bars=False),
-                                                            None),
+    "8 by size + 4 by colour + 4 bottom-first, no split": (
+        RegionConfig(slots=16, bottom_slots=4, split_bars=False, **BOTTOM_FIRST), None),
     "the same, bars split": (WIDE, None),
     "12: 6 by size + 4 bottom-first + 2 by colour": (WIDE, [0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13]),
     "6: 3 by size + 3 bottom-first": (WIDE, [0, 1, 2, 8, 9, 10]),
-    "8: 4 by size + 3 bottom-first + 1 by colour (chosen)": (RegionConfig(), None),
-    "2: the ball's and the paddle's slots alone": (RegionConfig(), [0, 6]),
+    "8: 4 by size + 3 bottom-first + 1 by colour (chosen)": (CHOSEN_BEFORE, None),
+    "2: the ball's and the paddle's slots alone": (CHOSEN_BEFORE, [0, 6]),
+    "8: 4 by size + the 4 lowest, largest first (chosen since)": (RegionConfig(), None),
 }
 
 
@@ -52,7 +56,10 @@ def main() -> None:
           f"held-out share on screen / with the paddle / no ball: "
           + " / ".join(f"{(where[~train] == k).mean():.2f}" for k in range(3)))
     cache: dict[RegionConfig, list] = {}
+    only = sys.argv[1:]  # name substrings: run these designs alone
     for name, (cfg, pick) in DESIGNS.items():
+        if only and not any(o in name for o in only):
+            continue
         t0 = time.perf_counter()
         if cfg not in cache:
             cache[cfg] = [atari_regions(f, None, cfg) for f in frames]
