@@ -3,7 +3,8 @@
 For each slot design: the raw region features (before the projection and LXMERT) of the slotted regions, concatenated
 and standardized, and a 2x256 MLP trained to predict the scripted tracker's action (replayed from the recorded RAM:
 clean labels) on episodes 0-31 of `more3s/breakout/mixed-v1`, scored on the held-out episodes 32-39, overall and by
-where the ball is (on screen as an object of its own; in play but drawn with the paddle; not in play).
+where the ball is (on screen as an object of its own; in play but drawn with the paddle; not in play). The last row
+(the order chosen since) was run alone, by name, and appended to the output.
 
     .venv/bin/python results/main-job/slot-designs/slot_designs.py [NAME ...] > results/main-job/slot-designs/slot_designs.txt
 """
