@@ -136,9 +136,9 @@ def test_featurization_new_vs_old(benchmark, frames):
 
 
 def test_state_design_new_vs_previous(benchmark, frames):
-    """End-to-end lxmert-tiny states/s (regions + encoder) of the state design (new: bars split, 8 slots: by size and
-    the lowest regions largest first) against the previous one (16 slots, half by size and half by colour, no split),
-    same run, same frames; the featurization's own frames/s beside."""
+    """End-to-end lxmert-tiny states/s (regions + encoder) of the state design (new: bars split, HMOVE bars dropped, 8
+    slots: by size and the lowest regions by colour) against the previous one (16 slots, half by size and half by
+    colour, no split), same run, same frames; the featurization's own frames/s beside."""
     from more3s.encoder import EncoderConfig, RegionConfig
 
     cur, prev = frames[1:65], frames[:64]

@@ -18,7 +18,7 @@ We have no detector for Atari or MuJoCo, so regions are built from what the stat
 Raw features of size F_raw map to LXMERT's ``visual_feat_dim`` by a fixed Gaussian projection drawn
 from ``RegionConfig.projection_seed``; the seed is part of the embedding cache key. ``Regions.slots``
 names the regions whose encoder outputs form the state vector's per-object slots (``RegionConfig.slots``),
-in stable orders (by size, the lowest regions largest first, by colour), so that an object keeps its place in the
+in stable orders (by size; the lowest regions by colour, then size; by colour), so that an object keeps its place in the
 state vector from frame to frame.
 
 Everything is vectorized over a batch of frames: for each colour present in the batch, one
@@ -45,7 +45,7 @@ from more3s.envs import TaskSpec, get_task
 __all__ = [
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
     "region_projection", "image_feature_dim", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
-    "ImageMode", "IMAGE_MODES", "RegionKind",
+    "ImageMode", "IMAGE_MODES", "BottomOrder", "BOTTOM_ORDERS", "RegionKind",
 ]
 
 MAX_BODIES = 16  # width of the body one-hot in MuJoCo features (gymnasium's robots have <= 13 bodies)
@@ -80,6 +80,8 @@ _PLANE_8[1] = True
 
 ImageMode = Literal["auto", "objects", "grid"]  # how image states become regions (auto: objects for Atari)
 IMAGE_MODES: tuple[ImageMode, ...] = get_args(ImageMode)
+BottomOrder = Literal["colour", "largest", "lowest"]  # the order of the lowest regions in their slots
+BOTTOM_ORDERS: tuple[BottomOrder, ...] = get_args(BottomOrder)
 RegionKind = Literal["objects", "grid", "bodies"]  # what a Regions batch holds
 
 
@@ -98,18 +100,25 @@ class RegionConfig:
     # Atari objects give half by size (smallest box first: the ball, then the other sprites), ``bottom_slots``
     # from the lowest regions (a bottom-row paddle keeps a slot while bricks break above it) and the rest by colour
     # (packed RGB, then size); bodies and grid cells come in their fixed order.
-    # 8 = 4 + 4 holds Breakout's ball (size slot 0) and paddle (the largest of the 4 lowest, beside the walls' feet
-    # and a lost ball), Pong's ball and paddles (size slots 0-3, bottom slots) and every MuJoCo body; every further
-    # slot is a distractor to a learner (the tracker's action from the raw slots, held out: 0.916 with 8, 0.895 with 16).
+    # 8 = 4 + 4 holds Breakout's ball (size slot 0) and paddle (the first of the 4 lowest, beside the walls' feet
+    # and a lost ball), Pong's ball (size slot 0) and paddles (bottom slots 0 and 1) and every MuJoCo body; every
+    # further slot is a distractor to a learner (the tracker's action from the raw slots, held out: 0.916 with 8,
+    # 0.895 with 16).
     slots: int = 8
     # Breakout's paddle sat in size slots 3-11 and colour slots 3-8 as bricks broke (12 episodes of mixed data);
     # among the lowest it keeps one slot. 0 = the 16-slot design (half by size, half by colour).
     bottom_slots: int = 4
-    # The lowest ``bottom_slots`` regions largest first (True), or lowest first (False: the design before, where a
-    # ball lost below the paddle pushed it out of 3 bottom slots).
-    bottom_largest_first: bool = True
+    # How the lowest ``bottom_slots`` regions are ordered in their slots: by colour (packed RGB), then largest box
+    # first — a sprite keeps its colour where its size changes (a Pong paddle clipped at a wall, a wall that joins
+    # the lowest when the ball is gone), so each paddle keeps one slot; ``largest`` (the design before: largest box
+    # first) or ``lowest`` (the one before that, where a ball lost below the paddle pushed it out of 3 bottom slots).
+    bottom_order: BottomOrder = "colour"
     # Split sprites from touching objects of their colour (``_split_stacked_bars``); False = the previous design.
     split_bars: bool = True
+    # Drop the console's HMOVE bars: black, 8 px wide at the left edge (Pong draws one on its top row in every
+    # frame). Not an object; as small as the ball, it took the ball's size slot on frames where the ball was
+    # drawn partly. False = the design before.
+    drop_hmove_bars: bool = True
 
     def __post_init__(self) -> None:
         if self.max_regions < 1 or self.grid < 1 or self.crop < 1 or self.min_area < 1:
@@ -119,6 +128,8 @@ class RegionConfig:
         if not 0 <= self.bottom_slots <= self.slots // 2:
             raise ValueError(f"RegionConfig.bottom_slots must be in [0, slots/2 = {self.slots // 2}], "
                              f"got {self.bottom_slots}")
+        if self.bottom_order not in BOTTOM_ORDERS:
+            raise ValueError(f"RegionConfig.bottom_order must be {'|'.join(BOTTOM_ORDERS)}, got {self.bottom_order!r}")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"RegionConfig.image_mode must be {'|'.join(IMAGE_MODES)}, got {self.image_mode!r}")
         x0, z0, x1, z1 = self.mujoco_view
@@ -304,7 +315,7 @@ def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
     # Pack RGB into one 32-bit colour id per pixel: copy into 4-byte pixels and reinterpret.
     rgbx = np.zeros((N, H, W, 4), np.uint8)
     rgbx[..., :3] = obs
-    packed = rgbx.view(np.uint32)[..., 0]  # [N, H, W] (byte order does not matter: ids only)
+    packed = rgbx.view("<u4")[..., 0]  # [N, H, W]: R + G << 8 + B << 16 on any host (slot orders sort by it)
     bg = _background(packed)  # [N]
     fg = packed != bg[:, None, None]  # [N, H, W]
     # Components of one colour, labelled per colour present in the batch (Atari frames hold few
@@ -342,6 +353,8 @@ def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
     cy = per_row @ np.arange(H, dtype=np.float64) / np.maximum(area, 1) + 0.5
     c = dict(frame=frame, x1=x1, y1=y1, x2=x2, y2=y2, cx=cx, cy=cy, area=area, col=col_all[1:])
     keep = area >= cfg.min_area
+    if cfg.drop_hmove_bars:
+        keep &= ~((c["x1"] == 0) & (c["x2"] == 8) & (c["col"] == 0))  # packed (0, 0, 0) = black
     c = {k: v[keep] for k, v in c.items()}
     # The stable slot order: smallest box first (sprites - ball, paddles - before digits, walls and brick
     # rows), ties by colour, then left to right, then top to bottom. A sprite keeps its slot from frame to
@@ -357,12 +370,11 @@ def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
     # The second stable order of the slots: by colour, then box size, then position.
     box = (c["x2"] - c["x1"]) * (c["y2"] - c["y1"])
     c["colour_rank"] = _rank_in_frame(np.lexsort((c["y1"], c["x1"], box, c["col"], c["frame"])), c["frame"], N)
-    # The third: the frame's ``cfg.bottom_slots`` lowest regions (by centroid), largest box first: a paddle stays in
-    # (before the walls' feet and a ball lost below it, after a wall that reaches down to it) where bottom-first alone
-    # (``bottom_largest_first=False``) let a lost ball push it out.
+    # The third: the frame's ``cfg.bottom_slots`` lowest regions (by centroid), ordered by ``cfg.bottom_order``.
     low = _rank_in_frame(np.lexsort((c["cx"], -c["cy"], c["frame"])), c["frame"], N)
-    if cfg.bottom_largest_first:
-        low = _rank_in_frame(np.lexsort((-c["cy"], c["cx"], -box, low >= cfg.bottom_slots, c["frame"])), c["frame"], N)
+    if cfg.bottom_order != "lowest":
+        keys = (-c["cy"], c["cx"], -box) + ((c["col"],) if cfg.bottom_order == "colour" else ())
+        low = _rank_in_frame(np.lexsort(keys + (low >= cfg.bottom_slots, c["frame"])), c["frame"], N)
     c["bottom_rank"] = low
     return c
 
@@ -435,7 +447,7 @@ def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None
     pix[f, k] = np.stack([comps["x1"], comps["y1"], comps["x2"], comps["y2"]], axis=-1)
     cen[f, k] = np.stack([comps["cx"], comps["cy"]], axis=-1)
     ar[f, k] = comps["area"]
-    rgb = np.ascontiguousarray(comps["col"].astype(np.uint32)).view(np.uint8).reshape(-1, 4)[:, :3]
+    rgb = np.ascontiguousarray(comps["col"].astype("<u4")).view(np.uint8).reshape(-1, 4)[:, :3]
     colour[f, k] = rgb / np.float32(255.0)
     mask[f, k] = True
     moved = _displacement(comps, prev_comps, N, R)  # [N, R, 3]

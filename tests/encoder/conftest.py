@@ -25,6 +25,22 @@ def breakout_frames() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def pong_frames() -> np.ndarray:
+    """[121, 210, 160, 3] uint8: a real Pong start, the agent's paddle driven up into the top wall (clipped there)
+    and back down; the ball is served after ~15 steps, and the enemy scores at steps 63 and 98."""
+    from more3s.envs import make_env
+
+    env = make_env("pong", noop_max=0)
+    obs, _ = env.reset(seed=0)
+    frames = [obs]
+    for t in range(120):
+        obs, *_ = env.step(2 if t < 30 else 3)  # RIGHT (up), then LEFT (down)
+        frames.append(obs)
+    env.close()
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="session")
 def cheetah_run():
     """(observations [13, 17], env) of a real HalfCheetah-v5 run; the env stays open for kinematics checks."""
     from more3s.envs import make_env

@@ -102,12 +102,18 @@ def test_synthetic_objects_exact():
     np.testing.assert_array_equal(px, [[35, 40, 36, 41], [10, 30, 13, 33], [22, 5, 30, 15], [2, 5, 22, 15]])
     np.testing.assert_allclose(r.feats[0, :4, AREA] * 2000, [1, 9, 80, 200], rtol=1e-5)
     np.testing.assert_allclose(r.feats[0, 3, 8:11], [200 / 255, 0, 0], rtol=1e-6)  # colour
-    # slots: the first 4 by size, then the 4 lowest (by centroid) largest box first, -1 = empty
+    # slots: the first 4 by size, then the 4 lowest (by centroid) by colour (packed RGB: red < green < blue), then
+    # largest box first, -1 = empty
     np.testing.assert_array_equal(r.slots[0], [0, 1, 2, 3, 3, 2, 1, 0])
+    f[0, 40, 35] = (200, 0, 0)  # the dot turns red: it leads the blue block now, after the larger red block
+    np.testing.assert_array_equal(atari_regions(f).slots[0], [0, 1, 2, 3, 3, 0, 2, 1])
+    np.testing.assert_array_equal(atari_regions(f, cfg=RegionConfig(bottom_order="largest")).slots[0],
+                                  [0, 1, 2, 3, 3, 2, 1, 0])
+    f[0, 40, 35] = (0, 0, 200)
     # with 3 bottom slots the lowest 3 (the dot, the blue block, then the red one: ties left to right), largest
     # first, then the first by colour (packed RGB: red < green < blue); bottom-first alone keeps the lowest first
     np.testing.assert_array_equal(atari_regions(f, cfg=RegionConfig(bottom_slots=3)).slots[0], [0, 1, 2, 3, 3, 1, 0, 3])
-    np.testing.assert_array_equal(atari_regions(f, cfg=RegionConfig(bottom_slots=3, bottom_largest_first=False)).slots[0],
+    np.testing.assert_array_equal(atari_regions(f, cfg=RegionConfig(bottom_slots=3, bottom_order="lowest")).slots[0],
                                   [0, 1, 2, 3, 0, 1, 3, 3])
     # the previous design: 16 slots, half by size, half by colour
     old = atari_regions(f, cfg=RegionConfig(slots=16, bottom_slots=0))
@@ -170,9 +176,9 @@ def _holds_paddle(r, slots: slice) -> np.ndarray:
 
 def test_bottom_slots_keep_the_paddle_as_bricks_break_and_the_ball_passes_it(breakout_frames):
     """On real frames the lowest objects are the walls' coloured feet and the paddle, and a ball lost below it: the
-    4 lowest, largest first, hold the paddle in every frame while bricks and digits change above it, and first when
-    a ball passes below it. Bottom-first alone put it third, after the feet, and fourth with a ball below it: out
-    of 3 bottom slots."""
+    4 lowest, by colour then largest first, hold the paddle first in every frame while bricks and digits change above
+    it and a ball passes below it (the red foot and the ball share its colour, and both are smaller). Bottom-first
+    alone put it third, after the feet, and fourth with a ball below it: out of 3 bottom slots."""
     half = RegionConfig().slots // 2
     frames = breakout_frames.copy()
     colour = np.array([200, 72, 72], np.uint8)  # the paddle's
@@ -183,11 +189,51 @@ def test_bottom_slots_keep_the_paddle_as_bricks_break_and_the_ball_passes_it(bre
     frames[lost[0::2], 195:199, 30:32] = colour
     frames[lost[1::2], 195:199, 120:122] = colour
     r = atari_regions(frames)
-    assert _holds_paddle(r, slice(half, half + 4)).all()
-    assert _holds_paddle(r, slice(half, half + 1))[lost].all()  # the largest of the feet, the ball and it
-    old = atari_regions(frames, cfg=RegionConfig(bottom_slots=3, bottom_largest_first=False))
+    assert _holds_paddle(r, slice(half, half + 1)).all()
+    old = atari_regions(frames, cfg=RegionConfig(bottom_slots=3, bottom_order="lowest"))
     assert not _holds_paddle(old, slice(half, half + 3))[lost].any()
     assert _holds_paddle(old, slice(half, half + 3))[high & ~np.isin(np.arange(len(frames)), lost)].all()
+
+
+def _paddle_slots(r, x1: int) -> list[tuple[int, ...]]:
+    """Per frame, the bottom slots holding the Pong paddle whose box starts at pixel column ``x1`` (16: the enemy's,
+    140: the agent's)."""
+    half = r.slots.shape[1] // 2
+    px = (np.take_along_axis(r.boxes, np.maximum(r.slots, 0)[..., None], 1) * [160, 210, 160, 210]).round()
+    held = (px[..., 0] == x1) & (px[..., 2] == x1 + 4) & (r.slots >= 0)
+    return [tuple(int(s) for s in np.flatnonzero(row) if s >= half) for row in held]
+
+
+def test_pong_paddles_keep_their_bottom_slots_whether_the_ball_is_there_or_not(pong_frames):
+    """Pong's paddles are among the 4 lowest regions with the bottom wall and the ball, or the top wall when no
+    ball is in play. By colour, the enemy's (orange) and the agent's (green) paddle keep bottom slots 0 and 1 in
+    every frame where both are drawn, clipped at a wall or not; largest first moved the agent's between slots 1-3
+    as the ball came and went and the paddle shrank into the top wall."""
+    half = RegionConfig().slots // 2
+    frames = pong_frames
+    agent_rows = (frames[:, 34:194, 140:144] == [92, 186, 92]).all(-1).any(-1).sum(-1)  # [N] drawn rows
+    ball = (frames[:, 34:194] == 236).all(-1).sum((1, 2)) > 0
+    assert (agent_rows < 16).sum() >= 10 and (agent_rows == 16).sum() >= 3  # clipped at the top wall, and whole
+    assert ball.sum() >= 10 and (~ball).sum() >= 10
+    r = atari_regions(frames)
+    enemy, agent = _paddle_slots(r, 16), _paddle_slots(r, 140)
+    both = [i for i in range(len(frames)) if enemy[i] and agent[i]]
+    assert len(both) >= 100  # the enemy is drawn from the serve on
+    assert {enemy[i] for i in both} == {(half,)} and {agent[i] for i in both} == {(half + 1,)}
+    largest = _paddle_slots(atari_regions(frames, cfg=RegionConfig(bottom_order="largest")), 140)
+    assert len({s for i, s in enumerate(largest) if i in both}) >= 2
+
+
+def test_hmove_bars_are_dropped(pong_frames):
+    """Pong draws the console's black 8-px HMOVE bar on its top row in every frame: not an object, and as small as
+    the ball, so kept it would take the ball's size slot whenever the ball is drawn partly."""
+    def bars(r):
+        px = (r.boxes * [160, 210, 160, 210]).round()
+        return ((px == [0, 0, 8, 1]).all(-1) & r.mask).sum(1)
+
+    kept = atari_regions(pong_frames, cfg=RegionConfig(drop_hmove_bars=False))
+    assert (bars(kept) == 1).all()
+    assert (bars(atari_regions(pong_frames)) == 0).all()
 
 
 def test_object_cap_and_blank_frame():
