@@ -3,8 +3,8 @@
 For each slot design: the raw region features (before the projection and LXMERT) of the slotted regions, concatenated
 and standardized, and a 2x256 MLP trained to predict the scripted tracker's action (replayed from the recorded RAM:
 clean labels) on episodes 0-31 of `more3s/breakout/mixed-v1`, scored on the held-out episodes 32-39, overall and by
-where the ball is (on screen as an object of its own; in play but drawn with the paddle; not in play). The last row
-(the order chosen since) was run alone, by name, and appended to the output.
+where the ball is (on screen as an object of its own; in play but drawn with the paddle; not in play). The last two
+rows (the orders chosen since) were run alone, by name, and appended to the output.
 
     .venv/bin/python results/main-job/slot-designs/slot_designs.py [NAME ...] > results/main-job/slot-designs/slot_designs.txt
 """
@@ -26,7 +26,7 @@ from more3s.encoder.regions import RegionConfig, atari_regions
 DATASET, EPISODES, TRAIN = "more3s/breakout/mixed-v1", 40, 32
 PREVIOUS = RegionConfig(slots=16, bottom_slots=0, split_bars=False)
 # name: (region config, which of its slots). BOTTOM_FIRST: the bottom slots' order these designs were measured with.
-BOTTOM_FIRST = dict(bottom_largest_first=False)
+BOTTOM_FIRST = dict(bottom_order="lowest")
 WIDE = RegionConfig(slots=16, bottom_slots=4, **BOTTOM_FIRST)  # size 0-7, bottom-first 8-11, colour 12-15
 CHOSEN_BEFORE = RegionConfig(bottom_slots=3, **BOTTOM_FIRST)  # size 0-3, bottom-first 4-6, colour 7
 DESIGNS = {
@@ -38,7 +38,8 @@ DESIGNS = {
     "6: 3 by size + 3 bottom-first": (WIDE, [0, 1, 2, 8, 9, 10]),
     "8: 4 by size + 3 bottom-first + 1 by colour (chosen)": (CHOSEN_BEFORE, None),
     "2: the ball's and the paddle's slots alone": (CHOSEN_BEFORE, [0, 6]),
-    "8: 4 by size + the 4 lowest, largest first (chosen since)": (RegionConfig(), None),
+    "8: 4 by size + the 4 lowest, largest first (chosen next)": (RegionConfig(bottom_order="largest"), None),
+    "8: 4 by size + the 4 lowest by colour, then largest (chosen last)": (RegionConfig(), None),
 }
 
 
