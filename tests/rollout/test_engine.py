@@ -41,11 +41,21 @@ def _play(model, encoder, mode, target=5.0, **kw):
         venv.close()
 
 
-# seeds picked so that the greedy actions of the random model vary along the rollouts
-@pytest.mark.parametrize("rtg_mode, memory_steps, seed", [("kv", 2, 8), ("token", 0, 0)])
-def test_ring_equals_banded_over_resets(encoder, rtg_mode, memory_steps, seed):
-    model = _model(encoder, rtg_mode, memory_steps, seed)
-    ring = _play(model, encoder, "ring")
+def _varied_model(encoder, rtg_mode, memory_steps):
+    """The first seeded random model whose greedy actions vary along its ring rollouts, and those rollouts: a
+    comparison of engines means little if every step picks the same action (which seed does depends on the
+    state design, so it is searched, not fixed)."""
+    for seed in range(32):
+        model = _model(encoder, rtg_mode, memory_steps, seed)
+        ring = _play(model, encoder, "ring")
+        if len({tuple(a.tolist()) for a in ring.actions}) > 1:
+            return model, ring
+    raise AssertionError(f"no seed in 0-31 gives a {rtg_mode} model whose greedy actions vary")
+
+
+@pytest.mark.parametrize("rtg_mode, memory_steps", [("kv", 2), ("token", 0)])
+def test_ring_equals_banded_over_resets(encoder, rtg_mode, memory_steps):
+    model, ring = _varied_model(encoder, rtg_mode, memory_steps)
     ref = _play(model, encoder, "banded")
     # the whole-episode oracle: history longer than any episode, so nothing is cut
     full = _play(model, encoder, "banded", history_steps=MAX_STEPS + 1)
@@ -54,7 +64,6 @@ def test_ring_equals_banded_over_resets(encoder, rtg_mode, memory_steps, seed):
         np.testing.assert_allclose(r, a, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(a, f, rtol=1e-4, atol=1e-4)
     assert [a.tolist() for a in ring.actions] == [a.tolist() for a in ref.actions]
-    assert len({tuple(a.tolist()) for a in ring.actions}) > 1  # decisions actually vary
     assert ring.returns == ref.returns and ring.lengths == ref.lengths
 
 
