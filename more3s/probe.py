@@ -3,12 +3,14 @@
 Scikit-learn probes on an episode-level held-out split (80/20 of the episodes, seeded), over feature sets:
 
 * ``embedding`` — the cached state embedding the model trains on (``more3s.encoder.build_or_load_cache``);
-* ``facts`` — the decoded facts recorded with Atari data (``more3s.data.facts``: object positions and the
-  ball's velocity; an off-screen value is 0 with an on-screen indicator beside it);
+* ``facts`` — the facts the scripted tracker reads, decoded from the RAM recorded with Atari data
+  (``more3s.data.facts``: object positions and the ball's velocity; an off-screen value is 0 with an on-screen
+  indicator beside it; a ball the frame hides keeps its position here, as the tracker knows it);
 * ``ram`` — the console RAM (Atari), or ``obs`` — the observation (MuJoCo, where it is the ground truth).
 
 Targets: every fact (Atari, scored only on steps where its object is on screen) or every observation
-dimension (MuJoCo), by ridge regression (R² on the held-out episodes); the behaviour action, by logistic
+dimension (MuJoCo), by ridge regression (R² on the held-out episodes; the penalty by cross-validation over the
+training episodes with the one-standard-error rule, see ``ProbeConfig.ridge_rule``); the behaviour action, by logistic
 regression and a 2x128 MLP (accuracy, beside the majority class) for discrete actions, by ridge (R²)
 for continuous ones. Features are standardized on the training episodes as the trainer standardizes
 states. The action table's pairwise cosine similarities are reported too (the semantic head must tell its
@@ -24,7 +26,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -38,6 +40,8 @@ MIN_EPISODES = 5  # an 80/20 episode split needs at least one held-out episode a
 TEST_FRACTION = 0.2
 RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 6))  # penalties on standardized features; CV over training episodes
 RIDGE_FOLDS = 4
+RidgeRule = Literal["one-se", "min"]  # how cross-validation picks the ridge penalty (ProbeConfig.ridge_rule)
+RIDGE_RULES: tuple[RidgeRule, ...] = get_args(RidgeRule)
 MLP_HIDDEN = (128, 128)
 
 
@@ -55,6 +59,17 @@ class ProbeConfig:
     # Trained runs (run directories) to score side by side: held-out action accuracy, teacher-forced, on the
     # dataset's episodes after the ones each run trained on (train with --max-episodes N to hold the rest out).
     runs: tuple[str, ...] = ()
+    # How cross-validation over the training episodes picks each ridge penalty: ``one-se`` (the largest penalty
+    # whose mean validation error is within one standard error, over folds, of the smallest: the rule of
+    # Breiman et al. and glmnet's lambda.1se) or ``min`` (the smallest mean error). With four folds the smallest
+    # mean is noisy: on 40 episodes of Pong it picked a penalty of 0.1 whose folds' errors spread 0.5-3.3, and a
+    # few held-out states unlike any in training were extrapolated by tens of pixels (ball x R² 0.984; 0.998
+    # with the penalty one step up).
+    ridge_rule: RidgeRule = "one-se"
+
+    def __post_init__(self) -> None:
+        if self.ridge_rule not in RIDGE_RULES:
+            raise ValueError(f"ridge_rule must be {'|'.join(RIDGE_RULES)}, got {self.ridge_rule!r}")
 
 
 def split_episodes(n_episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,14 +92,14 @@ def _standardize(x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _ridge_r2(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
-              groups: np.ndarray, joint: bool = False) -> np.ndarray:
+              groups: np.ndarray, joint: bool = False, rule: RidgeRule = "one-se") -> np.ndarray:
     """Held-out R² of ridge regression for each column of ``y`` [N, T] (targets observed on the same rows).
 
     Per target, the penalty is chosen by cross-validation over the training *episodes* (``groups``; leave-one-row-out
-    would pick a penalty that memorizes neighbouring steps), on the pooled squared error, as ``GridSearchCV(Ridge())``
-    would choose it target by target. Ridge fits each column independently, so one multi-output fit per fold and
-    penalty serves every target: the same choices and scores as T separate searches, in 1/T of the fits.
-    ``joint``: one penalty for all columns (a continuous action's dimensions, scored together)."""
+    would pick a penalty that memorizes neighbouring steps) by ``rule`` (``ProbeConfig.ridge_rule``), as
+    ``GridSearchCV(Ridge())`` would choose it target by target (``min``). Ridge fits each column independently, so one
+    multi-output fit per fold and penalty serves every target: the same choices and scores as T separate searches, in
+    1/T of the fits. ``joint``: one penalty for all columns (a continuous action's dimensions, scored together)."""
     from sklearn.linear_model import Ridge
     from sklearn.metrics import r2_score
     from sklearn.model_selection import GroupKFold
@@ -94,15 +109,18 @@ def _ridge_r2(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.nda
         return np.full(T, np.nan)
     x_tr, x_te = _standardize(x_tr, x_te)
     folds = min(RIDGE_FOLDS, len(np.unique(groups)))
-    cv_mse = np.zeros((len(RIDGE_ALPHAS), T))  # mean over folds of each target's validation MSE
+    fold_mse = np.zeros((folds, len(RIDGE_ALPHAS), T))  # each fold's validation MSE per penalty and target
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ill-conditioned small penalties: CV rejects them, the score stands
-        for fit_rows, val_rows in GroupKFold(folds).split(x_tr, groups=groups):
+        for k, (fit_rows, val_rows) in enumerate(GroupKFold(folds).split(x_tr, groups=groups)):
             for i, alpha in enumerate(RIDGE_ALPHAS):
                 pred = Ridge(alpha=alpha).fit(x_tr[fit_rows], y_tr[fit_rows]).predict(x_tr[val_rows])
-                cv_mse[i] += ((pred.reshape(len(val_rows), T) - y_tr[val_rows]) ** 2).mean(0) / folds
-        # first of equals, as GridSearchCV ranks them
-        best = np.full(T, cv_mse.mean(1).argmin()) if joint else cv_mse.argmin(0)
+                fold_mse[k, i] = ((pred.reshape(len(val_rows), T) - y_tr[val_rows]) ** 2).mean(0)
+        if joint:
+            fold_mse = fold_mse.mean(2, keepdims=True)
+        best = _pick_penalty(fold_mse, rule)
+        if joint:
+            best = np.full(T, best[0])
         r2 = np.full(T, np.nan)
         for i in np.unique(best):
             cols = np.flatnonzero(best == i)
@@ -113,10 +131,27 @@ def _ridge_r2(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.nda
     return r2
 
 
+def _pick_penalty(fold_mse: np.ndarray, rule: RidgeRule) -> np.ndarray:
+    """fold_mse [folds, penalties (ascending), T] -> the chosen penalty's index per target [T].
+
+    ``min``: the smallest mean error (the first of equals, as GridSearchCV ranks them). ``one-se``: the largest
+    penalty whose mean error is within one standard error (over folds) of that minimum."""
+    mean = fold_mse.mean(0)  # [P, T]
+    best: np.ndarray = mean.argmin(0)  # [T]
+    if rule == "min" or fold_mse.shape[0] < 2:
+        return best
+    cols = np.arange(mean.shape[1])
+    se = fold_mse.std(0, ddof=1)[best, cols] / np.sqrt(fold_mse.shape[0])  # [T]
+    within = mean <= (mean[best, cols] + se)[None]  # [P, T]
+    largest: np.ndarray = len(mean) - 1 - np.argmax(within[::-1], axis=0)
+    return largest
+
+
 def _action_scores(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, groups: np.ndarray,
-                   seed: int, discrete: bool) -> dict[str, float]:
+                   seed: int, discrete: bool, rule: RidgeRule = "one-se") -> dict[str, float]:
     if not discrete:  # one penalty and one score (the mean R²) over the action's dimensions
-        r2 = _ridge_r2(x_tr, y_tr.reshape(len(y_tr), -1), x_te, y_te.reshape(len(y_te), -1), groups, joint=True)
+        r2 = _ridge_r2(x_tr, y_tr.reshape(len(y_tr), -1), x_te, y_te.reshape(len(y_te), -1), groups, joint=True,
+                       rule=rule)
         return {"r2": float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan")}
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -140,7 +175,8 @@ def _facts_matrix(facts: dict[str, np.ndarray], names: tuple[str, ...]) -> np.nd
 
 
 def probe_features(features: dict[str, np.ndarray], targets: dict[str, np.ndarray], actions: np.ndarray,
-                   train: np.ndarray, episode: np.ndarray, seed: int, discrete: bool) -> dict[str, Any]:
+                   train: np.ndarray, episode: np.ndarray, seed: int, discrete: bool,
+                   rule: RidgeRule = "one-se") -> dict[str, Any]:
     """Score every feature set on every target. ``train`` [N] bool marks training rows, ``episode`` [N] their
     episode; targets may hold NaN (not on screen), such rows are left out of that target's fit and score."""
     test = ~train
@@ -154,11 +190,11 @@ def probe_features(features: dict[str, np.ndarray], targets: dict[str, np.ndarra
             ok = np.isfinite(targets[names[0]])
             tr, te = train & ok, test & ok
             y = np.stack([targets[f] for f in names], axis=1)  # [N, T]
-            for f, r2 in zip(names, _ridge_r2(x[tr], y[tr], x[te], y[te], episode[tr])):
+            for f, r2 in zip(names, _ridge_r2(x[tr], y[tr], x[te], y[te], episode[tr], rule=rule)):
                 facts[f] = {"r2": float(r2)}
         facts = {f: facts[f] for f in targets}  # the targets' order
         entry: dict[str, Any] = {"facts": facts, "action": _action_scores(x[train], actions[train], x[test], actions[test],
-                                                            episode[train], seed, discrete)}
+                                                            episode[train], seed, discrete, rule)}
         if discrete:
             vals, counts = np.unique(actions[train], return_counts=True)
             entry["majority"] = float(np.mean(actions[test] == vals[np.argmax(counts)]))
@@ -178,7 +214,7 @@ def _cosines(table: np.ndarray) -> np.ndarray:
 def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
     """Build (or reuse) the embedding cache of ``cfg.dataset`` and score the probes -> the report dict."""
     from more3s.data import load_episodes
-    from more3s.data.facts import fact_names, load_step_infos
+    from more3s.data.facts import decode_facts, fact_names, load_step_infos
     from more3s.data.policies import replay_tracker
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
     from more3s.envs import action_prompts, get_task
@@ -218,9 +254,12 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
         if have and names:
             # The expert's own action where the data's may be random: clean labels for what a policy must copy.
             expert = np.concatenate([replay_tracker(task, inf["ram"][:-1]) for inf in infos])
-            facts = {k: np.concatenate([inf[k][:-1] for inf in infos]).astype(np.float64) for k in names}
-            targets = facts
-            features["facts"] = _facts_matrix(facts, names)
+            # Targets: the recorded facts, off screen where the frame does not draw the object. Features: the
+            # facts as the tracker reads them from the RAM, a ball the frame hides included.
+            targets = {k: np.concatenate([inf[k][:-1] for inf in infos]).astype(np.float64) for k in names}
+            read = [decode_facts(task, inf["ram"][:-1]) for inf in infos]
+            features["facts"] = _facts_matrix({k: np.concatenate([r[k] for r in read]).astype(np.float64)
+                                               for k in names}, names)
             features["ram"] = np.concatenate([inf["ram"][:-1] for inf in infos]).astype(np.float64)
         else:
             missing = list(names) if names else ["(no facts are decoded for this game)"]
@@ -231,14 +270,14 @@ def run_probe(cfg: ProbeConfig) -> dict[str, Any]:
                              f"(available: {list(features)})")
         features = {k: v for k, v in features.items() if k in cfg.features}
 
-    scores = probe_features(features, targets, actions, train, ep_of_row, cfg.seed, discrete)
+    scores = probe_features(features, targets, actions, train, ep_of_row, cfg.seed, discrete, cfg.ridge_rule)
     if expert is not None:
         for name, x in features.items():
             scores[name]["tracker_action"] = _action_scores(x[train], expert[train], x[~train], expert[~train],
                                                             ep_of_row[train], cfg.seed, discrete=True)
     report = {
         "dataset": cfg.dataset, "encoder": encoder.name, "task": task, "prompt_set": cfg.prompt_set,
-        "seed": cfg.seed, "d_enc": int(encoder.d_enc), "cache": str(cache.path),
+        "seed": cfg.seed, "ridge_rule": cfg.ridge_rule, "d_enc": int(encoder.d_enc), "cache": str(cache.path),
         "split": {"train_episodes": train_eps.tolist(), "test_episodes": test_eps.tolist(),
                   "train_rows": int(train.sum()), "test_rows": int((~train).sum())},
         "features": scores,
@@ -327,7 +366,7 @@ def format_report(report: dict[str, Any]) -> str:
     facts = list(next(iter(feats.values()))["facts"]) if feats else []
     lines = [f"probe of {report['dataset']} with {report['encoder']} (d_enc {report['d_enc']}); episodes "
              f"train {report['split']['train_episodes']}, held out {report['split']['test_episodes']} "
-             f"({report['split']['test_rows']} steps)"]
+             f"({report['split']['test_rows']} steps); ridge penalty by the {report.get('ridge_rule', 'min')} rule"]
     if report.get("missing_facts"):
         lines.append("cannot score (no RAM recorded with this dataset): " + ", ".join(report["missing_facts"]))
     if len(facts) > 12:  # MuJoCo: summarize the observation's dimensions

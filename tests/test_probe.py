@@ -173,3 +173,25 @@ def test_linear_head_and_held_out_action_accuracy(tiny_config):
     everything = train(tiny_config(name="all", max_steps=2, ckpt_every=2))
     with pytest.raises(ValueError, match="no others to hold out"):
         run_action_accuracy(everything, tiny_config().dataset, tiny_config().cache_dir)
+
+
+def test_penalty_rules_pick_the_smallest_error_or_the_largest_within_one_standard_error():
+    from more3s.probe import _pick_penalty
+
+    # 4 folds x 4 penalties (ascending) x 2 targets. Target 0: the smallest mean error (1.5, at penalty 1) is noisy
+    # (folds 0.5-3.3, SE 0.65); penalty 2's mean 1.9 lies within one SE of it, penalty 3's 3.0 does not.
+    # Target 1: a sharp minimum at penalty 0 (SE 0), so both rules take it.
+    t0 = np.array([[3.0, 3.0, 3.0, 3.0], [0.5, 0.7, 1.5, 3.3], [1.8, 1.9, 2.0, 1.9], [3.0, 3.0, 3.0, 3.0]]).T
+    t1 = np.array([[1.0] * 4, [2.0] * 4, [3.0] * 4, [4.0] * 4]).T
+    fold_mse = np.stack([t0, t1], axis=2)  # [folds, penalties, targets]
+    assert _pick_penalty(fold_mse, "min").tolist() == [1, 0]
+    assert _pick_penalty(fold_mse, "one-se").tolist() == [2, 0]
+    assert _pick_penalty(fold_mse[:1], "one-se").tolist() == [1, 0]  # one fold: no spread to measure, the minimum
+
+
+def test_probe_reports_its_penalty_rule(breakout):
+    path, cache = breakout
+    rep = _probe(path, cache, features=("facts",), ridge_rule="min")
+    assert rep["ridge_rule"] == "min" and "by the min rule" in format_report(rep)
+    with pytest.raises(ValueError, match=r"ridge_rule must be one-se\|min, got 'median'"):
+        ProbeConfig(dataset=str(path), ridge_rule="median")  # type: ignore[arg-type]

@@ -122,6 +122,7 @@ def _run_episode(gym_env: gym.Env[Any, Any], pol: Policy, writer: MinariWriter, 
     attrs = dict(pol.reset(gym_env, np.random.default_rng(ep_seed)))
     writer.begin_episode(obs, seed=ep_seed)
     rams = [atari_ram(gym_env).copy()] if facts_task is not None else None
+    frames = [np.array(obs)] if facts_task is not None else None  # the facts check that the frame draws the ball
     done = False
     while not done:
         if interrupted[0]:  # a KeyboardInterrupt swallowed by a GC callback still stops us
@@ -129,14 +130,15 @@ def _run_episode(gym_env: gym.Env[Any, Any], pol: Policy, writer: MinariWriter, 
         action = pol.act(obs, gym_env)
         obs, reward, term, trunc, _ = gym_env.step(action)
         writer.add_step(action, obs, float(reward), bool(term), bool(trunc))
-        if rams is not None:
+        if rams is not None and frames is not None:
             rams.append(atari_ram(gym_env).copy())
+            frames.append(np.array(obs))
         done = term or trunc
     attrs["policy"] = getattr(pol, "name", policy)
     infos = None
-    if rams is not None and facts_task is not None:
+    if rams is not None and frames is not None and facts_task is not None:
         ram = np.stack(rams)  # [T+1, 128] uint8, row t beside observation t
-        infos = {"ram": ram, **decode_facts(facts_task, ram)}
+        infos = {"ram": ram, **decode_facts(facts_task, ram, np.stack(frames))}
     return writer.end_episode(attrs, infos)
 
 

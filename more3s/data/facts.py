@@ -5,7 +5,9 @@ included — Minari's ``infos`` convention):
 
 * Atari: ``ram`` [T+1, 128] uint8, the console RAM, and the decoded facts the scripted trackers read
   (``FACTS``), in screen pixels, float32, NaN on steps where the object is not on screen as an object of
-  its own (the ball touching a same-coloured paddle or wall counts as off screen). The ball's
+  its own (the ball touching a same-coloured paddle or wall counts as off screen; with the frames, so does
+  a ball the frame does not draw: Breakout's ball inside a side wall or behind a brick keeps its RAM
+  position but no pixel shows it). The ball's
   velocity (``ball_vx``, ``ball_vy``, pixels per agent step) is the difference of consecutive steps
   where the ball is on screen in both.
 * MuJoCo: nothing extra: the observation is the ground truth.
@@ -26,6 +28,11 @@ from .policies import BreakoutTracker, PongTracker
 __all__ = ["FACTS", "RAM_BYTES", "decode_facts", "fact_names", "load_step_infos"]
 
 RAM_BYTES = 128  # the Atari 2600's RAM
+# The ball's colour per game and its box around the decoded centre pixel (x0, y0, x1, y1 offsets, x1/y1
+# exclusive): Breakout's and Pong's balls are 2 x 4 pixels.
+_BALL_COLOUR = {"breakout": (200, 72, 72), "pong": (236, 236, 236)}
+_BALL_BOX = (-1, -2, 1, 2)
+_BALL_AREA = 8
 
 # Facts per Atari task, in the order probes report them.
 FACTS: dict[str, tuple[str, ...]] = {
@@ -46,11 +53,19 @@ def _velocity(pos: np.ndarray) -> np.ndarray:
     return v
 
 
-def decode_facts(task: str, ram: np.ndarray) -> dict[str, np.ndarray]:
-    """RAM of consecutive steps of one episode [N, 128] uint8 -> {fact: [N] float32 pixels, NaN off screen}."""
+def decode_facts(task: str, ram: np.ndarray, frames: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """RAM of consecutive steps of one episode [N, 128] uint8 -> {fact: [N] float32 pixels, NaN off screen}.
+
+    ``frames`` [N, H, W, 3] uint8 (the observations beside the RAM rows): the ball also counts as off screen
+    where the frame draws none of it, or draws it touching an object of its colour (``_ball_drawn``)."""
     ram = np.asarray(ram)
     if ram.ndim != 2 or ram.shape[1] != RAM_BYTES:
         raise ValueError(f"ram must be [N, {RAM_BYTES}] (one row per step), got shape {ram.shape}")
+    if frames is not None:
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[0] != len(ram) or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 [N={len(ram)}, H, W, 3] beside the RAM rows, got "
+                             f"{frames.dtype} {frames.shape}")
     r = ram.astype(np.float32)
     if task == "breakout":
         b = BreakoutTracker
@@ -70,9 +85,28 @@ def decode_facts(task: str, ram: np.ndarray) -> dict[str, np.ndarray]:
                "paddle_y": r[:, p.PADDLE_Y] - 5, "enemy_y": r[:, p.ENEMY_Y] - 5}
     else:
         raise ValueError(f"no RAM facts for task {task!r}; known: {sorted(FACTS)}")
+    if frames is not None:
+        hidden = ~_ball_drawn(frames, out["ball_x"], out["ball_y"], _BALL_COLOUR[task])
+        out["ball_x"] = np.where(hidden, np.nan, out["ball_x"])
+        out["ball_y"] = np.where(hidden, np.nan, out["ball_y"])
     out["ball_vx"] = _velocity(out["ball_x"])
     out["ball_vy"] = _velocity(out["ball_y"])
     return {k: out[k].astype(np.float32) for k in FACTS[task]}
+
+
+def _ball_drawn(frames: np.ndarray, x: np.ndarray, y: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """[N] bool: the frame draws the ball at (x, y) as an object of its own: its box, grown by one pixel, holds at
+    least one pixel of the ball's colour and no more than the ball's area (more: it touches a same-coloured object).
+    Steps with x or y NaN are False."""
+    N, H, W, _ = frames.shape
+    out = np.zeros(N, bool)
+    is_ball = (frames == np.asarray(colour, np.uint8)).all(-1)  # [N, H, W]
+    x0, y0, x1, y1 = _BALL_BOX
+    for t in np.flatnonzero(np.isfinite(x) & np.isfinite(y)):
+        cx, cy = int(x[t]), int(y[t])
+        win = is_ball[t, max(cy + y0 - 1, 0):max(cy + y1 + 1, 0), max(cx + x0 - 1, 0):max(cx + x1 + 1, 0)]
+        out[t] = 1 <= int(win.sum()) <= _BALL_AREA
+    return out
 
 
 def load_step_infos(source: str | Path, max_episodes: int | None = None) -> list[dict[str, np.ndarray]]:
