@@ -98,14 +98,13 @@ def _ball_drawn(frames: np.ndarray, x: np.ndarray, y: np.ndarray, colour: tuple[
     """[N] bool: the frame draws the ball at (x, y) as an object of its own: its box, grown by one pixel, holds at
     least one pixel of the ball's colour and no more than the ball's area (more: it touches a same-coloured object).
     Steps with x or y NaN are False."""
-    N, H, W, _ = frames.shape
-    out = np.zeros(N, bool)
-    is_ball = (frames == np.asarray(colour, np.uint8)).all(-1)  # [N, H, W]
+    out = np.zeros(len(frames), bool)
+    rgb = np.asarray(colour, np.uint8)
     x0, y0, x1, y1 = _BALL_BOX
-    for t in np.flatnonzero(np.isfinite(x) & np.isfinite(y)):
+    for t in np.flatnonzero(np.isfinite(x) & np.isfinite(y)):  # a few pixels per step, not whole frames
         cx, cy = int(x[t]), int(y[t])
-        win = is_ball[t, max(cy + y0 - 1, 0):max(cy + y1 + 1, 0), max(cx + x0 - 1, 0):max(cx + x1 + 1, 0)]
-        out[t] = 1 <= int(win.sum()) <= _BALL_AREA
+        win = frames[t, max(cy + y0 - 1, 0):max(cy + y1 + 1, 0), max(cx + x0 - 1, 0):max(cx + x1 + 1, 0)]
+        out[t] = 1 <= int((win == rgb).all(-1).sum()) <= _BALL_AREA
     return out
 
 
