@@ -121,8 +121,12 @@ def _run_episode(gym_env: gym.Env[Any, Any], pol: Policy, writer: MinariWriter, 
     obs, _ = gym_env.reset(seed=ep_seed)
     attrs = dict(pol.reset(gym_env, np.random.default_rng(ep_seed)))
     writer.begin_episode(obs, seed=ep_seed)
-    rams = [atari_ram(gym_env).copy()] if facts_task is not None else None
-    frames = [np.array(obs)] if facts_task is not None else None  # the facts check that the frame draws the ball
+    # With facts_task: the RAM and the frame beside each observation (the facts check that the frame draws the ball).
+    rams: list[np.ndarray] = []
+    frames: list[np.ndarray] = []
+    if facts_task is not None:
+        rams.append(atari_ram(gym_env).copy())
+        frames.append(np.array(obs))
     done = False
     while not done:
         if interrupted[0]:  # a KeyboardInterrupt swallowed by a GC callback still stops us
@@ -130,13 +134,13 @@ def _run_episode(gym_env: gym.Env[Any, Any], pol: Policy, writer: MinariWriter, 
         action = pol.act(obs, gym_env)
         obs, reward, term, trunc, _ = gym_env.step(action)
         writer.add_step(action, obs, float(reward), bool(term), bool(trunc))
-        if rams is not None and frames is not None:
+        if facts_task is not None:
             rams.append(atari_ram(gym_env).copy())
             frames.append(np.array(obs))
         done = term or trunc
     attrs["policy"] = getattr(pol, "name", policy)
     infos = None
-    if rams is not None and frames is not None and facts_task is not None:
+    if facts_task is not None:
         ram = np.stack(rams)  # [T+1, 128] uint8, row t beside observation t
         infos = {"ram": ram, **decode_facts(facts_task, ram, np.stack(frames))}
     return writer.end_episode(attrs, infos)
