@@ -138,6 +138,52 @@ def test_sprite_touching_an_object_of_its_colour_is_split_from_it():
     assert [10, 36, 26, 44] in (whole.boxes[0, :3] * [40, 50, 40, 50]).round().astype(int).tolist()
 
 
+def test_a_foot_under_a_wider_bar_of_its_colour_keeps_its_box():
+    """A paddle drawn over the top of a wall's foot of its colour (Breakout's at the far right) is one component
+    of two stacked bars: the paddle's, and the 8 x 2 pixels of the foot below it. The foot keeps its whole box, and
+    with it its size and its place among the smallest objects; its area stays the pixels it shows. A ball (taller
+    than wide) on the paddle or under a brick of its colour keeps its own box."""
+    f = np.zeros((1, 60, 60, 3), np.uint8)
+    red = (200, 72, 72)
+    f[0, 44:50, 52:60] = red  # the foot: 8 x 6
+    f[0, 44:48, 44:60] = red  # the paddle over its top: 16 x 4
+    f[0, 30:32, 20:22] = (0, 200, 0)  # a 2 x 2 sprite: the smallest object
+    f[0, 5:10, 5:10] = (142, 142, 142)  # a 5 x 5 block: smaller than the foot's box, larger than its pixels
+    r = atari_regions(f)
+    n = int(r.mask[0].sum())
+    px = (r.boxes[0, :n] * 60).round().astype(int).tolist()
+    assert px == [[20, 30, 22, 32], [5, 5, 10, 10], [52, 44, 60, 50], [44, 44, 60, 48]]  # smallest box first
+    np.testing.assert_allclose(r.feats[0, 2, AREA] * 3600, 16, rtol=1e-5)  # the foot's visible pixels
+    cut = atari_regions(f, cfg=RegionConfig(keep_feet=False))  # the design before: the foot cut to 8 x 2
+    assert (cut.boxes[0, 1] * 60).round().astype(int).tolist() == [52, 48, 60, 50]
+    f[0, 40:44, 50:52] = red  # a ball on the paddle: its own 2 x 4 box, above a wider bar
+    f[0, 20:26, 30:50] = red  # a brick of the ball's colour
+    f[0, 26:30, 40:42] = red  # a ball under it: taller than wide, its own box
+    r = atari_regions(f)
+    px = (r.boxes[0, :int(r.mask[0].sum())] * 60).round().astype(int).tolist()
+    assert [50, 40, 52, 44] in px and [40, 26, 42, 30] in px and [30, 20, 50, 26] in px
+
+
+def test_the_right_foot_keeps_its_size_slot_under_the_paddle(breakout_frames):
+    """Real frames with the paddle moved to the far right, over the red foot of the right wall: the size slots
+    hold the same objects' boxes as with the paddle elsewhere (the cut foot used to take size slot 1)."""
+    frames = breakout_frames[5:15].copy()
+    colour = np.array([200, 72, 72], np.uint8)
+    frames[:, 189:193, 8:152] = 0  # the paddle's rows between the walls' feet: cleared
+    plain = atari_regions(frames)
+    frames[:, 189:193, 144:152] = colour  # the paddle at the far right, over the foot (x 152-160)
+    right = atari_regions(frames)
+    half = RegionConfig().slots // 2
+
+    def size_boxes(r):
+        return (np.take_along_axis(r.boxes, r.slots[:, :half, None], 1) * [160, 210, 160, 210]).round()
+
+    np.testing.assert_array_equal(size_boxes(right), size_boxes(plain))
+    assert (size_boxes(right)[:, :, 1:] == [189, 160, 195]).all(-1).any(1).all()  # the foot, whole
+    cut = atari_regions(frames, cfg=RegionConfig(keep_feet=False))
+    assert not (size_boxes(cut) == size_boxes(plain)).all((1, 2)).any()
+
+
 def _labelled(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Components of one colour (8-connected) over black frames -> (labels [N, H, W], packed colour per id)."""
     packed = frames.astype(np.uint32) @ np.array([1 << 16, 1 << 8, 1], np.uint32)
@@ -161,7 +207,7 @@ def test_split_bars_return_the_boxes_of_the_relabelled_image(breakout_frames):
     for frames in (f, breakout_frames):
         labels, colours = _labelled(frames)
         before = int(labels.max())
-        colours, slices = _split_stacked_bars(labels, colours, ndimage.find_objects(labels))
+        colours, slices, _ = _split_stacked_bars(labels, colours, ndimage.find_objects(labels))
         assert len(colours) == len(slices) + 1 == labels.max() + 1
         assert slices == ndimage.find_objects(labels)
         split += int(labels.max()) - before
