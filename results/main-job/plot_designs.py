@@ -16,7 +16,8 @@ DESIGNS = {  # folder: label, oldest first
     "previous-design": "16 slots\n(size, colour)",
     "bottom-first-design": "8 slots,\n3 lowest first",
     "largest-first-design": "8 slots,\n4 lowest largest first",
-    ".": "8 slots, 4 lowest by colour\n(current)",
+    "colour-order-design": "8 slots,\n4 lowest by colour",
+    ".": "the same, wall feet\nkeep their box (current)",
 }
 SEEDS = (0, 1, 2)
 
