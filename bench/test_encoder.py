@@ -104,6 +104,54 @@ def test_encoder_states_per_s_cpu(benchmark, frames, name, batch, rounds):
         end_to_end_states_per_s=batch / (lxmert_s + region_s), region_share=region_s / (lxmert_s + region_s))
 
 
+def test_rollout_regions_memo_vs_none(benchmark, frames):
+    """Regions of 8 environments for 32 rollout steps (each previous frame is the step before's current frame) with
+    a ComponentMemo (each frame's components computed once) against the same steps without one (twice), same run."""
+    from more3s.encoder import ComponentMemo
+
+    envs, steps = 8, 32
+    pairs = [(frames[t + 1:t + 1 + envs], frames[t:t + envs]) for t in range(steps)]
+
+    def play(memo):
+        for cur, prev in pairs:
+            extract_regions("breakout", cur, prev, memo=memo)
+
+    none_s = _best_of(lambda: play(None), 3)
+    benchmark.pedantic(lambda: play(ComponentMemo()), rounds=5, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
+    benchmark.extra_info.update(envs=envs, steps=steps, memo_steps_per_s=steps / benchmark.stats.stats.mean,
+                                no_memo_steps_per_s=steps / none_s, speedup=none_s / benchmark.stats.stats.min)
+
+
+def test_cache_rows_as_sequences_vs_frame_pairs(benchmark, frames):
+    """The cache build's encoding of 64 rows of two episodes (``cache._encode_rows``: each episode's rows read as a
+    sequence, every frame's components computed once) against the frame pairs it used to hand the encoder (each frame
+    labelled twice), same run, one thread; the states are the same bits."""
+    from more3s.distributed import torch_threads
+    from more3s.encoder.cache import _encode_rows
+
+    enc = load_encoder("lxmert-tiny", device="cpu")
+    episodes = [types.SimpleNamespace(observations=frames[:30]), types.SimpleNamespace(observations=frames[30:])]
+    offsets = np.array([0, 30, len(frames)])
+
+    def pairs() -> np.ndarray:
+        cur = np.concatenate([frames[:30], frames[30:]])
+        prev = np.concatenate([frames[:1], frames[:29], frames[30:31], frames[30:-1]])
+        return enc.embed_states("breakout", cur, prev).numpy().astype(np.float16)
+
+    with torch_threads(1):
+        np.testing.assert_array_equal(_encode_rows(enc, "breakout", episodes, offsets, 0, len(frames), 64, int), pairs())
+        pairs_s = _best_of(pairs, 3)
+        benchmark.pedantic(lambda: _encode_rows(enc, "breakout", episodes, offsets, 0, len(frames), 64, int),
+                           rounds=5, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: it ran once, nothing to report
+        return
+    n = len(frames)
+    benchmark.extra_info.update(rows=n, sequence_states_per_s=n / benchmark.stats.stats.mean,
+                                pairs_states_per_s=n / pairs_s, speedup=pairs_s / benchmark.stats.stats.min)
+
+
 def test_featurization_new_vs_old(benchmark, frames):
     """Atari regions with matched displacements and slot orders (new) against what the previous design computed
     (components, crops and box features only; measured in the same run): the cost of keeping motion."""

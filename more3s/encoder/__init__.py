@@ -15,7 +15,7 @@ from .lxmert import (
 )
 from .resolve import FALLBACK_ENCODER, resolve_encoder
 from .regions import (
-    MAX_BODIES, RegionConfig, Regions, atari_regions, extract_regions, grid_regions, image_feature_dim,
+    MAX_BODIES, ComponentMemo, RegionConfig, Regions, atari_regions, extract_regions, grid_regions, image_feature_dim,
     mujoco_regions, region_projection,
 )
 from .tokenizer import TokenizerError, build_tokenizer, build_vocab, check_tokenizer, project_texts
@@ -23,7 +23,7 @@ from .tokenizer import TokenizerError, build_tokenizer, build_vocab, check_token
 __all__ = [
     # regions
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
-    "region_projection", "image_feature_dim", "MAX_BODIES",
+    "region_projection", "image_feature_dim", "MAX_BODIES", "ComponentMemo",
     # encoder
     "PRETRAINED_ID", "RANDOM_CONFIGS", "EncoderConfig", "FrozenLxmert", "load_encoder",
     "EncoderNotFoundError", "resolve_encoder", "FALLBACK_ENCODER",

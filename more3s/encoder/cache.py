@@ -46,6 +46,7 @@ from more3s.distributed import rank_and_world
 from more3s.envs import PromptSet, check_prompt_set, get_task, state_caption
 
 from .lxmert import FrozenLxmert
+from .regions import Regions
 
 if TYPE_CHECKING:
     from more3s.data.frames import H5Frames
@@ -333,20 +334,23 @@ def _chunk_len(i: int, chunk_rows: int, n_rows: int) -> int:
 
 def _encode_rows(encoder: FrozenLxmert, task: str, episodes: Sequence[EpisodeLike], offsets: np.ndarray,
                  start: int, stop: int, batch_size: int, on_batch: Callable[[int], None]) -> np.ndarray:
-    """E_s of flat rows [start, stop): [stop-start, d_enc] fp16. Row 0 of an episode is its own previous frame."""
+    """E_s of flat rows [start, stop): [stop-start, d_enc] fp16. Row 0 of an episode is its own previous frame.
+
+    Each batch's rows of one episode are read as a sequence from the frame before the first (the regions of a
+    sequence compute every frame once; frame pairs would compute each twice), then encoded together."""
     rows = np.arange(start, stop)
     ep = np.searchsorted(offsets, rows, side="right") - 1  # [n] episode of each row
     steps = rows - offsets[ep]  # [n] observation index inside the episode
     out = np.empty((len(rows), encoder.d_enc), np.float16)
     for s in range(0, len(rows), batch_size):
         e_b, t_b = ep[s:s + batch_size], steps[s:s + batch_size]
-        cur, prev = [], []
+        parts = []
         for e in np.unique(e_b):  # one slice per episode touched by the batch
             t = t_b[e_b == e]
-            obs = episodes[e].observations
-            cur.append(np.asarray(obs[t[0]:t[-1] + 1]))
-            prev.append(np.asarray(obs[np.maximum(t - 1, 0)]))
-        emb = encoder.embed_states(task, np.concatenate(cur), np.concatenate(prev))  # [b, d_enc]
+            a = max(int(t[0]) - 1, 0)  # the first row's previous frame (row 0 is its own)
+            r = encoder.regions(task, np.asarray(episodes[e].observations[a:t[-1] + 1]))
+            parts.append(r.rows(int(t[0]) - a))
+        emb = encoder.embed_regions(task, Regions.cat(parts))  # [b, d_enc]
         out[s:s + len(t_b)] = emb.cpu().numpy().astype(np.float16)
         on_batch(len(t_b))
     return out

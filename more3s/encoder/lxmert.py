@@ -42,7 +42,7 @@ from torch import nn
 from more3s import cuda_graphs
 from more3s.envs import PromptSet, TaskSpec, action_prompts, base_action_prompt, get_task, state_caption
 
-from .regions import RegionConfig, Regions, extract_regions, region_projection
+from .regions import ComponentMemo, RegionConfig, Regions, extract_regions, region_projection
 from .tokenizer import build_tokenizer, check_tokenizer, tokenizer_fingerprint
 
 if TYPE_CHECKING:
@@ -182,6 +182,7 @@ class FrozenLxmert(nn.Module):
         self._fused: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # F_raw -> (W' [F, H], b [H])
         self._caption: dict[str, torch.Tensor] = {}  # task -> caption language states [1, L, H]
         self._graphs: dict[tuple[str, int, int], _GraphRunner] = {}
+        self._regions_memo = ComponentMemo()  # a rollout's previous frames: components computed once per frame
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -283,7 +284,7 @@ class FrozenLxmert(nn.Module):
                 prev_observations: np.ndarray | None = None) -> Regions:
         # As many threads as torch's intra-op pool: the caller's CPU budget for the encoder.
         return extract_regions(task, observations, prev_observations, self.config.regions,
-                               workers=torch.get_num_threads())
+                               workers=torch.get_num_threads(), memo=self._regions_memo)
 
     @torch.inference_mode()
     def embed_regions(self, task: str | TaskSpec, regions: Regions) -> torch.Tensor:

@@ -24,8 +24,10 @@ state vector from frame to frame.
 Everything is vectorized over a batch of frames: for each colour present in the batch, one
 ``scipy.ndimage.label`` call labels all frames at once (the structuring element does not connect
 frames; labelling per colour keeps touching objects of different colours apart); per-region
-statistics come from ``ndimage.find_objects`` and ``np.bincount`` over the label image. Large batches
-can also be split over threads (``extract_regions(..., workers=k)``).
+statistics come from ``ndimage.find_objects`` and ``np.bincount`` over the labelled pixels. Large batches
+can also be split over threads (``extract_regions(..., workers=k)``). A sequence computes each frame's components
+once; a rollout, whose previous frames are the last step's current frames, does the same through a
+``ComponentMemo`` the encoder keeps.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, Sequence, cast, get_args
 
 import numpy as np
 from scipy import ndimage
@@ -44,7 +46,7 @@ from more3s.envs import TaskSpec, get_task
 
 __all__ = [
     "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
-    "region_projection", "image_feature_dim", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
+    "region_projection", "image_feature_dim", "ComponentMemo", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
     "ImageMode", "IMAGE_MODES", "BottomOrder", "BOTTOM_ORDERS", "RegionKind",
 ]
 
@@ -160,6 +162,20 @@ class Regions:
 
     def __len__(self) -> int:
         return int(self.feats.shape[0])
+
+    def rows(self, start: int, stop: int | None = None) -> Regions:
+        """The regions of states ``start .. stop-1``."""
+        return Regions(self.feats[start:stop], self.boxes[start:stop], self.mask[start:stop], self.kind,
+                       self.slots[start:stop])
+
+    @staticmethod
+    def cat(parts: Sequence[Regions]) -> Regions:
+        """The states of ``parts`` (one kind, one region count) in order."""
+        if not parts or len({(p.kind, p.feats.shape[1:], p.slots.shape[1:]) for p in parts}) != 1:
+            raise ValueError("Regions.cat needs one or more parts of one kind and shape")
+        return Regions(feats=np.concatenate([p.feats for p in parts]), boxes=np.concatenate([p.boxes for p in parts]),
+                       mask=np.concatenate([p.mask for p in parts]), kind=parts[0].kind,
+                       slots=np.concatenate([p.slots for p in parts]))
 
 
 def image_feature_dim(cfg: RegionConfig) -> int:
@@ -363,14 +379,13 @@ def _components(cfg: RegionConfig, obs: np.ndarray) -> dict[str, np.ndarray]:
     if cfg.keep_feet and feet:  # boxes only: area and centroid stay the visible pixels'
         bb[list(feet), 1] = list(feet.values())
     frame, y1, y2, x1, x2 = bb.T
-    # Pixel counts per (region, column) and (region, row): area and centroid without coordinate arrays.
+    # Area and centroid from the foreground pixels alone (sums of integer coordinates: exact in float64).
     G1 = n_regions + 1
-    lab64 = labels.astype(np.int64)
-    per_col = np.bincount((lab64 * W + np.arange(W)).reshape(-1), minlength=G1 * W).reshape(G1, W)[1:]
-    per_row = np.bincount((lab64 * H + np.arange(H)[:, None]).reshape(-1), minlength=G1 * H).reshape(G1, H)[1:]
-    area = per_col.sum(1)  # [G]
-    cx = per_col @ np.arange(W, dtype=np.float64) / np.maximum(area, 1) + 0.5
-    cy = per_row @ np.arange(H, dtype=np.float64) / np.maximum(area, 1) + 0.5
+    at = np.flatnonzero(labels)  # flat indices of labelled pixels
+    lab = labels.reshape(-1)[at]
+    area = np.bincount(lab, minlength=G1)[1:]  # [G]
+    cx = np.bincount(lab, weights=at % W, minlength=G1)[1:] / np.maximum(area, 1) + 0.5
+    cy = np.bincount(lab, weights=at // W % H, minlength=G1)[1:] / np.maximum(area, 1) + 0.5
     c = dict(frame=frame, x1=x1, y1=y1, x2=x2, y2=y2, cx=cx, cy=cy, area=area, col=col_all[1:])
     keep = area >= cfg.min_area
     if cfg.drop_hmove_bars:
@@ -437,10 +452,49 @@ def _displacement(cur: dict[str, np.ndarray], prev: dict[str, np.ndarray], N: in
     return out
 
 
+class ComponentMemo:
+    """The components of the current frames of the last ``atari_regions`` call, for the next call's previous frames.
+
+    In a rollout each environment's previous frame is the frame it showed one step before: kept here, its
+    components are not computed twice. A previous frame is taken from the memo only where its pixels equal the
+    remembered frame of its row (one memcmp per row; a reset or any other frame is computed), under the same
+    RegionConfig, so the regions are those without a memo. Not thread-safe: one memo per caller (``part`` gives
+    each slice of a threaded batch its own).
+    """
+
+    def __init__(self) -> None:
+        self._frames: np.ndarray | None = None  # [N, H, W, 3] the last call's current frames
+        self._comps: dict[str, np.ndarray] = {}
+        self._cfg: RegionConfig | None = None
+        self._parts: dict[tuple[int, int], ComponentMemo] = {}
+
+    def part(self, start: int, stop: int) -> ComponentMemo:
+        """The memo of rows ``start .. stop-1`` of a batch split over threads."""
+        return self._parts.setdefault((start, stop), ComponentMemo())
+
+    def recall(self, prev: np.ndarray, cfg: RegionConfig) -> np.ndarray:
+        """[N] bool: rows whose previous frame is the remembered current frame of that row."""
+        f = self._frames
+        if f is None or self._cfg != cfg or f.shape != prev.shape:
+            return np.zeros(len(prev), bool)
+        return np.array([np.array_equal(a, b) for a, b in zip(prev, f)], bool)
+
+    def components(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The remembered components of ``rows`` (frame = the row)."""
+        keep = np.isin(self._comps["frame"], rows)
+        return {k: v[keep] for k, v in self._comps.items()}
+
+    def remember(self, obs: np.ndarray, comps: dict[str, np.ndarray], cfg: RegionConfig) -> None:
+        self._frames, self._comps, self._cfg = obs.copy(), comps, cfg
+
+
 def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None = None,
-                  cfg: RegionConfig | None = None) -> Regions:
+                  cfg: RegionConfig | None = None, memo: ComponentMemo | None = None) -> Regions:
     """Objects as connected components of non-background colour, up to ``cfg.max_regions``, smallest first,
-    each with its displacement from the matching object of the previous frame."""
+    each with its displacement from the matching object of the previous frame.
+
+    ``memo`` (frame pairs only): previous frames that were the last call's current frames reuse their components.
+    """
     cfg = cfg or RegionConfig()
     sequence = prev_observations is None
     obs, prev = _pair_frames(observations, prev_observations)
@@ -453,11 +507,19 @@ def atari_regions(observations: np.ndarray, prev_observations: np.ndarray | None
         first = {k: v[comps["frame"] == 0] for k, v in comps.items()}
         prev_comps = {k: np.concatenate([first[k], prev_comps[k]]) for k in comps}
     else:
-        both = _components(cfg, np.concatenate([obs, prev]))
+        known = memo.recall(prev, cfg) if memo is not None else np.zeros(N, bool)
+        todo = np.flatnonzero(~known)
+        both = _components(cfg, np.concatenate([obs, prev[todo]]))
         is_cur = both["frame"] < N
         comps = {k: v[is_cur] for k, v in both.items()}
         prev_comps = {k: v[~is_cur] for k, v in both.items()}
-        prev_comps["frame"] = prev_comps["frame"] - N
+        prev_comps["frame"] = todo[prev_comps["frame"] - N]
+        if known.any():  # rows are looked up by (frame, slot) below: their order does not matter
+            assert memo is not None
+            old = memo.components(np.flatnonzero(known))
+            prev_comps = {k: np.concatenate([prev_comps[k], old[k]]) for k in comps}
+        if memo is not None:
+            memo.remember(obs, comps, cfg)
     f, k = comps["frame"], comps["rank"]
     pix = np.zeros((N, R, 4), np.int64)
     cen = np.zeros((N, R, 2), np.float32)
@@ -642,7 +704,7 @@ MIN_FRAMES_PER_WORKER = 4  # below this a thread hand-off costs more than it sav
 
 def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
                     prev_observations: np.ndarray | None = None,
-                    cfg: RegionConfig | None = None, workers: int = 1) -> Regions:
+                    cfg: RegionConfig | None = None, workers: int = 1, memo: ComponentMemo | None = None) -> Regions:
     """Regions of a batch of states.
 
     ``observations`` [N, ...]: with ``prev_observations`` [N, ...] (same shape) the pairs are taken
@@ -654,6 +716,9 @@ def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
     ``workers`` > 1 splits image batches over threads (numpy and scipy.ndimage release the GIL, and every
     frame's regions depend on that frame pair alone, so the result is identical): on a GPU machine the
     regions, not LXMERT's graph replay, are a rollout step's CPU cost.
+
+    ``memo``: a ComponentMemo the caller keeps from step to step (Atari objects, frame pairs): each previous frame
+    that was the last call's current frame reuses its components (the rollout path computes each frame once).
     """
     cfg = cfg or RegionConfig()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
@@ -664,22 +729,24 @@ def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
     mode = cfg.image_mode
     if mode == "auto":
         mode = "objects" if spec is not None and spec.family == "atari" else "grid"
-    fn = atari_regions if mode == "objects" else grid_regions
     obs, prev = _pair_frames(observations, prev_observations)
+    if mode != "objects" or prev_observations is None:
+        memo = None
+
+    def fn(o: np.ndarray, p: np.ndarray | None, m: ComponentMemo | None) -> Regions:
+        return atari_regions(o, p, cfg, m) if mode == "objects" else grid_regions(o, p, cfg)
+
     k = min(int(workers), len(obs) // MIN_FRAMES_PER_WORKER)
     if k <= 1:
-        return fn(obs, None if prev_observations is None else prev, cfg)
+        return fn(obs, None if prev_observations is None else prev, memo)
 
     def part(a: int, b: int) -> Regions:
         if prev_observations is not None:
-            return fn(obs[a:b], prev[a:b], cfg)
+            return fn(obs[a:b], prev[a:b], None if memo is None else memo.part(a, b))
         # A slice of a sequence starts one frame early (its previous frame), whose row is dropped.
-        r = fn(obs[max(a - 1, 0):b], None, cfg)
-        return r if a == 0 else Regions(r.feats[1:], r.boxes[1:], r.mask[1:], r.kind, r.slots[1:])
+        r = fn(obs[max(a - 1, 0):b], None, None)
+        return r if a == 0 else r.rows(1)
 
     bounds = np.linspace(0, len(obs), k + 1).round().astype(int)
     with ThreadPoolExecutor(k, thread_name_prefix="more3s-regions") as pool:
-        parts = list(pool.map(part, bounds[:-1], bounds[1:]))
-    return Regions(feats=np.concatenate([p.feats for p in parts]), boxes=np.concatenate([p.boxes for p in parts]),
-                   mask=np.concatenate([p.mask for p in parts]), kind=parts[0].kind,
-                   slots=np.concatenate([p.slots for p in parts]))
+        return Regions.cat(list(pool.map(part, bounds[:-1], bounds[1:])))

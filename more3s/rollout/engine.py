@@ -1,7 +1,7 @@
 """The rollout engine: RTG-conditioned episodes of N vectorised environments at once (argmax or sampled actions).
 
-Per step, for all N environments together: regions of the current and previous frame -> frozen
-encoder (``encoder.embed_states``, batched) -> one model decision -> an action (the argmax, or a draw
+Per step, for all N environments together: regions of the current and previous frame (the previous frame's
+components remembered from the step before) -> frozen encoder (``encoder.embed_states``, batched) -> one model decision -> an action (the argmax, or a draw
 from the softmax with ``sample=True``; continuous actions are the model's output) -> ``venv.step``.
 Environments reset independently (gymnasium's same-step autoreset): a finished environment starts
 its next episode in the same step, with a fresh RTG, timestep 0 and a start token, while the others

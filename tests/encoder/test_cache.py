@@ -24,18 +24,18 @@ class Counting:
 
     def __init__(self, enc):
         self.enc, self.rows = enc, 0
-        self._orig = enc.embed_states
+        self._orig = enc.embed_regions
 
     def __enter__(self):
-        def counted(task, obs, prev=None):
-            self.rows += len(obs)
-            return self._orig(task, obs, prev)
+        def counted(task, regions):
+            self.rows += len(regions)
+            return self._orig(task, regions)
 
-        self.enc.embed_states = counted
+        self.enc.embed_regions = counted
         return self
 
     def __exit__(self, *exc):
-        del self.enc.embed_states
+        del self.enc.embed_regions
 
 
 @pytest.fixture

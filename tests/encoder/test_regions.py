@@ -8,9 +8,10 @@ import pytest
 from scipy import ndimage
 
 from more3s.encoder import (
-    MAX_BODIES, RegionConfig, atari_regions, extract_regions, grid_regions, image_feature_dim, mujoco_regions,
+    MAX_BODIES, ComponentMemo, RegionConfig, atari_regions, extract_regions, grid_regions, image_feature_dim, mujoco_regions,
     region_projection,
 )
+from more3s.encoder import regions as regions_module
 from more3s.encoder.regions import _PLANE_8, VELOCITY_SCALE, _split_stacked_bars
 
 AREA, MOTION = 6, -1  # feature columns: area fraction, motion
@@ -377,3 +378,45 @@ def test_threaded_extraction_is_identical(breakout_frames, task):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="workers"):
             extract_regions(task, breakout_frames[:4], workers=bad)
+
+
+def _assert_same_regions(a, b):
+    assert a.kind == b.kind
+    for field in ("feats", "boxes", "mask", "slots"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_memo_reuses_the_last_steps_frames_and_changes_nothing(breakout_frames, pong_frames, monkeypatch, workers):
+    """Rollout-like steps of 4 environments (the previous frames are the last step's current frames, but for a
+    reset row, whose previous frame is its current one): with a memo every step's regions equal those computed
+    without it, and each step computes components of the current frames and of the reset rows only; a new
+    RegionConfig, another batch size or other previous frames are computed afresh."""
+    frames = {0: breakout_frames[:24], 1: breakout_frames[10:34], 2: pong_frames[:24], 3: pong_frames[50:74]}
+    computed: list[int] = []
+    real = regions_module._components
+    monkeypatch.setattr(regions_module, "_components", lambda cfg, obs: computed.append(len(obs)) or real(cfg, obs))
+    memo = ComponentMemo()
+    prev = np.stack([frames[e][0] for e in range(4)])
+    for t in range(1, 24):
+        cur = np.stack([frames[e][t] for e in range(4)])
+        reset = t % 7 == 0  # env 1 starts a new episode (another game's frame): its previous frame is its current
+        if reset:
+            prev[1] = cur[1] = pong_frames[90 + t]
+        computed.clear()
+        got = extract_regions("breakout", cur, prev, workers=workers, memo=memo)
+        expected_frames = 4 + (4 if t == 1 else int(reset))
+        assert sum(computed) == expected_frames, (t, computed)
+        computed.clear()
+        _assert_same_regions(got, extract_regions("breakout", cur, prev, workers=workers))
+        prev = cur
+    # Anything else the memo did not see is computed: other previous frames, another config, another batch size.
+    cur = np.stack([frames[e][5] for e in range(4)])
+    for p, cfg in ((np.stack([frames[e][3] for e in range(4)]), RegionConfig()), (prev, RegionConfig(keep_feet=False))):
+        computed.clear()
+        got = extract_regions("breakout", cur, p, cfg, workers=workers, memo=memo)
+        assert sum(computed) == 8
+        _assert_same_regions(got, extract_regions("breakout", cur, p, cfg, workers=workers))
+    computed.clear()
+    _assert_same_regions(extract_regions("breakout", cur[:3], cur[:3], workers=workers, memo=memo),
+                         extract_regions("breakout", cur[:3], cur[:3], workers=workers))
