@@ -286,7 +286,7 @@ def test_gpu_fp16_graphs_vs_fp32_eager(benchmark, frames, batch):
 
 def test_encoder_threads_vs_one(benchmark, frames):
     """The trainer's ``encoder_threads`` (None: every core this process may use) against one thread, same run:
-    ``embed_states`` of 64 Breakout frame pairs, regions and LXMERT (lxmert-tiny), as the cache build runs them."""
+    ``embed_states`` of 64 Breakout frame pairs, regions and LXMERT (lxmert-tiny): one batch of encoder work."""
     from more3s.distributed import cores_per_process, torch_threads
 
     enc = load_encoder("lxmert-tiny", device="cpu")

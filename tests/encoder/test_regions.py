@@ -8,8 +8,8 @@ import pytest
 from scipy import ndimage
 
 from more3s.encoder import (
-    MAX_BODIES, ComponentMemo, RegionConfig, atari_regions, extract_regions, grid_regions, image_feature_dim, mujoco_regions,
-    region_projection,
+    MAX_BODIES, ComponentMemo, RegionConfig, Regions, atari_regions, extract_regions, grid_regions, image_feature_dim,
+    mujoco_regions, region_projection,
 )
 from more3s.encoder import regions as regions_module
 from more3s.encoder.regions import _PLANE_8, VELOCITY_SCALE, _split_stacked_bars
@@ -420,3 +420,12 @@ def test_a_memo_reuses_the_last_steps_frames_and_changes_nothing(breakout_frames
     computed.clear()
     _assert_same_regions(extract_regions("breakout", cur[:3], cur[:3], workers=workers, memo=memo),
                          extract_regions("breakout", cur[:3], cur[:3], workers=workers))
+
+
+def test_regions_rows_and_cat_round_trip_and_refuse_mixed_parts(breakout_frames, cheetah_run):
+    r = extract_regions("breakout", breakout_frames[:10])
+    _assert_same_regions(Regions.cat([r.rows(0, 4), r.rows(4)]), r)
+    with pytest.raises(ValueError, match="Regions.cat"):
+        Regions.cat([])
+    with pytest.raises(ValueError, match="Regions.cat"):
+        Regions.cat([r, extract_regions("halfcheetah", cheetah_run[0][:3])])
