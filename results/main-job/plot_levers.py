@@ -22,7 +22,9 @@ DESIGNS = {
     "levers-current-design": ("the current state design", {
         "base": "default\n(seed 0)", "base-seed1": "default\n(seed 1)", "state-loss-0": "state MSE\nweight 0",
         "state-loss-0.1": "state MSE\nweight 0.1", "data-120-episodes": "120 episodes", "rtg-features-5": "RTG sin/cos\n(seed 0)",
-        "rtg-features-5-seed1": "RTG sin/cos\n(seed 1)"}),
+        "rtg-features-5-seed1": "RTG sin/cos\n(seed 1)",
+        "steps-2200": "2,200 steps,\n2 threads\n(seed 0)", "steps-2200-seed1": "2,200 steps,\n2 threads\n(seed 1)",
+        "window-30": "window 30\n(seed 0)", "window-30-seed1": "window 30\n(seed 1)"}),
 }
 
 
