@@ -9,6 +9,9 @@ ratio flatters MORE-3S, whose steps have 2 tokens ([a_{t-1}, s_t]) to DT's 3 ([R
 backward + AdamW, the ``cpu`` grid's batch 32 x window 30), as the model runs it (uint8 pixels, channels-last) and as
 a plain NCHW float network with the standardization pass it used to take (``speedup_vs_nchw_float``).
 
+``test_train_step_threads_vs_one``: the default run's training step (d_enc 1280, batch 32, window 20 + memory 20) on
+every core this process may use against one thread, same run (``speedup_vs_one_thread``).
+
 Run: ``pytest bench/test_train_throughput.py --benchmark-only`` (one thread, few rounds: CPU runtime stays modest).
 """
 
@@ -185,3 +188,51 @@ def test_nature_cnn_step(benchmark, nchw_float_seconds, layout):
         benchmark.extra_info.update(layout=layout, frames_per_s=CNN_BATCH * CNN_WINDOW / sec,
                                     nchw_float_median_s=nchw_float_seconds,
                                     speedup_vs_nchw_float=nchw_float_seconds / sec)
+
+
+# The main job's training step: lxmert-tiny's d_enc, batch, window and memory (more3s.config's defaults).
+MAIN_D_ENC, MAIN_BATCH, MAIN_WINDOW, MAIN_MEMORY = 1280, 32, 20, 20
+MAIN_ROUNDS = 10  # a step is ~0.2 s: thread timings need more rounds than the throughput rows
+
+
+def _main_job_step():
+    """One optimizer step of the default run's model, the detached memory carried from window to window as the stream
+    sampler carries it."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_enc=MAIN_D_ENC, act_dim=ACTS, window=MAIN_WINDOW, memory_steps=MAIN_MEMORY, max_timestep=1000)
+    model = MoreModel(cfg, torch.randn(ACTS, MAIN_D_ENC)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(MAIN_BATCH, MAIN_WINDOW, MAIN_D_ENC, generator=g).half()  # the embedding cache is fp16
+    actions = torch.randint(0, ACTS, (MAIN_BATCH, MAIN_WINDOW), generator=g)
+    prev = torch.cat([torch.zeros(MAIN_BATCH, 1, dtype=torch.long), actions[:, :-1]], dim=1)
+    rtg = torch.rand(MAIN_BATCH, MAIN_WINDOW, generator=g).flip(1).cumsum(1).flip(1)
+    timesteps = torch.arange(MAIN_WINDOW).repeat(MAIN_BATCH, 1) + MAIN_WINDOW  # mid-episode: no window starts one
+    first = torch.zeros(MAIN_BATCH, MAIN_WINDOW, dtype=torch.bool)
+    memory = [model.empty_memory(MAIN_BATCH)]
+
+    def step():
+        out = model(states, prev, rtg, timesteps, first=first, memory=memory[0], actions=actions)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        memory[0] = out.memory.detach()
+
+    return step
+
+
+def test_train_step_threads_vs_one(benchmark):
+    """The default run's training step on every core this process may use (torch's default, what ``make train`` now
+    keeps) against one thread (what it used to set), same run."""
+    from more3s.distributed import cores_per_process, torch_threads
+
+    with torch_threads(1):
+        one = _median_seconds(_main_job_step(), MAIN_ROUNDS)
+    with torch_threads(None) as n:
+        benchmark.pedantic(_main_job_step(), rounds=MAIN_ROUNDS, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: the step ran once, nothing to report
+        return
+    sec = benchmark.stats.stats.median
+    benchmark.extra_info.update(threads=n, cores=cores_per_process(), batch=MAIN_BATCH, window=MAIN_WINDOW,
+                                memory_steps=MAIN_MEMORY, d_enc=MAIN_D_ENC, one_thread_median_s=one,
+                                steps_per_s=1 / sec, speedup_vs_one_thread=one / sec)

@@ -1,6 +1,6 @@
 """Draws designs.png: the main job's score per state design and training seed (the protocol's 16 sampled episodes at
 the best-episode target, evaluation seed 1000; mean ± one standard error), against the data's 90th percentile. Reads
-each design's seed<S>/eval.json. Run from the repo root: `.venv/bin/python results/main-job/plot_designs.py`."""
+each design's seed<S>/eval.json; the last column is the current design as `make train` now trains it (every core). Run from the repo root: `.venv/bin/python results/main-job/plot_designs.py`."""
 
 import json
 from pathlib import Path
@@ -18,10 +18,11 @@ DESIGNS = {  # folder: label, oldest first
     "largest-first-design": "8 slots,\n4 lowest largest first",
     "colour-order-design": "8 slots,\n4 lowest by colour",
     ".": "the same, wall feet\nkeep their box (current)",
+    "two-training-threads": "current, trained\non two threads",
 }
 SEEDS = (0, 1, 2)
 
-fig, ax = plt.subplots(figsize=(8, 4.2))
+fig, ax = plt.subplots(figsize=(9, 4.2))
 p90 = None
 for i, (folder, label) in enumerate(DESIGNS.items()):
     for j, seed in enumerate(SEEDS):
