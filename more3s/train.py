@@ -537,8 +537,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, device: torch.device,
     info = _run_info(cfg, dist, device, paths, d, t)
     _wrap_ddp(dist, device, t)
     if dist.main:
+        # The thread count changes a CPU run's float rounding, and so its weights: the log keeps it.
+        threads = f" (CPU threads: {torch.get_num_threads()})" if device.type == "cpu" else ""
         log(f"training {info.parameters / 1e6:.2f}M parameters ({info.backbone}, rtg_mode={cfg.rtg_mode}, "
-            f"memory_steps={cfg.memory_steps}, {cfg.sampler_kind} sampler) on {device} x{dist.world_size}, "
+            f"memory_steps={cfg.memory_steps}, {cfg.sampler_kind} sampler) on {device} x{dist.world_size}{threads}, "
             f"{info.episodes} episodes / {info.steps_in_data} steps, steps {t.step}->{cfg.max_steps}")
     loop_s = _loop(cfg, dist, device, paths, t, d, info, on_step)
     if dist.enabled:
