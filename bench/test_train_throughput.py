@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from more3s.config import TrainConfig
 from more3s.model import ModelConfig, MoreModel
 from more3s.model.model import NatureCNN
 
@@ -35,13 +36,13 @@ MODES = ("kv", "embed", "token", "none")
 ROUNDS = 3
 
 
-def _batch(B: int, seed: int = 0):
+def _batch(B: int, seed: int = 0, window: int = WINDOW, d_enc: int = D_ENC):
     g = torch.Generator().manual_seed(seed)
-    states = torch.randn(B, WINDOW, D_ENC, generator=g).half()  # the embedding cache is fp16
-    actions = torch.randint(0, ACTS, (B, WINDOW), generator=g)
+    states = torch.randn(B, window, d_enc, generator=g).half()  # the embedding cache is fp16
+    actions = torch.randint(0, ACTS, (B, window), generator=g)
     prev = torch.cat([torch.zeros(B, 1, dtype=torch.long), actions[:, :-1]], dim=1)
-    rtg = torch.rand(B, WINDOW, generator=g).flip(1).cumsum(1).flip(1)
-    timesteps = torch.arange(WINDOW).repeat(B, 1) + torch.randint(0, 500, (B, 1), generator=g)
+    rtg = torch.rand(B, window, generator=g).flip(1).cumsum(1).flip(1)
+    timesteps = torch.arange(window).repeat(B, 1) + torch.randint(0, 500, (B, 1), generator=g)
     return states, prev, actions, rtg, timesteps
 
 
@@ -190,8 +191,9 @@ def test_nature_cnn_step(benchmark, nchw_float_seconds, layout):
                                     speedup_vs_nchw_float=nchw_float_seconds / sec)
 
 
-# The main job's training step: lxmert-tiny's d_enc, batch, window and memory (more3s.config's defaults).
-MAIN_D_ENC, MAIN_BATCH, MAIN_WINDOW, MAIN_MEMORY = 1280, 32, 20, 20
+# The main job's training step: the trainer's default batch, window and memory, and lxmert-tiny's d_enc (10 x 128).
+MAIN_D_ENC = 1280
+MAIN_BATCH, MAIN_WINDOW, MAIN_MEMORY = TrainConfig.batch_size, TrainConfig.window, TrainConfig.memory_steps
 MAIN_ROUNDS = 10  # a step is ~0.2 s: thread timings need more rounds than the throughput rows
 
 
@@ -202,13 +204,8 @@ def _main_job_step():
     cfg = ModelConfig(d_enc=MAIN_D_ENC, act_dim=ACTS, window=MAIN_WINDOW, memory_steps=MAIN_MEMORY, max_timestep=1000)
     model = MoreModel(cfg, torch.randn(ACTS, MAIN_D_ENC)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
-    g = torch.Generator().manual_seed(0)
-    states = torch.randn(MAIN_BATCH, MAIN_WINDOW, MAIN_D_ENC, generator=g).half()  # the embedding cache is fp16
-    actions = torch.randint(0, ACTS, (MAIN_BATCH, MAIN_WINDOW), generator=g)
-    prev = torch.cat([torch.zeros(MAIN_BATCH, 1, dtype=torch.long), actions[:, :-1]], dim=1)
-    rtg = torch.rand(MAIN_BATCH, MAIN_WINDOW, generator=g).flip(1).cumsum(1).flip(1)
-    timesteps = torch.arange(MAIN_WINDOW).repeat(MAIN_BATCH, 1) + MAIN_WINDOW  # mid-episode: no window starts one
-    first = torch.zeros(MAIN_BATCH, MAIN_WINDOW, dtype=torch.bool)
+    states, prev, actions, rtg, timesteps = _batch(MAIN_BATCH, window=MAIN_WINDOW, d_enc=MAIN_D_ENC)
+    first = torch.zeros(MAIN_BATCH, MAIN_WINDOW, dtype=torch.bool)  # mid-episode windows: none starts an episode
     memory = [model.empty_memory(MAIN_BATCH)]
 
     def step():
