@@ -312,6 +312,10 @@ def _gather(world: int, played: list[_Played], env_steps: int, videos: list[dict
     """Every process's episodes, videos and notes, on every process."""
     gathered: list[Any] = [None] * world
     torch.distributed.all_gather_object(gathered, (played, env_steps, videos, notes))
+    # A rank may return from the gather while its own part is still in flight to a peer; the barrier keeps every
+    # rank's connections up until all have received everything, so no rank tears them down (destroy_process_group,
+    # exit) under a peer's transfer.
+    torch.distributed.barrier()
     return ([p for part, *_ in gathered for p in part], sum(g[1] for g in gathered),
             [v for g in gathered for v in g[2]], set().union(*(g[3] for g in gathered)))
 
