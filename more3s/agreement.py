@@ -121,26 +121,34 @@ def in_play_agreement(model: Any, encoder: Any, task: str, target: float, episod
             "all": score([r[1:] for r in rows]), "bands": {b: score(bands[b]) for b in order if bands[b]}}
 
 
-def data_agreement(model: Any, run_info: Any, cache_dir: str | Path | None = None) -> list[dict[str, float]]:
+def data_agreement(model: Any, run_info: Any, cache_dir: str | Path | None = None, *,
+                   max_episodes: int | None = None, top_percent: float = 100.0) -> list[dict[str, float]]:
     """Per training episode: return, the behaviour's and the model's (teacher-forced, greedy) agreement with the
-    tracker, and the model's mean probability of the tracker's action."""
-    from more3s.data import load_episodes
+    tracker, and the model's mean probability of the tracker's action. ``max_episodes`` and ``top_percent`` are the
+    run's (its config): they pick the episodes it trained on, as training did."""
+    from more3s.data import best_episode_indices, load_episodes
     from more3s.data.facts import load_step_infos
     from more3s.data.policies import replay_tracker
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
     from more3s.probe import teacher_forced_probs
 
-    episodes = load_episodes(run_info.dataset, lazy=True)[:run_info.episodes]
-    infos = load_step_infos(run_info.dataset, max_episodes=len(episodes))
-    if not infos or any("ram" not in inf for inf in infos):
+    loaded = load_episodes(run_info.dataset, lazy=True, max_episodes=max_episodes)
+    all_infos = load_step_infos(run_info.dataset, max_episodes=len(loaded))
+    if not all_infos or any("ram" not in inf for inf in all_infos):
         raise ValueError(f"{run_info.dataset}: no RAM recorded with this dataset; the tracker cannot be replayed")
+    rows = [(j, ep, inf) for j, (ep, inf) in enumerate(zip(loaded, all_infos)) if len(ep) > 0]  # as training
+    rows = [rows[i] for i in best_episode_indices([ep for _, ep, _ in rows], top_percent)]
+    if len(rows) != run_info.episodes:
+        raise ValueError(f"{run_info.dataset}: {len(rows)} episodes selected, the run trained on "
+                         f"{run_info.episodes} (the dataset changed since?)")
+    index, episodes, infos = [j for j, _, _ in rows], [ep for _, ep, _ in rows], [inf for _, _, inf in rows]
     cache = build_or_load_cache(episodes, load_encoder(run_info.encoder), run_info.task, run_info.prompt_set,
                                 cache_dir=cache_dir, config=CacheConfig(progress=False))
     out = []
-    for i, (ep, inf) in enumerate(zip(episodes, infos)):
+    for i, (j, ep, inf) in enumerate(zip(index, episodes, infos)):  # i: the cache's episode, j: the dataset's
         want = replay_tracker(run_info.task, inf["ram"][:len(ep)])
         probs = teacher_forced_probs(model, ep, cache, i, model.config.window)
-        out.append({"episode": i, "return": float(ep.raw_return), "steps": len(ep),
+        out.append({"episode": j, "return": float(ep.raw_return), "steps": len(ep),
                     "behaviour": float(np.mean(np.asarray(ep.actions) == want)),
                     "model_greedy": float(np.mean(probs.argmax(-1) == want)),
                     "model_p_tracker": float(np.mean(probs[np.arange(len(ep)), want]))})
@@ -186,7 +194,12 @@ def run_agreement(cfg: AgreementConfig) -> dict[str, Any]:
                               "in_play": in_play_agreement(model, encoder, info.task, target, cfg.episodes, cfg.seed,
                                                            cap, cfg.num_envs)}
     if cfg.data:
-        report["data"] = data_agreement(model, info, cfg.cache_dir)
+        from more3s.config import load_config_file
+        from more3s.run import RunPaths
+
+        trained = load_config_file(RunPaths(Path(cfg.run)).config_json)
+        report["data"] = data_agreement(model, info, cfg.cache_dir, max_episodes=trained.max_episodes,
+                                        top_percent=trained.top_percent)
     return report
 
 

@@ -9,10 +9,10 @@ run from its own saved config; flags given after that override any of them.
 The embedded default (no arguments) is sized for a 2-core CPU in <= 15 minutes end to end
 (README.md records the latest full runs and the load they ran under):
 
-* data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v1`` is collected if
-  it is missing (40 episodes from the ``mixed`` behaviour policy — the scripted tracker with a
-  per-episode epsilon in [0, 1] — each capped at 1000 agent steps: ~21k steps, ~15 s; raw returns
-  0-56, mean ~18);
+* data: ``breakout``; a mixed-quality Minari dataset ``more3s/breakout/mixed-v2`` is collected if
+  it is missing (80 episodes from the ``mixed`` behaviour policy — the scripted tracker with a
+  per-episode epsilon in [0, 1] — each capped at 1000 agent steps: ~44k steps, ~35 s; raw returns
+  0-67, mean ~18.7);
 * encoder: ``auto`` = pretrained ``unc-nlp/lxmert-base-uncased`` when it is available locally,
   otherwise ``lxmert-tiny`` (random init, 128 wide) with a loud notice;
 * backbone: ``auto`` = pretrained ``gpt2`` (first 6 layers) when present *and* a GPU is used;
@@ -23,8 +23,8 @@ The embedded default (no arguments) is sized for a 2-core CPU in <= 15 minutes e
   mean/std, window 20 steps plus 20 steps of detached memory (stream
   sampler), dropout 0.1, seed 0;
 * optimisation: AdamW (0.9, 0.95), lr 3e-4 (paper), weight decay 0.1, linear warm-up then cosine
-  decay to 10 % of lr, grad clip 1.0 (DT Atari), batch 32, 1500 steps (~0.19 s each on one
-  core, compute-bound matmuls; the paper's 10k warm-up is for 100k-step runs, here warm-up is
+  decay to 10 % of lr, grad clip 1.0 (DT Atari), batch 32, 1500 steps (~0.16 s each on two
+  cores, ~0.24 s on one: compute-bound matmuls; the paper's 10k warm-up is for 100k-step runs, here warm-up is
   10 % of the steps); metrics every 10 steps, checkpoints every 250 (the newest 3 kept);
 * evaluation (ring engine, seed 1000), DT's protocol: Atari actions *sampled* from the policy's softmax with
   greedy episodes played from the same seeds and reported beside them (``--no-eval-greedy`` skips those),
@@ -125,6 +125,10 @@ class TrainConfig:
     episodes (low epsilon) stand apart from the noise of a short game; v0 of the dataset had 400."""
     max_episodes: int | None = None
     """Use only the first N episodes of the dataset."""
+    top_percent: float = 100.0
+    """Train only on the best episodes by raw return that hold this percentage of the steps (100 = every episode).
+    With ``--preset bc`` it is Decision Transformer's %BC baseline (e.g. 10 = 10 %BC). The behaviour statistics and
+    the data's RTG targets stay those of every episode, so scores compare with the same data either way."""
 
     # --- encoder -----------------------------------------------------------------------------------
     encoder: str = "auto"
@@ -288,6 +292,8 @@ class TrainConfig:
             raise ValueError(f"config: beta1/beta2 must be in [0, 1) (got {self.beta1}, {self.beta2})")
         if not 0 <= self.dropout < 1:
             raise bad("dropout", "must be in [0, 1)")
+        if not 0 < self.top_percent <= 100:
+            raise bad("top_percent", "must be in (0, 100] (a percentage of the data's steps)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise bad("min_lr_ratio", "must be in [0, 1]")
         if self.warmup_steps is not None and self.warmup_steps > self.max_steps:

@@ -38,6 +38,32 @@ def test_agreement_of_a_trained_run(tiny_config, tmp_path, capsys):
     assert "agreement with the tracker's action in play" in text and "teacher-forced" in text
 
 
+def test_agreement_teacher_forces_the_episodes_a_percentile_run_trained_on(tiny_config, tiny_dataset, tmp_path):
+    import shutil
+
+    import h5py
+
+    from more3s.data import best_episode_indices, load_episodes
+
+    # The tiny episodes score nothing in 24 steps: a copy in which the last two score, so that the best are no prefix.
+    data = tmp_path / "breakout-scored"
+    shutil.copytree(tiny_dataset, data)
+    with h5py.File(data / "data" / "main_data.hdf5", "a") as f:
+        for name in ("episode_4", "episode_5"):
+            f[name]["rewards"][0] = 1.0
+    cfg = tiny_config(name="pbc", preset="bc", rtg_mode="none", memory_steps=0, sampler="window", max_steps=2,
+                      ckpt_every=2, top_percent=30, dataset=str(data))
+    run = train(cfg)
+    out = tmp_path / "agreement.json"
+    assert main(["--run", str(run), "--episodes", "1", "--num-envs", "1", "--cache-dir", str(cfg.cache_dir),
+                 "--json", str(out)]) == 0
+    episodes = load_episodes(cfg.dataset, task="breakout")
+    want = best_episode_indices(episodes, 30)
+    assert want == [4, 5]
+    rows = json.loads(out.read_text())["data"]
+    assert [r["episode"] for r in rows] == want and [r["return"] for r in rows] == [1.0, 1.0]
+
+
 def test_a_run_that_is_not_there_is_a_clear_error(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "nope")]) == 2
     assert "more3s.agreement: error" in capsys.readouterr().err

@@ -64,6 +64,8 @@ def test_resume_loads_the_runs_config(tmp_path):
     (["--memory-drop", "1.0"], "memory_drop"),
     (["--preset", "dt", "--memory-drop", "0.25"], "memory_drop"),
     (["--encoder-threads", "0"], "encoder_threads"),
+    (["--top-percent", "0"], "top_percent"),
+    (["--top-percent", "150"], "top_percent"),
 ])
 def test_bad_values_raise_clear_errors(args, match):
     with pytest.raises(ValueError, match=match):

@@ -113,6 +113,23 @@ def test_baseline_presets_train(tiny_config, preset, rtg_mode):
     assert len(_losses(run)) == 3
 
 
+def test_percentile_bc_trains_on_the_best_episodes_and_reports_against_all(tiny_config, capsys):
+    """--preset bc --top-percent X is DT's X %BC: the best episodes by return, the whole data's statistics."""
+    from more3s.data import best_episode_indices, load_episodes
+
+    full = RunInfo.read(train(tiny_config(name="all", preset="bc", rtg_mode="none", memory_steps=0,
+                                          sampler="window", max_steps=1, ckpt_every=1)))
+    cfg = tiny_config(name="pbc", preset="bc", rtg_mode="none", memory_steps=0, sampler="window", max_steps=2,
+                      ckpt_every=2, top_percent=40)
+    info = RunInfo.read(train(cfg))
+    episodes = load_episodes(cfg.dataset, task="breakout")
+    want = [episodes[i] for i in best_episode_indices(episodes, 40)]
+    assert 0 < info.episodes == len(want) < full.episodes
+    assert info.steps_in_data == sum(len(ep) for ep in want)
+    assert info.behaviour == full.behaviour and info.targets == full.targets  # compared with the whole data
+    assert f"training on the best {len(want)} of {full.episodes} episodes" in capsys.readouterr().err
+
+
 def test_train_then_evaluate_and_report(tiny_config, capsys):
     from more3s.evaluate import main as eval_main
 

@@ -10,7 +10,7 @@ for Atari (the task's ``clip_rewards``), while the raw return is kept for report
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,28 @@ class Episode:
     def train_return(self) -> float:
         """The return in RTG units (``rtg[0]``; 0 for an empty episode)."""
         return float(self.rtg[0]) if len(self) else 0.0
+
+
+def best_episode_indices(episodes: Sequence[Episode], percent: float) -> list[int]:
+    """Indices (in dataset order) of the best episodes by raw return that together hold at least ``percent`` % of
+    the steps.
+
+    Decision Transformer's %BC baseline (Chen et al. 2021: "does DT perform behaviour cloning on a subset of the
+    data?") clones only the top X % of the data's timesteps ordered by episode return: whole episodes, the best
+    first, until X % of the steps are in. Ties keep the dataset's order, so the choice is deterministic.
+    """
+    if not 0 < percent <= 100:
+        raise ValueError(f"percent={percent!r}: expected 0 < percent <= 100")
+    order = sorted(range(len(episodes)), key=lambda i: (-episodes[i].raw_return, i))
+    need = percent / 100.0 * sum(len(ep) for ep in episodes)
+    keep: list[int] = []
+    held = 0
+    for i in order:
+        if held >= need and keep:
+            break
+        keep.append(i)
+        held += len(episodes[i])
+    return sorted(keep)
 
 
 def make_episode(observations: Any, actions: npt.ArrayLike, rewards: npt.ArrayLike, terminations: npt.ArrayLike,

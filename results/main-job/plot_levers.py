@@ -1,5 +1,6 @@
-"""Draws levers.png (the bottom-first design's levers, levers/) and levers-current-design.png (levers-current-design/)
-from the lever runs' evaluation tables (<arm>/eval-seed{2000,3000}.txt, the sampled row at the best-episode target).
+"""Draws levers.png (the bottom-first design's levers, levers/) and levers-current-design.png (levers-current-design/:
+the current design's levers and the %BC diagnostic) from the lever runs' evaluation tables (<arm>/eval-seed{2000,3000}.txt,
+the sampled row at the best-episode target).
 Run from the repo root: `.venv/bin/python results/main-job/plot_levers.py`."""
 
 import re
@@ -24,7 +25,9 @@ DESIGNS = {
         "state-loss-0.1": "state MSE\nweight 0.1", "data-120-episodes": "120 episodes", "rtg-features-5": "RTG sin/cos\n(seed 0)",
         "rtg-features-5-seed1": "RTG sin/cos\n(seed 1)",
         "steps-2200": "2,200 steps,\n2 threads\n(seed 0)", "steps-2200-seed1": "2,200 steps,\n2 threads\n(seed 1)",
-        "window-30": "window 30\n(seed 0)", "window-30-seed1": "window 30\n(seed 1)"}),
+        "window-30": "window 30\n(seed 0)", "window-30-seed1": "window 30\n(seed 1)",
+        "pbc10": "10 %BC\n(seed 0)", "pbc10-seed1": "10 %BC\n(seed 1)",
+        "pbc25": "25 %BC\n(seed 0)", "pbc25-seed1": "25 %BC\n(seed 1)"}),
 }
 
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from more3s.data import compute_rtg, make_episode
+from more3s.data import best_episode_indices, compute_rtg, make_episode
 
 rewards_st = st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=1, max_size=60)
 
@@ -60,3 +60,37 @@ def test_make_episode_rejects_bad_fields(field, value, msg):
     with pytest.raises(ValueError, match=msg) as e:
         make_episode(**arrays, source="myfile.hdf5")
     assert "myfile.hdf5" in str(e.value) and field in str(e.value)
+
+
+def _episode(T, ret):
+    r = np.zeros(T, np.float32)
+    r[0] = ret
+    return make_episode(np.zeros((T + 1, 2), np.float32), np.zeros(T, np.int64), r, np.zeros(T, bool),
+                        np.zeros(T, bool))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 30), st.integers(-5, 20)), min_size=1, max_size=12),
+       st.floats(0.5, 100))
+def test_best_episodes_are_the_fewest_best_that_hold_the_percentage(spec, percent):
+    eps = [_episode(T, ret) for T, ret in spec]
+    ids = best_episode_indices(eps, percent)
+    assert ids == sorted(set(ids))  # dataset order, each once
+    need = percent / 100 * sum(len(e) for e in eps)
+    held = sum(len(eps[i]) for i in ids)
+    assert held >= need - 1e-9
+    worst_kept = min(eps[i].raw_return for i in ids)
+    assert all(e.raw_return <= worst_kept for i, e in enumerate(eps) if i not in ids)  # nothing better left out
+    # the fewest: without the last one added (the worst-ranked kept), the selection would fall short
+    last = max(ids, key=lambda i: (-eps[i].raw_return, i))
+    assert len(ids) == 1 or held - len(eps[last]) < need
+
+
+def test_best_episodes_at_100_percent_is_every_episode_and_rejects_bad_percentages():
+    eps = [_episode(5, r) for r in (3, 1, 2)]
+    assert best_episode_indices(eps, 100) == [0, 1, 2]
+    assert best_episode_indices(eps, 30) == [0]  # 5 of 15 steps hold >= 30 %
+    assert best_episode_indices(eps, 34) == [0, 2]
+    for bad in (0, -1, 101):
+        with pytest.raises(ValueError, match="percent"):
+            best_episode_indices(eps, bad)
