@@ -26,6 +26,9 @@ DESIGNS = {
         "rtg-features-5-seed1": "RTG sin/cos\n(seed 1)",
         "steps-2200": "2,200 steps,\n2 threads\n(seed 0)", "steps-2200-seed1": "2,200 steps,\n2 threads\n(seed 1)",
         "window-30": "window 30\n(seed 0)", "window-30-seed1": "window 30\n(seed 1)",
+        "base-two-threads": "default,\n2 threads\n(seed 0)", "base-two-threads-seed1": "default,\n2 threads\n(seed 1)",
+        "memory-drop-0.25": "memory drop\n0.25, 2 thr.\n(seed 0)",
+        "memory-drop-0.25-seed1": "memory drop\n0.25, 2 thr.\n(seed 1)",
         "pbc10": "10 %BC\n(seed 0)", "pbc10-seed1": "10 %BC\n(seed 1)",
         "pbc25": "25 %BC\n(seed 0)", "pbc25-seed1": "25 %BC\n(seed 1)"}),
 }
