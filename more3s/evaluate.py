@@ -225,7 +225,8 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
 
     ``info``: the run's RunInfo (task, targets, behaviour, evaluation cap). ``sample``: discrete actions
     drawn from the softmax (seeded) and, with ``greedy``, greedy episodes from the same seeds beside them;
-    continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``.
+    continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``;
+    a policy that does not read RTG (``rtg_mode="none"``) plays only the first.
     ``video``: record the first N episodes of every target in the protocol's actions under ``run_dir/videos``.
     """
     _check_args(episodes, num_envs, engine, seeds, video, run_dir, compile_step)
@@ -235,6 +236,13 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
     run_targets = unique_targets(info.targets)
     own = len(unique_targets((*run_targets, *given))) == len(run_targets)  # the run's targets, or some of them
     targets_source = info.targets_source if own else "given on the command line"
+    play_targets = given or run_targets
+    if model.config.rtg_mode == "none" and len(play_targets) > 1:
+        # Behaviour cloning never reads the target: from the same seeds every other target replays the first's
+        # episodes (the same trajectories), so they are not played.
+        targets_source += (f"; the policy does not read RTG (rtg_mode=none): only {play_targets[0]:g} is played, "
+                           f"{', '.join(f'{t:g}' for t in play_targets[1:])} would replay its episodes")
+        play_targets = play_targets[:1]
     _check_encoder_dtype(encoder, info)
     dtype = dtype or model.param_dtype
     was_training = model.training
@@ -244,7 +252,7 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
     rank, world = rank_and_world()
     total_envs = min(num_envs * world, episodes)  # envs over all processes; each plays its quota of episodes
     lo, hi = (int(x) for x in np.linspace(0, total_envs, world + 1).round().astype(int)[rank:rank + 2])
-    plan = _Plan(task=task, targets=given or run_targets, modes=modes, episodes=episodes, seeds=seeds, cap=cap,
+    plan = _Plan(task=task, targets=play_targets, modes=modes, episodes=episodes, seeds=seeds, cap=cap,
                  lo=lo, hi=hi, total_envs=total_envs, video=video, run_dir=Path(run_dir) if run_dir else None,
                  prompt_set=info.prompt_set)
     t0 = time.perf_counter()

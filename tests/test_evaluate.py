@@ -18,6 +18,23 @@ from more3s.rollout.engine import RolloutEngine
 from more3s.train import train
 
 
+def test_a_policy_that_does_not_read_rtg_plays_one_target(tiny_config):
+    """Behaviour cloning's episodes are the same at every target (same seeds): only the first is played, and the
+    report says why; a policy that reads RTG plays each."""
+    from more3s.evaluate import evaluate_run
+    from more3s.report import format_table
+
+    bc = train(tiny_config(name="bc", preset="bc", rtg_mode="none", memory_steps=0, sampler="window", max_steps=1,
+                           ckpt_every=1))
+    report = evaluate_run(bc, episodes=2, num_envs=2, targets=(3.0, 2.0), max_episode_steps=6)
+    assert [t.target for t in report.targets] == [3.0] and [g.target for g in report.greedy] == [3.0]
+    assert "does not read RTG (rtg_mode=none): only 3 is played, 2 would replay its episodes" in format_table(report)
+    dt = train(tiny_config(name="dt", preset="dt", rtg_mode="token", memory_steps=0, sampler="window", max_steps=1,
+                           ckpt_every=1))
+    played = evaluate_run(dt, episodes=2, num_envs=2, targets=(3.0, 2.0), max_episode_steps=6, greedy=False)
+    assert [t.target for t in played.targets] == [3.0, 2.0] and "does not read RTG" not in format_table(played)
+
+
 def test_sampled_protocol_with_greedy_beside_and_distinct_counts(tiny_config, capsys):
     from more3s.evaluate import evaluate_run
     from more3s.report import format_table, load_report
