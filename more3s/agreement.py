@@ -126,7 +126,7 @@ def data_agreement(model: Any, run_info: Any, cache_dir: str | Path | None = Non
     """Per training episode: return, the behaviour's and the model's (teacher-forced, greedy) agreement with the
     tracker, and the model's mean probability of the tracker's action. ``max_episodes`` and ``top_percent`` are the
     run's (its config): they pick the episodes it trained on, as training did."""
-    from more3s.data import best_episode_indices, load_episodes
+    from more3s.data import load_episodes, training_episode_indices
     from more3s.data.facts import load_step_infos
     from more3s.data.policies import replay_tracker
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
@@ -136,12 +136,11 @@ def data_agreement(model: Any, run_info: Any, cache_dir: str | Path | None = Non
     all_infos = load_step_infos(run_info.dataset, max_episodes=len(loaded))
     if not all_infos or any("ram" not in inf for inf in all_infos):
         raise ValueError(f"{run_info.dataset}: no RAM recorded with this dataset; the tracker cannot be replayed")
-    rows = [(j, ep, inf) for j, (ep, inf) in enumerate(zip(loaded, all_infos)) if len(ep) > 0]  # as training
-    rows = [rows[i] for i in best_episode_indices([ep for _, ep, _ in rows], top_percent)]
-    if len(rows) != run_info.episodes:
-        raise ValueError(f"{run_info.dataset}: {len(rows)} episodes selected, the run trained on "
+    index = training_episode_indices(loaded, top_percent)
+    if len(index) != run_info.episodes:
+        raise ValueError(f"{run_info.dataset}: {len(index)} episodes selected, the run trained on "
                          f"{run_info.episodes} (the dataset changed since?)")
-    index, episodes, infos = [j for j, _, _ in rows], [ep for _, ep, _ in rows], [inf for _, _, inf in rows]
+    episodes, infos = [loaded[j] for j in index], [all_infos[j] for j in index]
     cache = build_or_load_cache(episodes, load_encoder(run_info.encoder), run_info.task, run_info.prompt_set,
                                 cache_dir=cache_dir, config=CacheConfig(progress=False))
     out = []

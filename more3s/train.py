@@ -47,8 +47,8 @@ import torch
 from more3s.atomic import atomic_write_text
 from more3s.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from more3s.config import TrainConfig, config_to_dict, model_config, parse_args, resolve_backbone, save_config
-from more3s.data import (StreamSampler, WindowSampler, best_episode_indices, collect_dataset, dataset_path,
-                         dataset_provenance, load_episodes, published_reason)
+from more3s.data import (StreamSampler, WindowSampler, collect_dataset, dataset_path, dataset_provenance,
+                         load_episodes, published_reason, training_episode_indices)
 from more3s.data.batches import TrainData
 from more3s.distributed import DistInfo, resolve_device, setup_distributed, torch_threads
 from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder, resolve_encoder
@@ -232,18 +232,16 @@ def _load_data(cfg: TrainConfig, dist: DistInfo, device: torch.device, task: Tas
     ensure_dataset(cfg, dist)
     # Lazy: hdf5 frames stay on disk (a full Atari dataset is tens of GB); the cache reads them only to encode.
     episodes = load_episodes(cfg.dataset, task=task.name, max_episodes=cfg.max_episodes, lazy=True)
-    episodes = [ep for ep in episodes if len(ep) > 0]
-    if not episodes:
+    nonempty = [ep for ep in episodes if len(ep) > 0]
+    if not nonempty:
         raise ValueError(f"dataset {cfg.dataset!r} has no non-empty episodes")
     # The report compares with the whole data (its statistics and targets) even when training sees its best part.
-    stats = behaviour_stats(task.name, [ep.raw_return for ep in episodes], [ep.train_return for ep in episodes])
-    if cfg.top_percent < 100:
-        n_all = len(episodes)
-        episodes = [episodes[i] for i in best_episode_indices(episodes, cfg.top_percent)]
-        if dist.main:
-            log(f"top_percent={cfg.top_percent:g}: training on the best {len(episodes)} of {n_all} episodes by raw "
-                f"return ({sum(len(ep) for ep in episodes)} steps, returns >= "
-                f"{min(ep.raw_return for ep in episodes):g})")
+    stats = behaviour_stats(task.name, [ep.raw_return for ep in nonempty], [ep.train_return for ep in nonempty])
+    episodes = [episodes[i] for i in training_episode_indices(episodes, cfg.top_percent)]
+    if cfg.top_percent < 100 and dist.main:
+        log(f"top_percent={cfg.top_percent:g}: training on the best {len(episodes)} of {len(nonempty)} episodes by "
+            f"raw return ({sum(len(ep) for ep in episodes)} steps, returns >= "
+            f"{min(ep.raw_return for ep in episodes):g})")
     encoder_name = _broadcast(resolve_encoder(cfg.encoder) if dist.main else None, dist)
     t0 = time.time()
     encoder: Any

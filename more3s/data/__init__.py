@@ -2,7 +2,7 @@
 train / evaluate -> report). One module per job:
 
 * ``episode.py``        the ``Episode`` record and its return-to-go (``make_episode``, ``compute_rtg``), and the
-  best episodes by return (``best_episode_indices``: DT's %BC);
+  best episodes by return (``best_episode_indices``: DT's %BC; ``training_episode_indices``: a run's);
 * ``load.py``           ``load_episodes``: one entry point for every source, dispatching to
   ``minari_reader.py`` (Minari datasets, and the provenance more3s records: ``dataset_provenance``),
   ``d4rl.py`` (D4RL hdf5 files) and ``remote.py`` (the Minari remote: ``is_online``, ``published_reason``);
@@ -19,7 +19,7 @@ SAC policies (more3s.data.sac), and Minari / h5py only when a dataset is read or
 
 from .collect import collect_dataset
 from .d4rl import D4RL_KEYS
-from .episode import Episode, best_episode_indices, compute_rtg, make_episode
+from .episode import Episode, best_episode_indices, compute_rtg, make_episode, training_episode_indices
 from .frames import H5Frames
 from .load import load_episodes
 from .minari_paths import dataset_path
@@ -31,7 +31,7 @@ from .writer import MinariWriter
 
 __all__ = [
     # records
-    "Episode", "best_episode_indices", "compute_rtg", "make_episode",
+    "Episode", "best_episode_indices", "training_episode_indices", "compute_rtg", "make_episode",
     # reading
     "load_episodes", "H5Frames", "dataset_path", "D4RL_KEYS", "dataset_provenance",
     # the Minari remote

@@ -78,6 +78,16 @@ def best_episode_indices(episodes: Sequence[Episode], percent: float) -> list[in
     return sorted(keep)
 
 
+def training_episode_indices(episodes: Sequence[Episode], top_percent: float = 100.0) -> list[int]:
+    """Indices of the episodes a run trains on: the non-empty ones, and of those only the best that hold
+    ``top_percent`` % of the steps (``best_episode_indices``). Training and every tool that replays a run's
+    training episodes (``more3s.agreement``) pick them here, so they cannot disagree."""
+    kept = [i for i, ep in enumerate(episodes) if len(ep) > 0]
+    if top_percent < 100 and kept:
+        kept = [kept[i] for i in best_episode_indices([episodes[i] for i in kept], top_percent)]
+    return kept
+
+
 def make_episode(observations: Any, actions: npt.ArrayLike, rewards: npt.ArrayLike, terminations: npt.ArrayLike,
                  truncations: npt.ArrayLike, *,
                  task: str | None = None, clip_rewards: bool | None = None,

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from more3s.data import best_episode_indices, compute_rtg, make_episode
+from more3s.data import best_episode_indices, compute_rtg, make_episode, training_episode_indices
 
 rewards_st = st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=1, max_size=60)
 
@@ -94,3 +94,10 @@ def test_best_episodes_at_100_percent_is_every_episode_and_rejects_bad_percentag
     for bad in (0, -1, 101):
         with pytest.raises(ValueError, match="percent"):
             best_episode_indices(eps, bad)
+
+
+def test_a_runs_training_episodes_skip_empty_ones_before_the_best_are_chosen():
+    eps = [_episode(5, 3), make_episode(np.zeros((1, 2), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                                        np.zeros(0, bool), np.zeros(0, bool)), _episode(5, 1), _episode(5, 2)]
+    assert training_episode_indices(eps) == [0, 2, 3]
+    assert training_episode_indices(eps, 34) == [0, 3]  # the best of the non-empty ones, dataset indices
