@@ -5,7 +5,8 @@ place that knows its layout (:class:`RunPaths`), reads and writes ``run.json`` (
 its ``format`` field) and rebuilds a run's model from a checkpoint (:func:`load_run_model`: the model config
 comes from the checkpoint itself, or, for checkpoints written before it carried one, from run.json).
 
-``python -m more3s.run upgrade DIR`` converts the run.json of a run written before the format was recorded.
+An older run.json is read through :func:`upgrade_run_info` (what it did not record reads "not recorded");
+``python -m more3s.run upgrade DIR`` rewrites the file in the current format.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from more3s.report import BehaviourStats, data_targets, unique_targets
 __all__ = ["RUN_FORMAT", "RunFormatError", "RunPaths", "RunInfo", "new_run_dir", "load_run_model",
            "default_targets", "eval_cap", "timestep_table", "upgrade_run_info", "main"]
 
-RUN_FORMAT = 1  # bump when RunInfo's fields change; add the conversion to upgrade_run_info
+RUN_FORMAT = 2  # bump when RunInfo's fields change; add the conversion to upgrade_run_info
 
 
 class RunFormatError(ValueError):
-    """run.json is missing, of another format version, or not a more3s run's."""
+    """run.json is of a newer format version, or not a more3s run's."""
 
 
 class RunPaths:
@@ -91,6 +92,7 @@ class RunInfo:
     eval_max_episode_steps: int | None
     eval_cap_source: str
     behaviour: BehaviourStats
+    host: dict[str, Any]  # more3s.host.machine() in the training process: CPU, training threads, torch, GPUs
     format: int = RUN_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,15 +102,15 @@ class RunInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "run.json") -> RunInfo:
-        """The RunInfo of a run.json dict; RunFormatError naming ``source`` for an older or foreign one."""
+        """The RunInfo of a run.json dict, an older format upgraded; RunFormatError naming ``source`` for a newer
+        or foreign one."""
         if not isinstance(d, dict):
             raise RunFormatError(f"{source}: not a more3s run.json (a {type(d).__name__}, not a mapping)")
-        if "format" not in d:
-            raise RunFormatError(f"{source}: written by a more3s before run.json recorded its format; convert it "
-                                 f"with `python -m more3s.run upgrade {Path(source).parent}`")
-        if d["format"] != RUN_FORMAT:
-            raise RunFormatError(f"{source}: run.json format {d['format']!r}, this more3s reads format "
-                                 f"{RUN_FORMAT} (a newer more3s wrote it?)")
+        fmt = d.get("format", 0)
+        if not isinstance(fmt, int) or not 0 <= fmt <= RUN_FORMAT:
+            raise RunFormatError(f"{source}: run.json format {fmt!r}, this more3s reads formats 0-{RUN_FORMAT} "
+                                 f"(a newer more3s wrote it?)")
+        d = upgrade_run_info(d)
         names = {f.name for f in dataclasses.fields(cls)}
         if set(d) != names:
             raise RunFormatError(f"{source}: not a more3s run.json of format {RUN_FORMAT}: missing "
@@ -142,13 +144,15 @@ class RunInfo:
 
 
 def upgrade_run_info(d: dict[str, Any]) -> dict[str, Any]:
-    """A run.json dict of an older format converted to the current one (format 0: before ``format`` was
-    recorded, with the timestep table nested under ``timesteps``)."""
+    """A run.json dict of an older format converted to the current one. Format 0: before ``format`` was
+    recorded, with the timestep table nested under ``timesteps``; format 1: before the host was recorded."""
     d = dict(d)
     if "format" not in d:
         ts = d.pop("timesteps", {})
         d.update(max_timestep=ts.get("max_timestep", d.get("model_config", {}).get("max_timestep")),
                  timestep_source=ts.get("source", "(not recorded)"), format=1)
+    if d["format"] == 1:
+        d.update(host={"note": "not recorded (run.json format 1)"}, format=2)
     return d
 
 

@@ -54,6 +54,7 @@ from more3s.distributed import DistInfo, resolve_device, setup_distributed, torc
 from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder, resolve_encoder
 from more3s.encoder.raw import ATARI_FRAME_SIZE, RAW_ENCODER, RawObservations
 from more3s.envs import TaskSpec, get_task
+from more3s.host import machine
 from more3s.evaluate import evaluate_model, evaluate_run, finish_report, resolve_eval_dtype
 from more3s.metrics import MetricsLog
 from more3s.model import Memory, ModelOutput, MoreModel, build_model
@@ -341,7 +342,7 @@ def _run_info(cfg: TrainConfig, dist: DistInfo, device: torch.device, paths: Run
         return RunInfo.read(paths.root)  # what the run resolved when it started
     n_params = sum(p.numel() for p in t.model.parameters() if p.requires_grad)
     info = RunInfo(**d.info, backbone=t.model.config.backbone, model_config=t.model.config, parameters=n_params,
-                   world_size=dist.world_size, device=str(device), sampler=cfg.sampler_kind)
+                   world_size=dist.world_size, device=str(device), sampler=cfg.sampler_kind, host=machine())
     if dist.main:
         info.write(paths.root)
     return info

@@ -1,6 +1,7 @@
 """The run directory (more3s.run): run.json's RunInfo, the targets / caps / timestep table a run resolves, and loading
 a run's model."""
 
+import dataclasses
 import json
 
 import pytest
@@ -56,16 +57,22 @@ def test_run_info_round_trips_and_names_the_file_it_refuses(tiny_config, tmp_pat
     assert RunInfo.read(tmp_path) == info
     with pytest.raises(FileNotFoundError, match="run.json does not exist"):
         RunInfo.read(tmp_path / "nowhere")
-    legacy = info.to_dict()  # as written before run.json recorded its format
+    assert info.host["cpu"] and info.host["threads"] == torch.get_num_threads() and info.host["torch"]
+    unrecorded = dataclasses.replace(info, host={"note": "not recorded (run.json format 1)"})
+    format1 = info.to_dict()  # as written before run.json recorded the host
+    del format1["host"]
+    format1["format"] = 1
+    legacy = dict(format1)  # format 0: before run.json recorded its format
     del legacy["format"], legacy["max_timestep"], legacy["timestep_source"]
     legacy["timesteps"] = {"max_timestep": info.max_timestep, "source": info.timestep_source}
-    RunPaths(tmp_path).run_json.write_text(json.dumps(legacy))
-    with pytest.raises(RunFormatError, match=f"{tmp_path}.*python -m more3s.run upgrade"):
-        RunInfo.read(tmp_path)
-    assert run_main(["upgrade", str(tmp_path)]) == 0  # the conversion the message names
-    assert RunInfo.read(tmp_path) == info
+    for old in (format1, legacy):  # an older file reads, upgraded; `upgrade` rewrites it in the current format
+        RunPaths(tmp_path).run_json.write_text(json.dumps(old))
+        assert RunInfo.read(tmp_path) == unrecorded
+        assert run_main(["upgrade", str(tmp_path)]) == 0
+        assert json.loads(RunPaths(tmp_path).run_json.read_text())["format"] == RUN_FORMAT
+        assert RunInfo.read(tmp_path) == unrecorded
     RunPaths(tmp_path).run_json.write_text(json.dumps({**info.to_dict(), "format": RUN_FORMAT + 1}))
-    with pytest.raises(RunFormatError, match="format 2"):
+    with pytest.raises(RunFormatError, match=f"{tmp_path}.*format {RUN_FORMAT + 1}.*newer"):
         RunInfo.read(tmp_path)
     RunPaths(tmp_path).run_json.write_text(json.dumps({"format": RUN_FORMAT, "something": "else"}))
     with pytest.raises(RunFormatError, match="not a more3s run.json.*missing"):

@@ -11,7 +11,6 @@ its message and the rest of the grid goes on.
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -102,16 +101,6 @@ def _commit() -> str:
                               cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _machine() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "torch": torch.__version__, "gpus": gpus}
 
 
 def _pretrained_available() -> bool:
@@ -302,6 +291,8 @@ def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
                          f"({'; '.join(drifted[:3])}{'; ...' if len(drifted) > 3 else ''}). Continue that grid with "
                          f"the code and options it was started with, or pass --out DIR for a new one "
                          f"(nothing was deleted)")
+    from more3s.host import machine  # torch: imported only when a grid runs
+
     root.mkdir(parents=True, exist_ok=True)
     commit = _commit()
     record = {
@@ -310,7 +301,7 @@ def run_grid(cfg: ReproduceConfig, log: Log = print) -> Path:
                     "tasks": {t: {"data": asdict(d), "budget": asdict(b)} for t, (d, b) in prof.tasks.items()},
                     "arms": {a: ARMS[a] for a in prof.arms}},
         "deviations": {"data": data_over, "override": overrides},
-        "pretrained_encoder_available": pretrained, "machine": _machine(), "commit": commit,
+        "pretrained_encoder_available": pretrained, "machine": machine(), "commit": commit,
     }
     session = Session.start(commit, cfg.jobs)  # this invocation's share of the grid's wall time, data included
     sessions = [*read_sessions(root / "grid.json"), session]
