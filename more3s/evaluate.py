@@ -273,7 +273,7 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
         wall_s=wall, steps_per_s=env_steps / wall if wall > 0 else 0.0, processes=world,
         greedy=rows["greedy"] if modes[0] != "greedy" and "greedy" in rows else [],
         cap_source=cap_source, dtype=str(dtype).removeprefix("torch."), dataset=_dataset_line(info),
-        videos=videos, video_note=" ".join(sorted(n for n in notes if n)),
+        videos=videos, video_note=" ".join(sorted(n for n in notes if n)), reads_rtg=model.config.rtg_mode != "none",
     )
 
 

@@ -87,6 +87,7 @@ class EvalReport:
     dataset: str = ""  # the training dataset and its provenance (who collected it, how)
     videos: list[dict[str, Any]] = field(default_factory=list)  # recorded episodes (more3s.video), under videos/
     video_note: str = ""  # why videos were asked for but not made (e.g. no offscreen rendering)
+    reads_rtg: bool = True  # False: the policy ignores the target (behaviour cloning); rows name none
 
 
 @dataclass
@@ -161,7 +162,8 @@ def format_table(report: EvalReport) -> str:
             if row is None:
                 continue
             raw = np.asarray(row.returns, dtype=np.float64)
-            lines.append(f"{row.target:>12.1f} | {row.actions:<7} | {row.mean:>9.1f} ± {row.std:<8.1f} | "
+            target = f"{row.target:>12.1f}" if report.reads_rtg else f"{'not read':>12}"
+            lines.append(f"{target} | {row.actions:<7} | {row.mean:>9.1f} ± {row.std:<8.1f} | "
                          f"{raw.mean():>8.1f} ± {raw.std():<7.1f} | {np.mean(row.lengths):>8.0f} | "
                          f"{f'{row.distinct_trajectories} / {len(row.returns)}':>9}")
     if report.behaviour is not None:
@@ -272,12 +274,12 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
         ax_c.set_title("score during training (--eval-every; curves only)")
         ax_c.legend()
     if report is not None and report.targets:
-        labels = [f"RTG {t.target:g}" for t in report.targets]
+        labels = [f"RTG {t.target:g}" if report.reads_rtg else "no RTG" for t in report.targets]
         means = [t.mean for t in report.targets]
         stds = [t.std for t in report.targets]
         colors = ["tab:blue"] * len(report.targets)
         for g in report.greedy:
-            labels.append(f"RTG {g.target:g}\ngreedy")
+            labels.append(f"{f'RTG {g.target:g}' if report.reads_rtg else 'no RTG'}\ngreedy")
             means.append(g.mean)
             stds.append(g.std)
             colors.append("tab:orange")

@@ -28,11 +28,14 @@ def test_a_policy_that_does_not_read_rtg_plays_one_target(tiny_config):
                            ckpt_every=1))
     report = evaluate_run(bc, episodes=2, num_envs=2, targets=(3.0, 2.0), max_episode_steps=6)
     assert [t.target for t in report.targets] == [3.0] and [g.target for g in report.greedy] == [3.0]
-    assert "does not read RTG (rtg_mode=none): only 3 is played, 2 would replay its episodes" in format_table(report)
+    table = format_table(report)
+    assert "does not read RTG (rtg_mode=none): only 3 is played, 2 would replay its episodes" in table
+    assert not report.reads_rtg and table.count("    not read | ") == 2 and "         3.0 | " not in table
     dt = train(tiny_config(name="dt", preset="dt", rtg_mode="token", memory_steps=0, sampler="window", max_steps=1,
                            ckpt_every=1))
     played = evaluate_run(dt, episodes=2, num_envs=2, targets=(3.0, 2.0), max_episode_steps=6, greedy=False)
     assert [t.target for t in played.targets] == [3.0, 2.0] and "does not read RTG" not in format_table(played)
+    assert played.reads_rtg and "         3.0 | sampled" in format_table(played)
 
 
 def test_sampled_protocol_with_greedy_beside_and_distinct_counts(tiny_config, capsys):
