@@ -47,7 +47,7 @@ from more3s.envs import SCORE_REFS, TaskSpec, action_prompts, get_task, make_vec
 from more3s.model import MoreModel
 from more3s.report import (EvalReport, TargetResult, format_table, plot_report, read_metrics, save_report,
                            unique_targets)
-from more3s.rollout.engine import ENGINE_MODES, RolloutEngine
+from more3s.rollout.engine import ENGINE_MODES, RolloutEngine, check_temperature
 from more3s.run import RunInfo, RunPaths, load_run_model
 from more3s.video import (EpisodeRecorder, best_episode_strip, decision_scores, expand_bare_flag, prune_videos,
                           render_kwargs)
@@ -92,6 +92,9 @@ class EvalConfig:
     """Sample discrete actions from the policy's softmax (DT's Atari protocol); --no-sample: greedy only."""
     greedy: bool = True
     """When sampling, also play greedy episodes from the same seeds and report them beside."""
+    temperature: float = 1.0
+    """Softmax temperature of the sampled actions. 1 is DT's protocol; any other value is a diagnostic (how the
+    same weights play when they hedge less or more), and the report says so."""
     video: int = 0
     """Record the first N episodes of every RTG target as MP4 (GIF without ffmpeg) under the run's videos/,
     each frame with the step, RTG, reward and the chosen action's sentence; a bare --video means 1."""
@@ -157,7 +160,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
                  max_episode_steps: int | str | None = "run", num_envs: int = 8,
                  device: torch.device | str = "auto", checkpoint: str | Path | None = None, encoder: Any = None,
                  sample: bool = True, greedy: bool = True, dtype: str = "auto", video: int = 0,
-                 compile_step: bool = False) -> EvalReport:
+                 compile_step: bool = False, temperature: float = 1.0) -> EvalReport:
     """Evaluate a run's checkpoint; returns a more3s.report.EvalReport (not yet saved). See evaluate_model.
 
     ``video``: record the first N episodes of every target (over the seeds in order) under ``run_dir/videos``.
@@ -174,7 +177,7 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, targets: Sequence[f
     return evaluate_model(model, info, encoder, checkpoint=str(ckpt.path), step=ckpt.step, episodes=episodes,
                           targets=targets, seeds=seeds, engine=engine, max_episode_steps=max_episode_steps,
                           num_envs=num_envs, sample=sample, greedy=greedy, dtype=step_dtype,
-                          video=video, run_dir=run_dir, compile_step=compile_step)
+                          video=video, run_dir=run_dir, compile_step=compile_step, temperature=temperature)
 
 
 @dataclass
@@ -193,6 +196,7 @@ class _Plan:
     video: int
     run_dir: Path | None
     prompt_set: str
+    temperature: float  # of the sampled actions' softmax
 
 
 # One played episode: (mode#, target#, seed#, env, the env's episode ordinal, return, train return, length, digest)
@@ -200,7 +204,8 @@ _Played = tuple[int, int, int, int, int, float, float, int, str]
 
 
 def _check_args(episodes: int, num_envs: int, engine: str, seeds: Sequence[int], video: int,
-                run_dir: str | Path | None, compile_step: bool = False) -> None:
+                run_dir: str | Path | None, compile_step: bool = False, temperature: float = 1.0) -> None:
+    check_temperature(temperature)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if num_envs < 1:
@@ -219,7 +224,8 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
                    episodes: int = 10, targets: Sequence[float] = (), seeds: Sequence[int] = (1000,),
                    engine: str = "ring", max_episode_steps: int | str | None = "run", num_envs: int = 8,
                    sample: bool = True, greedy: bool = True, dtype: torch.dtype | None = None, video: int = 0,
-                   run_dir: str | Path | None = None, compile_step: bool = False) -> EvalReport:
+                   run_dir: str | Path | None = None, compile_step: bool = False,
+                   temperature: float = 1.0) -> EvalReport:
     """Play the episodes of every (target, seed) with ``model`` (its weights as they are: the trainer's
     --eval-every passes its live model) and return an EvalReport.
 
@@ -228,8 +234,9 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
     continuous actions are deterministic. Every target is played once, whatever the duplicates in ``targets``;
     a policy that does not read RTG (``rtg_mode="none"``) plays only the first.
     ``video``: record the first N episodes of every target in the protocol's actions under ``run_dir/videos``.
+    ``temperature``: of the sampled softmax; 1 is DT's protocol, any other value a diagnostic the report names.
     """
-    _check_args(episodes, num_envs, engine, seeds, video, run_dir, compile_step)
+    _check_args(episodes, num_envs, engine, seeds, video, run_dir, compile_step, temperature)
     cap, cap_source = resolve_cap(max_episode_steps, info)
     task = get_task(info.task)
     given = unique_targets(targets)
@@ -249,12 +256,15 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
     step_model = _cast(model, dtype)
     discrete = task.action_kind == "discrete"
     modes = (["sampled", "greedy"] if greedy else ["sampled"]) if sample and discrete else ["greedy"]
+    if temperature != 1 and modes[0] != "sampled":
+        raise ValueError(f"temperature={temperature:g} shapes sampled discrete actions; this evaluation plays "
+                         f"{'continuous' if not discrete else 'greedy'} ones only")
     rank, world = rank_and_world()
     total_envs = min(num_envs * world, episodes)  # envs over all processes; each plays its quota of episodes
     lo, hi = (int(x) for x in np.linspace(0, total_envs, world + 1).round().astype(int)[rank:rank + 2])
     plan = _Plan(task=task, targets=play_targets, modes=modes, episodes=episodes, seeds=seeds, cap=cap,
                  lo=lo, hi=hi, total_envs=total_envs, video=video, run_dir=Path(run_dir) if run_dir else None,
-                 prompt_set=info.prompt_set)
+                 prompt_set=info.prompt_set, temperature=float(temperature))
     t0 = time.perf_counter()
     played, env_steps, videos, notes = _play(plan, step_model, encoder, engine, compile_step)
     model.train(was_training)  # the engine set eval mode; the trainer's model goes back to training
@@ -274,6 +284,7 @@ def evaluate_model(model: MoreModel, info: RunInfo, encoder: Any, *, checkpoint:
         greedy=rows["greedy"] if modes[0] != "greedy" and "greedy" in rows else [],
         cap_source=cap_source, dtype=str(dtype).removeprefix("torch."), dataset=_dataset_line(info),
         videos=videos, video_note=" ".join(sorted(n for n in notes if n)), reads_rtg=model.config.rtg_mode != "none",
+        temperature=float(temperature),
     )
 
 
@@ -281,7 +292,8 @@ def _play(plan: _Plan, model: MoreModel, encoder: Any, engine: str,
           compile_step: bool) -> tuple[list[_Played], int, list[dict[str, Any]], set[str]]:
     """This process's episodes of every (mode, target, seed): (played, env steps, videos, video notes)."""
     mode_: Any = engine  # one of ENGINE_MODES (checked by _check_args)
-    engine_ = RolloutEngine(model, encoder, plan.task, mode=mode_, compile_step=compile_step)
+    engine_ = RolloutEngine(model, encoder, plan.task, mode=mode_, compile_step=compile_step,
+                            temperature=plan.temperature)
     engines = {m: engine_.sampling(m == "sampled") for m in plan.modes}
     played: list[_Played] = []
     env_steps = 0
@@ -403,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               engine=cfg.engine, max_episode_steps=cfg.max_episode_steps,
                               num_envs=cfg.num_envs, device=device, checkpoint=cfg.checkpoint,
                               sample=cfg.sample, greedy=cfg.greedy, dtype=cfg.dtype, video=cfg.video,
-                              compile_step=cfg.compile_step)
+                              compile_step=cfg.compile_step, temperature=cfg.temperature)
     except (ValueError, FileNotFoundError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -88,6 +88,7 @@ class EvalReport:
     videos: list[dict[str, Any]] = field(default_factory=list)  # recorded episodes (more3s.video), under videos/
     video_note: str = ""  # why videos were asked for but not made (e.g. no offscreen rendering)
     reads_rtg: bool = True  # False: the policy ignores the target (behaviour cloning); rows name none
+    temperature: float = 1.0  # of the sampled actions' softmax: 1 is DT's protocol, anything else a diagnostic
 
 
 @dataclass
@@ -141,8 +142,10 @@ def format_table(report: EvalReport) -> str:
         cap = f"capped at {report.max_episode_steps} agent steps per episode (NOT the full-game protocol)"
     if report.cap_source:
         cap += f"; {report.cap_source}"
-    how = {"sampled": "actions sampled from the policy's softmax (DT's Atari protocol)",
-           "greedy": "greedy actions"}.get(report.actions, f"{report.actions} actions")
+    sampled = ("actions sampled from the policy's softmax (DT's Atari protocol)" if report.temperature == 1 else
+               f"actions sampled from the policy's softmax at temperature {report.temperature:g} (a DIAGNOSTIC, "
+               f"not DT's protocol, which samples at 1)")
+    how = {"sampled": sampled, "greedy": "greedy actions"}.get(report.actions, f"{report.actions} actions")
     if report.greedy:
         how += ", greedy actions from the same seeds beside"
     lines = [

@@ -70,6 +70,15 @@ def test_sampled_protocol_with_greedy_beside_and_distinct_counts(tiny_config, ca
     assert compiled.targets[0].trajectory_digests == row.trajectory_digests
     with pytest.raises(ValueError, match="compile_step"):
         evaluate_run(run, episodes=1, num_envs=1, engine="banded", compile_step=True)
+    # another softmax temperature is a diagnostic, and the report says so; it shapes sampled actions only
+    assert report.temperature == 1 and "(DT's Atari protocol)" in format_table(report)
+    hot = evaluate_run(run, episodes=2, num_envs=2, targets=(3.0,), max_episode_steps=6, greedy=False,
+                       temperature=0.5)
+    assert hot.temperature == 0.5 and "temperature 0.5 (a DIAGNOSTIC, not DT's protocol" in format_table(hot)
+    with pytest.raises(ValueError, match="temperature=0.5 shapes sampled discrete actions"):
+        evaluate_run(run, episodes=1, num_envs=1, sample=False, temperature=0.5)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        evaluate_run(run, episodes=1, num_envs=1, temperature=0.0)
 
 
 def test_primary_target_only_plays_the_same_primary_episodes(tiny_config):

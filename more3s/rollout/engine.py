@@ -2,7 +2,8 @@
 
 Per step, for all N environments together: regions of the current and previous frame (the previous frame's
 components remembered from the step before) -> frozen encoder (``encoder.embed_states``, batched) -> one model decision -> an action (the argmax, or a draw
-from the softmax with ``sample=True``; continuous actions are the model's output) -> ``venv.step``.
+from the softmax with ``sample=True``, at ``temperature`` 1 as DT does; continuous actions are the model's output) ->
+``venv.step``.
 Environments reset independently (gymnasium's same-step autoreset): a finished environment starts
 its next episode in the same step, with a fresh RTG, timestep 0 and a start token, while the others
 carry on. The RTG is decremented by the reward as in training (clipped to [-1, 1] for Atari, whose
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +54,7 @@ from more3s.envs import TaskSpec, get_task
 from more3s.model import MoreModel
 from more3s.model.kv_cache import CacheBackend, RingKVCache
 
-__all__ = ["RolloutEngine", "RolloutResult", "ENGINE_MODES", "EngineMode", "StateEncoder"]
+__all__ = ["RolloutEngine", "RolloutResult", "ENGINE_MODES", "EngineMode", "StateEncoder", "check_temperature"]
 
 EngineMode = Literal["ring", "banded", "window"]
 ENGINE_MODES: tuple[EngineMode, ...] = get_args(EngineMode)
@@ -158,6 +160,13 @@ class _Streams:
                    [hashlib.blake2b(digest_size=8) for _ in range(N)], float(target))
 
 
+def check_temperature(temperature: float) -> None:
+    """ValueError unless ``temperature`` (of the sampled actions' softmax) is a finite number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0 (1 = DT's sampled protocol), got {temperature!r}")
+
+
 class RolloutEngine:
     """Batched rollouts of ``model`` with ``encoder`` on ``task`` (see the module docstring).
 
@@ -168,9 +177,10 @@ class RolloutEngine:
     def __init__(self, model: MoreModel, encoder: StateEncoder, task: str | TaskSpec, *,
                  mode: EngineMode = "ring", cache_backend: CacheBackend = "auto",
                  cuda_graph: bool | None = None, history_steps: int | None = None, sample: bool = False,
-                 strict_graph: bool | None = None, compile_step: bool = False):
+                 strict_graph: bool | None = None, compile_step: bool = False, temperature: float = 1.0):
         if mode not in ENGINE_MODES:
             raise ValueError(f"engine mode {mode!r}: expected one of {ENGINE_MODES}")
+        check_temperature(temperature)
         self.model = model.eval()
         self.encoder = encoder
         self.task = get_task(task)
@@ -178,6 +188,7 @@ class RolloutEngine:
         # sample=True draws discrete actions from softmax(logits), as DT's Atari evaluation does (the argmax
         # makes every episode of a deterministic game identical); continuous actions are the model's output.
         self.sample = bool(sample)
+        self.temperature = float(temperature)  # of the sampled softmax: 1 is DT's protocol, others a diagnostic
         self.cache_backend: CacheBackend = cache_backend
         cfg = model.config
         self.device = model.device
@@ -274,7 +285,7 @@ class RolloutEngine:
             state, torch.as_tensor(s.prev_action, device=dev), torch.as_tensor(s.rtg, dtype=torch.float32, device=dev),
             torch.as_tensor(s.timestep, device=dev), torch.as_tensor(s.first, device=dev))
         if self.sample and self.discrete:
-            probs = torch.softmax(logits.float(), dim=-1)  # [N, A]
+            probs = torch.softmax(logits.float() / self.temperature, dim=-1)  # [N, A]
             action_t = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [N]
         else:
             action_t = self.model.predict_action(logits)

@@ -267,6 +267,25 @@ def test_sampled_actions_follow_the_softmax_and_are_reproducible(encoder):
     finally:
         venv.close()
     assert [x.tolist() for x in c.actions] != [x.tolist() for x in a.actions]
+    # temperature 1 is the default; a cold softmax draws the argmax, a hot one strays from it more often
+    assert [x.tolist() for x in _play(model, encoder, "ring", sample=True, temperature=1.0).actions] == \
+        [x.tolist() for x in a.actions]
+    cold = _play(model, encoder, "ring", sample=True, temperature=1e-6)
+    assert [x.tolist() for x in cold.actions] == [lg.argmax(-1).tolist() for lg in cold.logits]
+    sharp = torch.randn(task.action_dim, encoder.d_enc) * 50  # far from uniform: T moves the draws
+    peaked = MoreModel(cfg, sharp).eval()
+
+    def off_argmax(temperature):
+        r = _play(peaked, encoder, "ring", sample=True, temperature=temperature)
+        return np.mean([np.mean(np.asarray(x) != np.asarray(lg).argmax(-1)) for x, lg in zip(r.actions, r.logits)])
+
+    assert off_argmax(0.25) < off_argmax(4.0)  # measured: 0.16 and 0.68 of the draws
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1"])
+def test_temperature_must_be_a_finite_positive_number(encoder, bad):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        RolloutEngine(_model(encoder, "kv", 2, seed=0), encoder, "breakout", sample=True, temperature=bad)
 
 
 class _SeededVecEnv:
