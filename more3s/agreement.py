@@ -42,6 +42,9 @@ class AgreementConfig:
     seed: int = 1000
     target: float | None = None
     """RTG target; None = the run's primary target (its data's best episode)."""
+    temperature: float = 1.0
+    """Softmax temperature of the sampled actions (and of p(tracker action)): 1 is DT's protocol, others a
+    diagnostic (more3s.evaluate --temperature)."""
     num_envs: int = 8
     data: bool = True
     """Also read every training episode teacher-forced (the 'on the data' table)."""
@@ -58,9 +61,10 @@ def _band(d: float) -> str:
 class _TrackerReader:
     """Rollout recorder: the tracker's action and error before each step, and the policy's choice after it."""
 
-    def __init__(self, task: str, num_envs: int, quota: np.ndarray):
+    def __init__(self, task: str, num_envs: int, quota: np.ndarray, temperature: float = 1.0):
         from more3s.data.policies import TRACKERS
 
+        self.temperature = temperature
         self.trackers = [TRACKERS[task]() for _ in range(num_envs)]
         self.quota, self.done = quota, np.zeros(num_envs, np.int64)
         self.rows: list[tuple[str, int, int, int, float]] = []  # (band, tracker a, sampled a, greedy a, p(tracker a))
@@ -80,7 +84,7 @@ class _TrackerReader:
                reward: np.ndarray, rtg: np.ndarray, timestep: np.ndarray, done: np.ndarray) -> None:
         import torch
 
-        probs = torch.softmax(logits.float(), -1).cpu().numpy()
+        probs = torch.softmax(logits.float() / self.temperature, -1).cpu().numpy()
         for i, (want, band) in enumerate(frames):
             if self.done[i] < self.quota[i]:  # episodes past an env's quota are not the protocol's
                 self.rows.append((band, want, int(action[i]), int(probs[i].argmax()), float(probs[i, want])))
@@ -90,18 +94,19 @@ class _TrackerReader:
 
 
 def in_play_agreement(model: Any, encoder: Any, task: str, target: float, episodes: int, seed: int, cap: int | None,
-                      num_envs: int = 8) -> dict[str, Any]:
-    """Play ``episodes`` sampled episodes at ``target`` and score every step against the tracker's action."""
+                      num_envs: int = 8, temperature: float = 1.0) -> dict[str, Any]:
+    """Play ``episodes`` sampled episodes at ``target`` (softmax ``temperature``) and score every step against the
+    tracker's action."""
     from more3s.envs import make_vector_env
     from more3s.rollout.engine import RolloutEngine
 
     n = min(num_envs, episodes)
     quota = episodes // n + (np.arange(n) < episodes % n)
-    reader = _TrackerReader(task, n, quota)
+    reader = _TrackerReader(task, n, quota, temperature)
+    engine = RolloutEngine(model, encoder, task, mode="ring", sample=True, temperature=temperature)
     venv = make_vector_env(task, n, max_episode_steps=cap)
     try:
-        res = RolloutEngine(model, encoder, task, mode="ring").sampling(True).run(venv, target, episodes, seed=seed,
-                                                                                  recorder=reader)
+        res = engine.run(venv, target, episodes, seed=seed, recorder=reader)
     finally:
         venv.close()
     rows = reader.rows
@@ -115,7 +120,7 @@ def in_play_agreement(model: Any, encoder: Any, task: str, target: float, episod
                 "greedy": float(np.mean(a[:, 2] == a[:, 0])), "p_tracker": float(np.mean(a[:, 3]))}
 
     order = [name for name, _, _ in ERROR_BANDS] + [NO_BALL]
-    return {"target": float(target), "episodes": len(res.returns), "seed": int(seed),
+    return {"target": float(target), "episodes": len(res.returns), "seed": int(seed), "temperature": float(temperature),
             "return_mean": float(np.mean(res.returns)), "return_std": float(np.std(res.returns)),
             "length_mean": float(np.mean(res.lengths)),
             "all": score([r[1:] for r in rows]), "bands": {b: score(bands[b]) for b in order if bands[b]}}
@@ -156,7 +161,9 @@ def data_agreement(model: Any, run_info: Any, cache_dir: str | Path | None = Non
 
 def format_agreement(report: dict[str, Any]) -> str:
     p = report["in_play"]
-    lines = [f"{report['run']} (step {report['step']}) on {report['task']}: {p['episodes']} sampled episodes at "
+    temperature = p.get("temperature", 1.0)
+    hot = "" if temperature == 1 else f" at softmax temperature {temperature:g} (a diagnostic: DT's protocol is 1)"
+    lines = [f"{report['run']} (step {report['step']}) on {report['task']}: {p['episodes']} sampled episodes{hot} at "
              f"target {p['target']:g}, seed {p['seed']}: raw return {p['return_mean']:.1f} ± {p['return_std']:.1f}, "
              f"length {p['length_mean']:.0f}",
              "agreement with the tracker's action in play:",
@@ -180,8 +187,11 @@ def run_agreement(cfg: AgreementConfig) -> dict[str, Any]:
     from more3s.evaluate import resolve_cap
     from more3s.run import load_run_model
 
+    from more3s.rollout.engine import check_temperature
+
     if cfg.episodes < 1 or cfg.num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {cfg.episodes} and {cfg.num_envs}")
+    check_temperature(cfg.temperature)
     model, info, ckpt = load_run_model(cfg.run, "cpu")
     if info.task not in TRACKERS:
         raise ValueError(f"run {cfg.run} is on {info.task!r}; a scripted tracker exists for {', '.join(TRACKERS)}")
@@ -191,7 +201,7 @@ def run_agreement(cfg: AgreementConfig) -> dict[str, Any]:
     target = float(info.targets[0]) if cfg.target is None else float(cfg.target)
     report: dict[str, Any] = {"run": str(cfg.run), "step": ckpt.step, "task": info.task,
                               "in_play": in_play_agreement(model, encoder, info.task, target, cfg.episodes, cfg.seed,
-                                                           cap, cfg.num_envs)}
+                                                           cap, cfg.num_envs, cfg.temperature)}
     if cfg.data:
         from more3s.config import load_config_file
         from more3s.run import RunPaths

@@ -36,6 +36,14 @@ def test_agreement_of_a_trained_run(tiny_config, tmp_path, capsys):
     assert np.mean([r["behaviour"] for r in data]) > 0.4
     text = capsys.readouterr().out
     assert "agreement with the tracker's action in play" in text and "teacher-forced" in text
+    assert play["temperature"] == 1 and "temperature" not in text
+    # another temperature plays other draws, scores p(tracker action) under it, and says it is a diagnostic
+    assert main(["--run", str(run), "--episodes", "3", "--num-envs", "2", "--seed", "5", "--no-data",
+                 "--temperature", "0.5", "--json", str(out)]) == 0
+    cold = json.loads(out.read_text())["in_play"]
+    assert cold["temperature"] == 0.5 and "temperature 0.5 (a diagnostic" in capsys.readouterr().out
+    assert cold["all"]["p_tracker"] != play["all"]["p_tracker"]
+    assert main(["--run", str(run), "--temperature", "0", "--no-data"]) == 2
 
 
 def test_agreement_teacher_forces_the_episodes_a_percentile_run_trained_on(tiny_config, tiny_dataset, tmp_path):
