@@ -46,7 +46,7 @@ from more3s.distributed import rank_and_world
 from more3s.envs import PromptSet, check_prompt_set, get_task, state_caption
 
 from .lxmert import FrozenLxmert
-from .regions import Regions
+from .regions import Regions, sequence_slice
 
 if TYPE_CHECKING:
     from more3s.data.frames import H5Frames
@@ -347,9 +347,8 @@ def _encode_rows(encoder: FrozenLxmert, task: str, episodes: Sequence[EpisodeLik
         parts = []
         for e in np.unique(e_b):  # one slice per episode touched by the batch
             t = t_b[e_b == e]
-            a = max(int(t[0]) - 1, 0)  # the first row's previous frame (row 0 is its own)
-            r = encoder.regions(task, np.asarray(episodes[e].observations[a:t[-1] + 1]))
-            parts.append(r.rows(int(t[0]) - a))
+            frames, drop = sequence_slice(episodes[e].observations, int(t[0]), int(t[-1]) + 1)
+            parts.append(encoder.regions(task, np.asarray(frames)).rows(drop))
         emb = encoder.embed_regions(task, Regions.cat(parts))  # [b, d_enc]
         out[s:s + len(t_b)] = emb.cpu().numpy().astype(np.float16)
         on_batch(len(t_b))

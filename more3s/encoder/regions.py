@@ -45,7 +45,7 @@ from scipy import ndimage
 from more3s.envs import TaskSpec, get_task
 
 __all__ = [
-    "RegionConfig", "Regions", "extract_regions", "atari_regions", "grid_regions", "mujoco_regions",
+    "RegionConfig", "Regions", "extract_regions", "sequence_slice", "atari_regions", "grid_regions", "mujoco_regions",
     "region_projection", "image_feature_dim", "ComponentMemo", "MAX_BODIES", "MIN_FRAMES_PER_WORKER",
     "ImageMode", "IMAGE_MODES", "BottomOrder", "BOTTOM_ORDERS", "RegionKind",
 ]
@@ -702,6 +702,13 @@ def mujoco_regions(task: str | TaskSpec, observations: np.ndarray, cfg: RegionCo
 MIN_FRAMES_PER_WORKER = 4  # below this a thread hand-off costs more than it saves
 
 
+def sequence_slice(frames: Any, start: int, stop: int) -> tuple[Any, int]:
+    """Rows ``start .. stop-1`` of a frame sequence read from one frame early, so that every row has its previous
+    frame (row 0 of a sequence is its own): (the frames to read as a sequence, the leading rows to drop after)."""
+    first = max(start - 1, 0)
+    return frames[first:stop], start - first
+
+
 def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
                     prev_observations: np.ndarray | None = None,
                     cfg: RegionConfig | None = None, workers: int = 1, memo: ComponentMemo | None = None) -> Regions:
@@ -743,9 +750,8 @@ def extract_regions(task: str | TaskSpec | None, observations: np.ndarray,
     def part(a: int, b: int) -> Regions:
         if prev_observations is not None:
             return fn(obs[a:b], prev[a:b], None if memo is None else memo.part(a, b))
-        # A slice of a sequence starts one frame early (its previous frame), whose row is dropped.
-        r = fn(obs[max(a - 1, 0):b], None, None)
-        return r if a == 0 else r.rows(1)
+        frames, drop = sequence_slice(obs, a, b)
+        return fn(frames, None, None).rows(drop)
 
     bounds = np.linspace(0, len(obs), k + 1).round().astype(int)
     with ThreadPoolExecutor(k, thread_name_prefix="more3s-regions") as pool:

@@ -380,6 +380,18 @@ def test_threaded_extraction_is_identical(breakout_frames, task):
             extract_regions(task, breakout_frames[:4], workers=bad)
 
 
+def test_a_sequence_slice_reads_each_row_with_its_previous_frame(breakout_frames):
+    """Rows a..b-1 of a sequence, read from one frame early, are the whole sequence's rows a..b-1."""
+    from more3s.encoder.regions import sequence_slice
+
+    assert [(list(f), d) for f, d in (sequence_slice(range(10), 0, 3), sequence_slice(range(10), 4, 7))] == \
+        [([0, 1, 2], 0), ([3, 4, 5, 6], 1)]
+    whole = extract_regions("breakout", breakout_frames)
+    for a, b in ((0, 3), (2, 5), (len(breakout_frames) - 2, len(breakout_frames))):
+        frames, drop = sequence_slice(breakout_frames, a, b)
+        _assert_same_regions(extract_regions("breakout", frames).rows(drop), whole.rows(a, b))
+
+
 def _assert_same_regions(a, b):
     assert a.kind == b.kind
     for field in ("feats", "boxes", "mask", "slots"):
