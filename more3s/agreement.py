@@ -82,9 +82,9 @@ class _TrackerReader:
 
     def record(self, frames: list[tuple[int, str]], env_ids: np.ndarray, action: np.ndarray, logits: Any,
                reward: np.ndarray, rtg: np.ndarray, timestep: np.ndarray, done: np.ndarray) -> None:
-        import torch
+        from more3s.rollout.engine import sampling_probs
 
-        probs = torch.softmax(logits.float() / self.temperature, -1).cpu().numpy()
+        probs = sampling_probs(logits, self.temperature).cpu().numpy()
         for i, (want, band) in enumerate(frames):
             if self.done[i] < self.quota[i]:  # episodes past an env's quota are not the protocol's
                 self.rows.append((band, want, int(action[i]), int(probs[i].argmax()), float(probs[i, want])))
@@ -185,9 +185,8 @@ def run_agreement(cfg: AgreementConfig) -> dict[str, Any]:
     from more3s.data.policies import TRACKERS
     from more3s.encoder import load_encoder
     from more3s.evaluate import resolve_cap
-    from more3s.run import load_run_model
-
     from more3s.rollout.engine import check_temperature
+    from more3s.run import load_run_model
 
     if cfg.episodes < 1 or cfg.num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {cfg.episodes} and {cfg.num_envs}")

@@ -277,12 +277,15 @@ def plot_report(out_png: str | Path, metrics: dict[str, np.ndarray], report: Eva
         ax_c.set_title("score during training (--eval-every; curves only)")
         ax_c.legend()
     if report is not None and report.targets:
-        labels = [f"RTG {t.target:g}" if report.reads_rtg else "no RTG" for t in report.targets]
+        def label(row: TargetResult) -> str:
+            return f"RTG {row.target:g}" if report.reads_rtg else "no RTG"
+
+        labels = [label(t) for t in report.targets]
         means = [t.mean for t in report.targets]
         stds = [t.std for t in report.targets]
         colors = ["tab:blue"] * len(report.targets)
         for g in report.greedy:
-            labels.append(f"{f'RTG {g.target:g}' if report.reads_rtg else 'no RTG'}\ngreedy")
+            labels.append(f"{label(g)}\ngreedy")
             means.append(g.mean)
             stds.append(g.std)
             colors.append("tab:orange")

@@ -54,7 +54,8 @@ from more3s.envs import TaskSpec, get_task
 from more3s.model import MoreModel
 from more3s.model.kv_cache import CacheBackend, RingKVCache
 
-__all__ = ["RolloutEngine", "RolloutResult", "ENGINE_MODES", "EngineMode", "StateEncoder", "check_temperature"]
+__all__ = ["RolloutEngine", "RolloutResult", "ENGINE_MODES", "EngineMode", "StateEncoder", "check_temperature",
+           "sampling_probs"]
 
 EngineMode = Literal["ring", "banded", "window"]
 ENGINE_MODES: tuple[EngineMode, ...] = get_args(EngineMode)
@@ -158,6 +159,11 @@ class _Streams:
         return cls(obs, obs.copy(), np.full(N, float(target), dtype=np.float64), np.zeros(N, dtype=np.int64),
                    np.ones(N, dtype=bool), prev_action, np.zeros(N), np.zeros(N), np.zeros(N, dtype=np.int64),
                    [hashlib.blake2b(digest_size=8) for _ in range(N)], float(target))
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The distribution sampled actions are drawn from: softmax(logits / temperature), in fp32."""
+    return torch.softmax(logits.float() / temperature, dim=-1)
 
 
 def check_temperature(temperature: float) -> None:
@@ -285,7 +291,7 @@ class RolloutEngine:
             state, torch.as_tensor(s.prev_action, device=dev), torch.as_tensor(s.rtg, dtype=torch.float32, device=dev),
             torch.as_tensor(s.timestep, device=dev), torch.as_tensor(s.first, device=dev))
         if self.sample and self.discrete:
-            probs = torch.softmax(logits.float() / self.temperature, dim=-1)  # [N, A]
+            probs = sampling_probs(logits, self.temperature)  # [N, A]
             action_t = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [N]
         else:
             action_t = self.model.predict_action(logits)

@@ -50,9 +50,14 @@ def _run_cells(runs: dict[str, str], temperatures: list[float], seeds: list[int]
     return scores
 
 
+def _cells(scores: dict, run: str, t: float) -> list[dict]:
+    """One run's cells at temperature ``t``, by evaluation seed."""
+    return sorted((c for c in scores.values() if c["run"] == run and c["temperature"] == t),
+                  key=lambda c: c["eval_seed"])
+
+
 def _returns(scores: dict, run: str, t: float) -> np.ndarray:
-    cells = sorted((c for c in scores.values() if c["run"] == run and c["temperature"] == t),
-                   key=lambda c: c["eval_seed"])
+    cells = _cells(scores, run, t)
     return np.concatenate([c["returns"] for c in cells]) if cells else np.array([])
 
 
@@ -67,8 +72,7 @@ def _table_and_plot(scores: dict) -> str:
     for t in temps:
         cells, everything = [], []
         for run in runs:
-            per = [np.mean(c["returns"]) for c in sorted(
-                (c for c in scores.values() if c["run"] == run and c["temperature"] == t), key=lambda c: c["eval_seed"])]
+            per = [np.mean(c["returns"]) for c in _cells(scores, run, t)]
             both = _returns(scores, run, t)
             everything.append(both)
             cells.append(" / ".join(f"{m:.1f}" for m in per) + (f" → {both.mean():.1f}" if both.size else ""))
