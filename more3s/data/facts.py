@@ -6,8 +6,8 @@ included — Minari's ``infos`` convention):
 * Atari: ``ram`` [T+1, 128] uint8, the console RAM, and the decoded facts the scripted trackers read
   (``FACTS``), in screen pixels, float32, NaN on steps where the object is not on screen as an object of
   its own (the ball touching a same-coloured paddle or wall counts as off screen; with the frames, so does
-  a ball the frame does not draw: Breakout's ball inside a side wall or behind a brick keeps its RAM
-  position but no pixel shows it). The ball's
+  an object the frame does not draw: Breakout's ball inside a side wall or behind a brick keeps its RAM
+  position but no pixel shows it, and so does Pong's opponent paddle above the top wall). The ball's
   velocity (``ball_vx``, ``ball_vy``, pixels per agent step) is the difference of consecutive steps
   where the ball is on screen in both.
 * MuJoCo: nothing extra: the observation is the ground truth.
@@ -33,6 +33,12 @@ RAM_BYTES = 128  # the Atari 2600's RAM
 _BALL_COLOUR = {"breakout": (200, 72, 72), "pong": (236, 236, 236)}
 _BALL_BOX = (-1, -2, 1, 2)
 _BALL_AREA = 8
+# Pong's paddles: (colour, centre column, box around (column, decoded y)). The RAM keeps a paddle's y where the
+# walls hide all of it (the opponent's at y <= 27 is above the top wall; Pong's reset frame draws the game in other
+# colours): such steps are off screen. Boxes measured on collected frames (4 x 16 pixels each).
+_PADDLES: dict[str, dict[str, tuple[tuple[int, int, int], int, tuple[int, int, int, int]]]] = {
+    "pong": {"paddle_y": ((92, 186, 92), 142, (-2, -8, 2, 8)), "enemy_y": ((213, 130, 74), 18, (-2, -10, 2, 6))},
+}
 
 # Facts per Atari task, in the order probes report them.
 FACTS: dict[str, tuple[str, ...]] = {
@@ -57,7 +63,8 @@ def decode_facts(task: str, ram: np.ndarray, frames: np.ndarray | None = None) -
     """RAM of consecutive steps of one episode [N, 128] uint8 -> {fact: [N] float32 pixels, NaN off screen}.
 
     ``frames`` [N, H, W, 3] uint8 (the observations beside the RAM rows): the ball also counts as off screen
-    where the frame draws none of it, or draws it touching an object of its colour (``_ball_drawn``)."""
+    where the frame draws none of it, or draws it touching an object of its colour, and a paddle where the frame
+    draws none of it (``_drawn``)."""
     ram = np.asarray(ram)
     if ram.ndim != 2 or ram.shape[1] != RAM_BYTES:
         raise ValueError(f"ram must be [N, {RAM_BYTES}] (one row per step), got shape {ram.shape}")
@@ -86,25 +93,30 @@ def decode_facts(task: str, ram: np.ndarray, frames: np.ndarray | None = None) -
     else:
         raise ValueError(f"no RAM facts for task {task!r}; known: {sorted(FACTS)}")
     if frames is not None:
-        hidden = ~_ball_drawn(frames, out["ball_x"], out["ball_y"], _BALL_COLOUR[task])
+        hidden = ~_drawn(frames, out["ball_x"], out["ball_y"], _BALL_BOX, _BALL_COLOUR[task], _BALL_AREA)
         out["ball_x"] = np.where(hidden, np.nan, out["ball_x"])
         out["ball_y"] = np.where(hidden, np.nan, out["ball_y"])
+        for fact, (colour, column, box) in _PADDLES.get(task, {}).items():
+            y = out[fact]
+            out[fact] = np.where(_drawn(frames, np.full_like(y, column), y, box, colour), y, np.nan)
     out["ball_vx"] = _velocity(out["ball_x"])
     out["ball_vy"] = _velocity(out["ball_y"])
     return {k: out[k].astype(np.float32) for k in FACTS[task]}
 
 
-def _ball_drawn(frames: np.ndarray, x: np.ndarray, y: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
-    """[N] bool: the frame draws the ball at (x, y) as an object of its own: its box, grown by one pixel, holds at
-    least one pixel of the ball's colour and no more than the ball's area (more: it touches a same-coloured object).
-    Steps with x or y NaN are False."""
+def _drawn(frames: np.ndarray, x: np.ndarray, y: np.ndarray, box: tuple[int, int, int, int],
+           colour: tuple[int, int, int], max_pixels: int | None = None) -> np.ndarray:
+    """[N] bool: the frame draws the object at (x, y): its ``box`` (x0, y0, x1, y1 offsets, x1/y1 exclusive),
+    grown by one pixel, holds at least one pixel of its colour, and no more than ``max_pixels`` (more: a ball
+    touching a same-coloured object). Steps with x or y NaN are False."""
     out = np.zeros(len(frames), bool)
     rgb = np.asarray(colour, np.uint8)
-    x0, y0, x1, y1 = _BALL_BOX
+    x0, y0, x1, y1 = box
     for t in np.flatnonzero(np.isfinite(x) & np.isfinite(y)):  # a few pixels per step, not whole frames
         cx, cy = int(x[t]), int(y[t])
         win = frames[t, max(cy + y0 - 1, 0):max(cy + y1 + 1, 0), max(cx + x0 - 1, 0):max(cx + x1 + 1, 0)]
-        out[t] = 1 <= int((win == rgb).all(-1).sum()) <= _BALL_AREA
+        n = int((win == rgb).all(-1).sum())
+        out[t] = n >= 1 and (max_pixels is None or n <= max_pixels)
     return out
 
 
