@@ -18,8 +18,11 @@ evaluation's RTG with the policy's own sampled mistakes in context, which "own a
 
     .venv/bin/python results/main-job/context/context.py --runs seed0=RUN0 seed1=RUN1 seed2=RUN2
 
-writes ``NAME.json`` beside this file for each run, then prints the tables and draws ``context.png``;
-``--plot-only`` redraws from the json files.
+writes ``NAME.json`` beside this file (or in ``--out DIR``) for each run, then prints the tables and draws
+``context.png`` there; ``--plot-only`` redraws from the json files. The levers in ``levers-seed0/`` are training
+seed 0 with one flag changed each (``python -m more3s.train --seed 0 --no-eval-at-end FLAG``), measured with
+``--out levers-seed0``; ``levers-seed0/levers.txt`` lists each one's ceiling (both inputs swapped, the episodes
+whose behaviour agrees on 95 % or more) beside the default's.
 """
 
 import argparse
@@ -143,7 +146,8 @@ def plot(reports: dict[str, dict], path: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="*", default=[], metavar="NAME=RUN")
-    ap.add_argument("--plot-only", action="store_true", help="tables and figure from the json files beside this")
+    ap.add_argument("--plot-only", action="store_true", help="tables and figure from the json files in --out")
+    ap.add_argument("--out", type=Path, default=HERE, help="directory of the json files and context.png")
     args = ap.parse_args(argv)
     if not args.plot_only:
         if not args.runs:
@@ -154,12 +158,12 @@ def main(argv=None) -> int:
             name, _, run = spec.partition("=")
             if not run:
                 ap.error(f"--runs takes NAME=RUN, got {spec!r}")
-            atomic_write_text(HERE / f"{name}.json", json.dumps(measure(run), indent=1) + "\n")
-    reports = {f.stem: json.loads(f.read_text()) for f in sorted(HERE.glob("*.json"))}
+            atomic_write_text(args.out / f"{name}.json", json.dumps(measure(run), indent=1) + "\n")
+    reports = {f.stem: json.loads(f.read_text()) for f in sorted(args.out.glob("*.json"))}
     if not reports:
-        raise SystemExit(f"no json files in {HERE}")
+        raise SystemExit(f"no json files in {args.out}")
     print("\n\n".join(format_table(n, r) for n, r in reports.items()))
-    plot(reports, HERE / "context.png")
+    plot(reports, args.out / "context.png")
     return 0
 
 
