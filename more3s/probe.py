@@ -332,23 +332,27 @@ def _episode_accuracy(model: Any, ep: Any, cache: Any, i: int, K: int) -> tuple[
     return int((probs.argmax(-1) == np.asarray(ep.actions)).sum()), len(ep)
 
 
-def teacher_forced_probs(model: Any, ep: Any, cache: Any, i: int, K: int) -> np.ndarray:
+def teacher_forced_probs(model: Any, ep: Any, cache: Any, i: int, K: int, actions: np.ndarray | None = None,
+                         rtg: np.ndarray | None = None) -> np.ndarray:
     """[T, A] action probabilities of a discrete-action model reading episode ``i`` (its cached states, the data's
-    actions and RTG) in consecutive K-step windows, memory carried, as stream training reads it."""
+    actions and RTG) in consecutive K-step windows, memory carried, as stream training reads it. ``actions`` /
+    ``rtg`` [T] replace the data's (a counterfactual reading of the same states)."""
     import torch
 
     T = len(ep)
     rows = slice(int(cache.offsets[i]), int(cache.offsets[i]) + T)
     states = torch.from_numpy(np.asarray(cache.states[rows], np.float32))  # [T, d_enc]
-    acts = torch.from_numpy(np.asarray(ep.actions)).long()  # [T]
-    rtg = torch.from_numpy(np.asarray(ep.rtg, np.float32))  # [T]
+    acts = torch.from_numpy(np.asarray(ep.actions if actions is None else actions)).long()  # [T]
+    rtg_t = torch.from_numpy(np.asarray(ep.rtg if rtg is None else rtg, np.float32))  # [T]
+    if len(acts) != T or len(rtg_t) != T:
+        raise ValueError(f"actions and rtg must have the episode's {T} steps, got {len(acts)} and {len(rtg_t)}")
     memory = model.empty_memory(1) if model.config.memory_steps else None
     out = []
     with torch.inference_mode():
         for a in range(0, T, K):
             b = min(a + K, T)
             steps = torch.arange(a, b)
-            o = model(states[None, a:b], acts[None, (steps - 1).clamp_min(0)], rtg[None, a:b], steps[None],
+            o = model(states[None, a:b], acts[None, (steps - 1).clamp_min(0)], rtg_t[None, a:b], steps[None],
                       first=(steps == 0)[None], mask=torch.ones(1, b - a, dtype=torch.bool), memory=memory)
             memory = o.memory
             out.append(torch.softmax(o.logits[0].float(), -1).numpy())

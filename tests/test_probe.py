@@ -175,6 +175,30 @@ def test_linear_head_and_held_out_action_accuracy(tiny_config):
         run_action_accuracy(everything, tiny_config().dataset, tiny_config().cache_dir)
 
 
+def test_teacher_forced_probs_read_other_actions_and_rtg(tiny_config):
+    """A counterfactual reading of an episode's states: the data's own actions and RTG given explicitly read as the
+    default; other ones change what the model says (it reads them); a wrong length is refused."""
+    from more3s.data import load_episodes
+    from more3s.encoder import build_or_load_cache, load_encoder
+    from more3s.probe import teacher_forced_probs
+    from more3s.run import load_run_model
+
+    cfg = tiny_config(name="counterfactual", max_episodes=4, max_steps=3, ckpt_every=3)
+    model, info, _ = load_run_model(train(cfg))
+    eps = load_episodes(cfg.dataset, max_episodes=4, lazy=True)
+    cache = build_or_load_cache(eps, load_encoder(info.encoder), info.task, info.prompt_set, cache_dir=cfg.cache_dir)
+    ep, K = eps[0], model.config.window
+    base = teacher_forced_probs(model, ep, cache, 0, K)
+    assert base.shape == (len(ep), 4)
+    np.testing.assert_array_equal(teacher_forced_probs(model, ep, cache, 0, K, actions=np.asarray(ep.actions),
+                                                       rtg=np.asarray(ep.rtg)), base)
+    other = (np.asarray(ep.actions) + 1) % 4
+    assert not np.allclose(teacher_forced_probs(model, ep, cache, 0, K, actions=other), base)
+    assert not np.allclose(teacher_forced_probs(model, ep, cache, 0, K, rtg=np.asarray(ep.rtg) + 10), base)
+    with pytest.raises(ValueError, match="episode's"):
+        teacher_forced_probs(model, ep, cache, 0, K, rtg=np.asarray(ep.rtg)[:-1])
+
+
 def test_penalty_rules_pick_the_smallest_error_or_the_largest_within_one_standard_error():
     from more3s.probe import _pick_penalty
 

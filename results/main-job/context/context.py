@@ -4,7 +4,7 @@ The trained policy's probability of the tracker's action follows the episode it 
 training data it is 0.40 on episodes whose behaviour agreed with the tracker on 21 % of the steps and 0.88 on those
 that agreed on 99 % (``python -m more3s.agreement``). Two inputs can tell it which kind of episode it is in: the
 previous actions in its context (ε-random ones are visible there) and the return-to-go. This reads every training
-episode teacher-forced (its own states, memory carried, as ``more3s.probe.teacher_forced_probs`` reads it) under
+episode teacher-forced (its own states, memory carried: ``more3s.probe.teacher_forced_probs``) under
 four inputs, crossing
 
 * actions: the episode's own (as recorded) or the tracker's clean ones (replayed from the RAM), and
@@ -46,31 +46,12 @@ CONDITIONS = {  # json key -> label
 }
 
 
-def _probs(model, states, actions, rtg):
-    """[T, A] softmax of a model reading one episode in consecutive windows, memory carried."""
-    import torch
-
-    K, T = model.config.window, len(actions)
-    states = torch.from_numpy(states)
-    acts, rtg = torch.from_numpy(actions).long(), torch.from_numpy(rtg.astype(np.float32))
-    memory = model.empty_memory(1) if model.config.memory_steps else None
-    out = []
-    with torch.inference_mode():
-        for a in range(0, T, K):
-            b = min(a + K, T)
-            steps = torch.arange(a, b)
-            o = model(states[None, a:b], acts[None, (steps - 1).clamp_min(0)], rtg[None, a:b], steps[None],
-                      first=(steps == 0)[None], mask=torch.ones(1, b - a, dtype=torch.bool), memory=memory)
-            memory = o.memory
-            out.append(torch.softmax(o.logits[0].float(), -1).numpy())
-    return np.concatenate(out)
-
-
 def measure(run: str) -> dict:
     from more3s.data import load_episodes
     from more3s.data.facts import load_step_infos
     from more3s.data.policies import replay_tracker
     from more3s.encoder import CacheConfig, build_or_load_cache, load_encoder
+    from more3s.probe import teacher_forced_probs
     from more3s.run import load_run_model
 
     model, info, ckpt = load_run_model(run, "cpu")
@@ -84,7 +65,6 @@ def measure(run: str) -> dict:
     rows = []
     for i, (ep, inf) in enumerate(zip(episodes, infos)):
         T = len(ep)
-        states = np.asarray(cache.states[int(cache.offsets[i]):int(cache.offsets[i]) + T], np.float32)
         want = replay_tracker(info.task, inf["ram"][:T])
         own = np.asarray(ep.actions)
         clipped = np.clip(np.asarray(ep.rewards, np.float64), -1, 1)
@@ -92,7 +72,7 @@ def measure(run: str) -> dict:
         row = {"episode": i, "return": float(ep.raw_return), "behaviour": float(np.mean(own == want))}
         for a_name, acts in (("own", own), ("tracker", want)):
             for r_name, rtg in (("own", np.asarray(ep.rtg)), ("eval", schedule)):
-                p = _probs(model, states, acts, rtg)
+                p = teacher_forced_probs(model, ep, cache, i, model.config.window, actions=acts, rtg=rtg)
                 row[f"{a_name}_actions/{r_name}_rtg"] = float(p[np.arange(T), want].mean())
         rows.append(row)
         print(f"episode {i}: behaviour {row['behaviour']:.3f} " + " ".join(
