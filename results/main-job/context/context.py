@@ -13,8 +13,9 @@ four inputs, crossing
 
 and reports the mean p(tracker action) over the steps, in bands of the behaviour's agreement with the tracker. The
 states stay the episode's own (where its random actions moved the paddle), so neither counterfactual is a clean
-episode: it asks which input the policy reads its ε from. The bottom row plays the protocol's situation: the
-evaluation's RTG with the policy's own sampled mistakes in context, which "own actions" in the best bands stands for.
+episode: it asks which input the policy reads its ε from. The "evaluation's RTG" column in the best bands is closest
+to the protocol's situation (the best target, with a few mistakes of the policy's own in context); "both" in those
+bands is the ceiling: what the best target buys on the expert's own states with a clean context.
 
     .venv/bin/python results/main-job/context/context.py --runs seed0=RUN0 seed1=RUN1 seed2=RUN2
 
